@@ -1,0 +1,1 @@
+"""Benchmarks behind `edgeagent bench`: one module per area on the common harness in `harness`."""

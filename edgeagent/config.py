@@ -1,0 +1,195 @@
+"""The agent's configuration: read once into a typed object.
+
+Sources, later wins: built-in defaults (embedded device), the TOML file (``--config``, default
+``/etc/edgeagent/agent.toml``; a missing default file is fine, a missing explicit one is not), environment
+variables ``EDGEAGENT_<KEY>`` for top-level keys and ``EDGEAGENT_<SECTION>_<KEY>`` for section keys, and
+finally command-line options.
+
+To add a section: add a dataclass with defaults for every field and a field of that type on ``AgentConfig``.
+Types are coerced from TOML/env (str, int, float, bool, Path, list[str], list[Path]); unknown keys are errors,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgeagent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edgeagent/agent.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/edgeagent")
+DEFAULT_TCTI = "device:/dev/tpmrm0"
+ENV_PREFIX = "EDGEAGENT_"
+
+
+@dataclasses.dataclass
+class MeasureConfig:
+    """What ``edgeagent measure`` measures and where the logs live."""
+
+    # PCR 23 is the TCG "application support" PCR: resettable, outside Keylime's measured-boot (0-9, 11-15),
+    # IMA (10) and NK-binding (16) PCRs; see docs in edgeagent/measure.
+    pcr: int = 23
+    # Event log of the agent's own measurements (CEL-JSON). Relative paths are under the state dir.
+    event_log: Path = Path("measurements.cel.jsonl")
+    firmware_log: Path = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
+    # Extra files or directories to measure besides the package, the config file and policies_dir.
+    extra_paths: list[Path] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TpmConfig:
+    """TPM identity choices."""
+
+    ek_type: str = "rsa"  # rsa | ecc
+    ak_type: str = "rsa"  # rsa (RSASSA-SHA256) | ecc (ECDSA P-256)
+
+
+@dataclasses.dataclass
+class DriversConfig:
+    """Where Wasm drivers and their policies come from."""
+
+    modules_dir: Path = Path("/usr/lib/edgeagent/drivers")
+    modules: list[Path] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class ControllersConfig:
+    """Where Wasm controllers come from."""
+
+    dir: Path = Path("/usr/lib/edgeagent/controllers")
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    """Everything the agent reads from its configuration."""
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    tpm_tcti: str = DEFAULT_TCTI
+    policies_dir: Path = Path("/etc/edgeagent/policies")
+    tpm: TpmConfig = dataclasses.field(default_factory=TpmConfig)
+    measure: MeasureConfig = dataclasses.field(default_factory=MeasureConfig)
+    drivers: DriversConfig = dataclasses.field(default_factory=DriversConfig)
+    controllers: ControllersConfig = dataclasses.field(default_factory=ControllersConfig)
+    # The file this configuration was read from, if any (it is measured too).
+    source: Path | None = None
+
+    def state_path(self, p: Path) -> Path:
+        """Resolves ``p`` relative to the state dir, so configs can name files inside it briefly."""
+        return p if p.is_absolute() else self.state_dir / p
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, args[0], where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, item, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(value).expanduser()
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type")  # pragma: no cover - a programming error
+
+
+def _apply(obj: Any, data: Mapping[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj) if f.name != "source"}
+    for key, value in data.items():
+        attr = key.replace("-", "_")
+        if attr not in names:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+        current = getattr(obj, attr)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            _apply(current, value, f"{where} [{key}]")
+        else:
+            setattr(obj, attr, _coerce(value, hints[attr], f"{where}: {key}"))
+
+
+def _env_overrides(cfg: AgentConfig, env: Mapping[str, str]) -> None:
+    sections = {f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == "EDGEAGENT_CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        for section in sections:
+            if key.startswith(section + "_"):
+                _apply(cfg, {section: {key[len(section) + 1 :]: value}}, f"environment {name}")
+                break
+        else:
+            if key == "tpm":  # EDGEAGENT_TPM is the TCTI, like --tpm
+                key = "tpm_tcti"
+            # Other EDGEAGENT_* variables (used by scripts, e.g. EDGEAGENT_CACHE) are not config keys.
+            if key in {f.name for f in dataclasses.fields(cfg)} - sections - {"source"}:
+                _apply(cfg, {key: value}, f"environment {name}")
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """Reads the configuration.
+
+    Raises ConfigError when an explicitly named file is missing or unreadable, is not valid TOML, or holds an
+    unknown key or a value of the wrong type.
+    """
+    env = os.environ if env is None else env
+    cfg = AgentConfig()
+    explicit = path is not None or "EDGEAGENT_CONFIG" in env
+    if path is None:
+        path = Path(env.get("EDGEAGENT_CONFIG", DEFAULT_CONFIG_PATH))
+    if explicit or path.exists():
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        _apply(cfg, data, str(path))
+        cfg.source = path
+    _env_overrides(cfg, env)
+    if overrides:
+        _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    return cfg
