@@ -56,6 +56,10 @@ class MeasurementMismatch(MeasureError):
     """A replayed log does not match the TPM, or a measured file changed."""
 
 
+class ReferencePolicyError(MeasureError):
+    """A measurement reference policy is unreadable or malformed."""
+
+
 # ---------------------------------------------------------------- Wasm guests, hardware
 class WasmError(EdgeAgentError):
     """A Wasm module could not be loaded or failed while running."""
@@ -92,6 +96,26 @@ class AttestationError(EdgeAgentError):
     exit_code = 7
 
 
+class ProtocolError(AttestationError):
+    """A Keylime wire message is malformed: bad JSON, envelope, base64, blob layout or field."""
+
+
+class ApiVersionMismatch(ProtocolError):
+    """The peer speaks no Keylime API version this side supports."""
+
+
+class KeyDerivationError(AttestationError):
+    """The U and V key shares do not form the key the auth_tag names, or a payload does not decrypt."""
+
+
+class SignatureError(AttestationError):
+    """A signed Keylime message (a revocation notification) does not verify against the expected key."""
+
+
+class RegistrationError(AttestationError):
+    """The Keylime registrar refused a registration or an activation."""
+
+
 class PeerUnreachable(EdgeAgentError):
     """A remote service (Keylime, kube-apiserver) cannot be reached."""
 
@@ -106,3 +130,7 @@ class ClusterError(EdgeAgentError):
 
 class ControllerError(WasmError):
     """A Wasm controller trapped, looped or broke its ABI."""
+
+
+class ManifestError(PolicyError):
+    """A controller manifest is missing, malformed, or names something impossible."""

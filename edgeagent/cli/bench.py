@@ -13,7 +13,9 @@ from edgeagent.cli.benchrender import report_table
 from edgeagent.cli.context import state
 
 # area -> (module with `run(config, *, repeat: int) -> Report`, help). Only areas that work are listed.
-AREAS: dict[str, tuple[str, str]] = {}
+AREAS: dict[str, tuple[str, str]] = {
+    "tpm": ("edgeagent.bench.tpm", "PCR extend/read, quotes with RSA and ECC AKs, quote verification"),
+}
 
 
 def _make_command(area: str, module: str):

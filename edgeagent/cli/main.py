@@ -28,6 +28,8 @@ app = typer.Typer(
 # Each module exposes `register(app)`. A command group is listed here only once it works end to end.
 COMMAND_MODULES = [
     "edgeagent.cli.bench",
+    "edgeagent.cli.tpm",
+    "edgeagent.cli.measure",
 ]
 
 

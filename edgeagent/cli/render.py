@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -13,7 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
+_width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 140
+console = Console(width=_width)
 err_console = Console(stderr=True)
 
 
