@@ -2,9 +2,9 @@
 
 A benchmark module builds a `Report` from `Case`s; each case holds raw samples (seconds, or a unit of its
 own) so the JSON keeps everything needed to recompute a figure. A case may name a `baseline` case of the same
-report: its ratio (this median / baseline median) is what a claim like "Wasm within +3% of native" is checked against.
-A case may carry a `target` (upper bound on the median, or on the ratio) which the report marks met or missed;
-targets are reported, never asserted in tests.
+report: its ratio (this median / baseline median) is what a claim like "Wasm within +3% of native" is
+checked against. A case may carry a `target` (upper bound on the median, or on the ratio) which the report
+marks met or missed; targets are reported, never asserted in tests.
 """
 
 from __future__ import annotations
