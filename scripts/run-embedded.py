@@ -1,7 +1,8 @@
 """`make run`: the agent's main job on embedded defaults, on a machine with no TPM or sensors.
 
 A software TPM (swtpm with an EK certificate from a local CA) stands in for the device's TPM; its state lives
-in .state/embedded/ so the EK and the persisted AK survive between runs, like a real device's. Then the same
+in .state/embedded/ so the EK and the persisted AK survive between runs, like a real device's. A simulated
+firmware boot extends PCRs 0-7 and writes the matching TCG2 log (edgeagent.measure.simboot). Then the same
 commands a device runs at boot: provision the TPM identity, measure the agent's stack, verify the logs against
 the PCRs, and produce a verified quote; then a bundled Wasm driver reads a simulated sensor.
 Each step is the real `edgeagent` CLI; the first failing step stops the run with its exit code.
@@ -16,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgeagent.measure import simboot
+from edgeagent.tpm import Tpm
 from edgeagent.tpm.swtpm import SoftwareTpm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +34,7 @@ def write_config(state_dir: Path) -> Path:
         f'policies_dir = "{ROOT / "policies"}"\n'
         "[measure]\n"
         "pcr = 23\n"
-        f'firmware_log = "{state_dir / "no-firmware-log"}"\n'
+        f'firmware_log = "{state_dir / "binary_bios_measurements"}"\n'
         "[drivers]\n"
         f'modules_dir = "{ROOT / "drivers" / "build"}"\n'
         f"modules = [{', '.join(repr(str(m)) for m in modules)}]\n"
@@ -47,6 +50,10 @@ def main() -> int:
     nonce = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(20))
     exe = [sys.executable, "-m", "edgeagent.cli.main"]
     with SoftwareTpm(WORK / "swtpm") as tpm:
+        # A freshly started swtpm has all PCRs zero: play the firmware's part first (see measure.simboot).
+        with Tpm.open(tpm.tcti) as t:
+            n = simboot.boot_and_write(t, state_dir / "binary_bios_measurements")
+        print(f"simulated measured boot: {n} firmware events extended into PCRs 0-7", flush=True)
         base = [*exe, "--config", str(cfg), "--tpm", tpm.tcti]
         steps = [
             ["tpm", "provision"],
