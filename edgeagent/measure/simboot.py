@@ -1,10 +1,11 @@
 """A simulated measured boot for software TPMs: what firmware would log and extend before the agent runs.
 
-swtpm starts with every PCR zero and no firmware log, so neither ``measure verify`` nor a verifier would have
-a boot to check on a machine without a TPM. `firmware_log` builds a small, well-formed TCG2 log (StartupLocality
-0, an S-CRTM version, POST code, EFI actions, and the separators that close PCRs 0-7, the shape Keylime's
-``tpm2_eventlog`` parser expects), and `boot` extends its events into the TPM as firmware does. Used by
-``make run`` on embedded defaults and by tests; never by the agent on a device with real firmware.
+swtpm starts with every PCR zero and no firmware log, so neither ``measure verify`` nor a verifier would
+have a boot to check on a machine without a TPM. `firmware_log` builds a small, well-formed TCG2 log
+(StartupLocality 0, an S-CRTM version, POST code, EFI actions, and the separators that close PCRs 0-7, the
+shape Keylime's ``tpm2_eventlog`` parser expects), and `boot` extends its events into the TPM as firmware
+does. Used by ``make run`` on embedded defaults and by tests; never by the agent on a device with real
+firmware.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from edgeagent.measure.measurer import PcrTpm
 SEPARATOR = b"\x00\x00\x00\x00"
 
 
-def firmware_log(banks: Sequence[str], *, variant: str = "edgeagent simulated firmware 1.0") -> tcg2.EventLog:
-    """A log that replays deterministically; ``variant`` changes PCR 0 (e.g. to simulate a firmware update)."""
+def firmware_log(
+    banks: Sequence[str], *, variant: str = "edgeagent simulated firmware 1.0"
+) -> tcg2.EventLog:
+    """A log that replays deterministically; ``variant`` changes PCR 0 (to simulate a firmware update)."""
     events = [
         tcg2.startup_locality_event(0),
         tcg2.measurement(0, tcg2.EV_S_CRTM_VERSION, (variant + "\0").encode("utf-16-le"), banks),
