@@ -1,3 +1,3 @@
 """Shared fixtures. Real components live in tests/fixtures/, one plugin module each."""
 
-pytest_plugins: list[str] = ["tests.fixtures.swtpm"]
+pytest_plugins: list[str] = ["tests.fixtures.swtpm", "tests.fixtures.keylime", "tests.fixtures.kube"]

@@ -1,0 +1,1 @@
+"""Attestation with stock Keylime, agent side: wire formats, registrar client, the agent's API."""

@@ -1,0 +1,1 @@
+"""The cluster side: Kubernetes credentials and the attestation controller."""
