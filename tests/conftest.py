@@ -1,3 +1,8 @@
 """Shared fixtures. Real components live in tests/fixtures/, one plugin module each."""
 
-pytest_plugins: list[str] = ["tests.fixtures.swtpm", "tests.fixtures.keylime", "tests.fixtures.kube"]
+pytest_plugins: list[str] = [
+    "tests.fixtures.swtpm",
+    "tests.fixtures.keylime",
+    "tests.fixtures.kube",
+    "tests.fixtures.wasm_guests",
+]

@@ -1,0 +1,260 @@
+"""`edgeagent bench drivers`: Wasm drivers against their native Python twins, in the same run.
+
+In-process cases use the simulated parts with no kernel underneath (the "null backend"), which isolates what
+Wasm adds: the crossings and the guest's own work. Cases:
+- host call: one Wasm -> Python call of a host function that does nothing (target <= 1.5 us);
+- export call: one Python -> Wasm call of an export that does nothing;
+- sensor read per driver, Wasm vs native (baseline);
+- LCD write of a full 16x2 screen, Wasm vs native;
+- cold start: compile, cache load (target <= 1 ms), instantiate, first reading (init + read), and the total
+  from
+  the cache, against the native twin's first reading;
+- loop stop: how long a guest stuck in a loop runs before the 50 ms compute limit stops it (target <= 100 ms).
+Then the USB cases and the umockdev-emulated cases, when their modules are present.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import tempfile
+import time
+from pathlib import Path
+
+from edgeagent.bench.harness import Case, Report, timeit
+from edgeagent.config import AgentConfig
+from edgeagent.drivers import registry
+from edgeagent.drivers.native import NATIVE_DRIVERS
+from edgeagent.drivers.native.simbus import SimSMBus
+from edgeagent.drivers.runner import I2cDriver
+from edgeagent.errors import DriverError
+from edgeagent.hw.sim.i2c_bus import SimI2cBus
+from edgeagent.wasm import I32, Guest, HostModule, Limits, ModuleCache, Runtime, hostfunc
+from edgeagent.wasm.cache import compile_module
+
+HOST_CALLS_PER_SAMPLE = 20_000
+SENSORS = ("tmp102", "hts221", "bme280")
+LCD = "hd44780_pcf8574"
+LCD_TEXT = "edgeagent 0.1.0\nwasm i2c driver!"
+
+
+def _no_sleep(_: float) -> None:
+    pass
+
+
+class NullHost(HostModule):
+    """The host side of drivers/bench/hostcall.c: a function that does nothing."""
+
+    interface = "edgeagent:bench/null"
+
+    @hostfunc("noop", params=(I32,), results=(I32,))
+    def noop(self, x: int) -> int:
+        return x
+
+
+def _bench_module(name: str) -> Path:
+    p = registry.BUILD_DIR / "bench" / f"{name}.wasm"
+    if not p.is_file():
+        raise DriverError(f"benchmark guest {p} is missing (run `make -C drivers`)")
+    return p
+
+
+def _sim(name: str) -> tuple[SimI2cBus, int]:
+    info = registry.get(name)
+    assert info.sim_model is not None and info.default_address is not None
+    return SimI2cBus([info.sim_model(info.default_address)]), info.default_address
+
+
+def _wasm_driver(name: str, runtime: Runtime, cache: ModuleCache, config: AgentConfig) -> I2cDriver:
+    info = registry.get(name)
+    module = cache.load_file(runtime, registry.module_path(info, config), name=name)
+    bus, addr = _sim(name)
+    return I2cDriver(
+        name, module, runtime=runtime, bus=bus, address=addr, granted=frozenset({addr}), sleep=_no_sleep
+    )
+
+
+def _native_driver(name: str):  # type: ignore[no-untyped-def]
+    bus, addr = _sim(name)
+    drv = NATIVE_DRIVERS[name](SimSMBus(bus), addr, sleep=_no_sleep)
+    drv.init()
+    return drv
+
+
+def crossing_cases(report: Report, runtime: Runtime, repeat: int) -> None:
+    module = compile_module(runtime, _bench_module("hostcall").read_bytes(), "hostcall")
+    g = Guest(runtime, module, name="hostcall", hosts=[NullHost()], limits=Limits(compute_ms=60_000))
+    samples = timeit(lambda: g.call("calls", HOST_CALLS_PER_SAMPLE), repeat=repeat)
+    report.add(
+        Case(
+            "host call (Wasm -> Python, null function)",
+            [s / HOST_CALLS_PER_SAMPLE for s in samples],
+            target=1.5e-6,
+            note=f"{HOST_CALLS_PER_SAMPLE} calls per sample, fast (unchecked) path",
+        )
+    )
+    report.add(
+        Case(
+            "export call (Python -> Wasm, null function)",
+            timeit(lambda: g.call("ping", 1), repeat=repeat, inner=2000),
+            note="Guest.call: deadline armed per call",
+        )
+    )
+
+
+def read_cases(
+    report: Report, runtime: Runtime, cache: ModuleCache, config: AgentConfig, repeat: int
+) -> None:
+    for name in SENSORS:
+        native = _native_driver(name)
+        wasm = _wasm_driver(name, runtime, cache, config)
+        if wasm.read().values != native.read():  # a benchmark of wrong answers is worthless
+            raise DriverError(f"bench: {name} Wasm and native readings differ")
+        base = report.add(
+            Case(f"{name} read, native (sim bus)", timeit(native.read, repeat=repeat, inner=200))
+        )
+        report.add(
+            Case(
+                f"{name} read, Wasm (sim bus)",
+                timeit(wasm.read_values, repeat=repeat, inner=200),
+                baseline=base.name,
+                note="null backend: crossing cost + guest work",
+            )
+        )
+        wasm.close()
+    native = _native_driver(LCD)
+    wasm = _wasm_driver(LCD, runtime, cache, config)
+    base = report.add(
+        Case(
+            "lcd 16x2 write, native (sim bus)",
+            timeit(lambda: native.write(LCD_TEXT), repeat=repeat, inner=20),
+        )
+    )
+    report.add(
+        Case(
+            "lcd 16x2 write, Wasm (sim bus)",
+            timeit(lambda: wasm.write(LCD_TEXT), repeat=repeat, inner=20),
+            baseline=base.name,
+        )
+    )
+    wasm.close()
+
+
+def cold_start_cases(report: Report, runtime: Runtime, config: AgentConfig, repeat: int) -> None:
+    name = "bme280"
+    info = registry.get(name)
+    data = registry.module_path(info, config).read_bytes()
+    with tempfile.TemporaryDirectory(prefix="edgeagent-bench-") as tmp:
+        cache = ModuleCache(Path(tmp))
+        cache.load(runtime, data, name=name)  # warm the on-disk entry
+        report.add(
+            Case(
+                f"cold: compile {name} ({len(data)} B)",
+                timeit(lambda: compile_module(runtime, data, name), repeat=max(3, repeat // 3)),
+            )
+        )
+        report.add(
+            Case(
+                f"cold: cache load {name}",
+                timeit(lambda: cache.load(runtime, data, name=name), repeat=repeat),
+                target=1e-3,
+                note="read + sha256 check + Module.deserialize",
+            )
+        )
+        module = cache.load(runtime, data, name=name)
+        bus, addr = _sim(name)
+
+        def instantiate() -> I2cDriver:
+            return I2cDriver(
+                name,
+                module,
+                runtime=runtime,
+                bus=bus,
+                address=addr,
+                granted=frozenset({addr}),
+                sleep=_no_sleep,
+            )
+
+        report.add(
+            Case(
+                f"cold: instantiate + init {name}",
+                timeit(lambda: instantiate().close(), repeat=repeat),
+                note="Store, linker, instance, _initialize, ABI checks, describe, init",
+            )
+        )
+
+        def first_reading_wasm() -> None:
+            d = I2cDriver(
+                name,
+                cache.load(runtime, data, name=name),
+                runtime=runtime,
+                bus=bus,
+                address=addr,
+                granted=frozenset({addr}),
+                sleep=_no_sleep,
+            )
+            d.read()
+            d.close()
+
+        def first_reading_native() -> None:
+            _native_driver(name).read()
+
+        base = report.add(
+            Case(f"cold: first reading {name}, native", timeit(first_reading_native, repeat=repeat))
+        )
+        report.add(
+            Case(
+                f"cold: first reading {name}, Wasm from cache",
+                timeit(first_reading_wasm, repeat=repeat),
+                baseline=base.name,
+                note="cache load + instantiate + init + read",
+            )
+        )
+
+
+def loop_stop_case(report: Report, runtime: Runtime, repeat: int) -> None:
+    module = (
+        compile_module(runtime, (registry.BUILD_DIR / "tests" / "looping_driver.wasm").read_bytes(), "looper")
+        if (registry.BUILD_DIR / "tests" / "looping_driver.wasm").is_file()
+        else None
+    )
+    if module is None:
+        return
+    g = Guest(runtime, module, name="looper", limits=Limits(compute_ms=50), hosts=[])
+    samples = []
+    for _ in range(min(repeat, 10)):
+        t0 = time.perf_counter()
+        try:
+            g.call("read")
+        except DriverError:
+            samples.append(time.perf_counter() - t0)
+    report.add(
+        Case(
+            "loop stopped after (50 ms compute limit)",
+            samples,
+            target=0.1,
+            note=f"epoch tick {runtime.tick * 1000:g} ms",
+        )
+    )
+
+
+def _optional(report: Report, module: str, repeat: int) -> None:
+    if importlib.util.find_spec(module) is not None:
+        importlib.import_module(module).add_cases(report, repeat=repeat)
+
+
+def run(config: AgentConfig, *, repeat: int) -> Report:
+    runtime = Runtime.default()
+    report = Report(
+        "drivers",
+        meta={"backend": "in-process simulated parts (null backend)", "epoch_tick_ms": runtime.tick * 1000},
+    )
+    with tempfile.TemporaryDirectory(prefix="edgeagent-bench-") as tmp:
+        cache = ModuleCache(Path(tmp))
+        crossing_cases(report, runtime, repeat)
+        read_cases(report, runtime, cache, config, repeat)
+    cold_start_cases(report, runtime, config, repeat)
+    loop_stop_case(report, runtime, repeat)
+    _optional(report, "edgeagent.bench.drivers_usb", repeat)
+    _optional(report, "edgeagent.bench.drivers_emulated", repeat)
+    return report

@@ -1,0 +1,181 @@
+"""`edgeagent run-driver DRIVER` and `edgeagent drivers list`: Wasm I2C drivers from the command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+
+from edgeagent.cli import render
+from edgeagent.cli.context import state
+from edgeagent.drivers import registry
+from edgeagent.drivers.session import DriverSession, open_session
+from edgeagent.hw.smbus2_bus import present_buses
+
+
+def _reading_dict(session: DriverSession, text: str | None) -> dict[str, Any]:
+    drv = session.driver
+    if drv.kind == "sensor":
+        return drv.read().to_dict()
+    assert text is not None
+    drv.write(text)
+    out: dict[str, Any] = {"driver": drv.name, "time": time.time(), "written": text}
+    model = getattr(session.bus, "models", {}).get(session.device.address)
+    if session.sim and hasattr(model, "lines"):
+        out["display"] = model.lines()
+    return out
+
+
+def _table(session: DriverSession, rows: list[dict[str, Any]]) -> Any:
+    drv = session.driver
+    where = f"{session.bus.name} @ {session.device.address:#04x}{' (simulated)' if session.sim else ''}"
+    if drv.kind == "sensor":
+        cols = ["time"] + [f"{n} [{u}]" if u else n for n, u in drv.channels]
+        body = [
+            [time.strftime("%H:%M:%S", time.localtime(r["time"]))]
+            + [f"{r['values'].get(n, float('nan')):.3f}" for n, _ in drv.channels]
+            for r in rows
+        ]
+    else:
+        cols = ["time", "written", "display"]
+        body = [
+            [
+                time.strftime("%H:%M:%S", time.localtime(r["time"])),
+                r["written"].replace("\n", " / "),
+                " | ".join(r.get("display", [])),
+            ]
+            for r in rows
+        ]
+    return render.table(f"{drv.name} on {where}", cols, body)
+
+
+def run_driver(
+    ctx: typer.Context,
+    driver: Annotated[str, typer.Argument(help="A bundled driver (see `drivers list`) or a path to a .wasm")],
+    device: Annotated[
+        str | None,
+        typer.Option("--device", "-d", help="I2C device [BUS:]ADDRESS, e.g. 1:0x48 [default: policy]"),
+    ] = None,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", "-p", help="Policy TOML [default: bundled]")
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", "-i", min=0.0, help="Seconds between readings")
+    ] = 1.0,
+    count: Annotated[
+        int, typer.Option("--count", "-n", min=0, help="Readings to take (0: until Ctrl-C)")
+    ] = 0,
+    text: Annotated[
+        str | None, typer.Option("--text", help="Output drivers: text to show [default: the time]")
+    ] = None,
+    sim: Annotated[
+        bool | None,
+        typer.Option("--sim/--hardware", help="Simulated devices [default: --sim when no /dev/i2c-* exists]"),
+    ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="JSON lines (the default when stdout is not a TTY)")
+    ] = False,
+) -> None:
+    """Load a Wasm driver, grant it the devices its policy allows, and stream its readings."""
+    cfg = state(ctx).config
+    use_sim = not present_buses() if sim is None else sim
+    session = open_session(driver, cfg, policy_file=policy, device=device, sim=use_sim)
+    live_table = not json_ and sys.stdout.isatty()
+    rows: list[dict[str, Any]] = []
+    try:
+        with (
+            Live(_table(session, rows), console=render.console, auto_refresh=False)
+            if live_table
+            else _Null() as live
+        ):
+            n = 0
+            while count == 0 or n < count:
+                if n:
+                    time.sleep(interval)
+                row = _reading_dict(session, text if text is not None else time.strftime("%H:%M:%S"))
+                n += 1
+                if live_table:
+                    rows = [*rows[-19:], row]
+                    live.update(_table(session, rows), refresh=True)
+                else:
+                    render.print_json(row, indent=None)
+    finally:
+        session.close()
+
+
+class _Null:
+    def __enter__(self) -> _Null:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def list_drivers(
+    ctx: typer.Context,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """The bundled drivers: what they drive, the interfaces they import, their module and policy."""
+    cfg = state(ctx).config
+    out = []
+    for info in registry.all_drivers():
+        try:
+            module: str | None = str(registry.module_path(info, cfg))
+        except Exception:  # not built: listed anyway, with no module
+            module = None
+        pol = registry.policy_path(info, cfg)
+        grants = ""
+        if pol is not None:
+            from edgeagent.drivers.policy import load_policy
+
+            p = load_policy(pol)
+            grants = "; ".join(
+                [f"i2c-{r.bus}: {', '.join(f'{a:#04x}' for a in sorted(r.addresses))}" for r in p.i2c]
+                + [
+                    f"usb {r.vid:04x}:{r.pid:04x}" + (f" if{r.interface}" if r.interface is not None else "")
+                    for r in p.usb
+                ]
+            )
+        out.append(
+            {
+                "name": info.name,
+                "kind": info.kind,
+                "bus": info.bus,
+                "description": info.description,
+                "interfaces": list(info.interfaces),
+                "module": module,
+                "policy": str(pol) if pol else None,
+                "grants": grants,
+            }
+        )
+    if json_:
+        render.print_json(out)
+        return
+    render.console.print(
+        render.table(
+            "Bundled drivers",
+            ["name", "kind", "bus", "interfaces", "grants (policy)", "module"],
+            [
+                [
+                    d["name"],
+                    d["kind"],
+                    d["bus"],
+                    "\n".join(d["interfaces"]),
+                    d["grants"] or "-",
+                    d["module"] or "(not built: make -C drivers)",
+                ]
+                for d in out
+            ],
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run-driver")(run_driver)
+    drivers = typer.Typer(help="Wasm device drivers.", no_args_is_help=True)
+    drivers.command("list")(list_drivers)
+    app.add_typer(drivers, name="drivers")

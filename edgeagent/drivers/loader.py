@@ -1,0 +1,64 @@
+"""Finding a driver's module and policy, and compiling it through the cache.
+
+A driver is named either by a bundled name (``tmp102``) or by a path to a ``.wasm`` file; in the second case
+the policy must be given (a module from elsewhere gets nothing by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import wasmtime
+
+from edgeagent.config import AgentConfig
+from edgeagent.drivers import registry
+from edgeagent.drivers.policy import Policy, load_policy
+from edgeagent.errors import DriverError, PolicyError
+from edgeagent.wasm.cache import ModuleCache
+from edgeagent.wasm.engine import Runtime
+
+
+@dataclasses.dataclass
+class DriverSource:
+    name: str
+    path: Path
+    info: registry.DriverInfo | None
+    policy: Policy
+
+
+def cache_for(config: AgentConfig) -> ModuleCache:
+    """The compiled-module cache under the state dir (``<state>/cache/wasm``), or none if it is not
+    writable."""
+    return ModuleCache(config.state_path(Path("cache/wasm")))
+
+
+def resolve(driver: str, config: AgentConfig, policy_file: Path | None = None) -> DriverSource:
+    """Bundled name or .wasm path -> module path + policy. Raises DriverError / PolicyError."""
+    looks_like_path = driver.endswith(".wasm") or "/" in driver
+    if looks_like_path:
+        path = Path(driver)
+        if not path.is_file():
+            raise DriverError(f"driver module {path} does not exist")
+        info = None
+        name = path.stem
+        if policy_file is None:
+            raise PolicyError(
+                f"driver {name}: a module given by path needs --policy (nothing is granted by default)"
+            )
+    else:
+        info = registry.get(driver)
+        name = info.name
+        path = registry.module_path(info, config)
+        if policy_file is None:
+            policy_file = registry.policy_path(info, config)
+            if policy_file is None:
+                raise PolicyError(
+                    f"driver {name}: no policy found (looked for drivers/{name}.toml in "
+                    f"{config.policies_dir} and {registry.POLICY_DIR})"
+                )
+    return DriverSource(name=name, path=path, info=info, policy=load_policy(policy_file))
+
+
+def load_module(source: DriverSource, runtime: Runtime, cache: ModuleCache) -> wasmtime.Module:
+    return cache.load_file(runtime, source.path, name=f"driver {source.name}")

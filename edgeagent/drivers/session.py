@@ -1,0 +1,100 @@
+"""Opening a driver end to end: resolve module + policy, pick the device, open the bus, start the guest.
+
+Shared by ``edgeagent run-driver`` and the benchmark, so both exercise the same path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeagent.config import AgentConfig
+from edgeagent.drivers import loader
+from edgeagent.drivers.runner import I2cDevice, I2cDriver, parse_device
+from edgeagent.errors import DriverError, PolicyError
+from edgeagent.hw.i2c import I2cBus
+from edgeagent.hw.sim.i2c_bus import SimI2cBus
+from edgeagent.wasm.cache import ModuleCache
+from edgeagent.wasm.engine import Limits, Runtime
+
+
+@dataclasses.dataclass
+class DriverSession:
+    driver: I2cDriver
+    bus: I2cBus
+    device: I2cDevice
+    sim: bool
+    source: loader.DriverSource
+
+    def close(self) -> None:
+        self.driver.close()
+        self.bus.close()
+
+
+def choose_device(source: loader.DriverSource, device: str | None) -> I2cDevice:
+    policy = source.policy
+    if not policy.i2c:
+        raise PolicyError(f"driver {source.name}: policy {policy.source} grants no I2C bus")
+    first = policy.i2c[0]
+    if device is not None:
+        return parse_device(device, default_bus=first.bus)
+    if source.info is not None and source.info.default_address in first.addresses:
+        return I2cDevice(first.bus, source.info.default_address)
+    return I2cDevice(first.bus, min(first.addresses))
+
+
+def sim_bus_for(source: loader.DriverSource, device: I2cDevice) -> SimI2cBus:
+    """A simulated bus with the driver's part at the chosen address (granted or not: the policy decides)."""
+    bus = SimI2cBus(name=f"sim:/dev/i2c-{device.bus}")
+    if source.info is not None and source.info.sim_model is not None:
+        bus.attach(source.info.sim_model(device.address))
+    return bus
+
+
+def open_session(
+    driver: str,
+    config: AgentConfig,
+    *,
+    policy_file: Path | None = None,
+    device: str | None = None,
+    sim: bool,
+    runtime: Runtime | None = None,
+    cache: ModuleCache | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    bus: I2cBus | None = None,
+) -> DriverSession:
+    source = loader.resolve(driver, config, policy_file)
+    if source.info is not None and source.info.bus != "i2c":
+        raise DriverError(
+            f"driver {source.name} is a {source.info.bus} driver; this command runs I2C drivers"
+        )
+    dev = choose_device(source, device)
+    runtime = runtime or Runtime.default()
+    module = loader.load_module(source, runtime, cache or loader.cache_for(config))
+    if bus is None:
+        if sim:
+            bus = sim_bus_for(source, dev)
+        else:
+            from edgeagent.hw.smbus2_bus import Smbus2Bus
+
+            bus = Smbus2Bus(dev.bus)
+    mem = source.policy.memory_limit_mib
+    limits = Limits(memory_bytes=mem << 20) if mem else None
+    try:
+        drv = I2cDriver(
+            source.name,
+            module,
+            runtime=runtime,
+            bus=bus,
+            address=dev.address,
+            granted=source.policy.i2c_addresses(dev.bus),
+            limits=limits,
+            sleep=sleep,
+            policy_source=source.policy.source,
+        )
+    except BaseException:
+        bus.close()
+        raise
+    return DriverSession(drv, bus, dev, sim, source)

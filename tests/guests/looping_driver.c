@@ -1,0 +1,12 @@
+/* Test guest: a well-formed sensor driver whose read() never returns (the agent must survive it). */
+#include "edgeagent_i2c.h"
+EA_DRIVER_BUFFER()
+EA_EXPORT("init") int32_t init(uint32_t i2c, uint32_t delay, uint32_t address) { return EA_OK; }
+EA_EXPORT("describe") int32_t describe(void) {
+    __builtin_memcpy(ea_buffer(), "x:1", 3);
+    return 3;
+}
+EA_EXPORT("read") int32_t read(void) {
+    volatile int32_t x = 0;
+    for (;;) x++;
+}
