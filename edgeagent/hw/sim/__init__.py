@@ -1,1 +1,1 @@
-"""Simulated devices: register- and protocol-level models shared by in-process backends and the umockdev emulation."""
+"""Simulated devices: register- and protocol-level models shared by in-process backends and umockdev."""
