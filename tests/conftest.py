@@ -4,5 +4,6 @@ pytest_plugins: list[str] = [
     "tests.fixtures.swtpm",
     "tests.fixtures.keylime",
     "tests.fixtures.kube",
+    "tests.fixtures.umockdev",
     "tests.fixtures.wasm_guests",
 ]

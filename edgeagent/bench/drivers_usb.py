@@ -1,0 +1,186 @@
+"""USB cases of `edgeagent bench drivers`, in-process: Wasm drivers against their native pyusb twins.
+
+Both sides drive their own copy of the simulated devices through the same layers below the driver: pyusb with
+the simulator as its backend (no kernel, no libusb), so the ratio is what running the driver in Wasm adds
+(crossings, guest work, the host's copying). A third case per ping runs the Wasm driver on the simulator
+directly (no pyusb): the cost of the Wasm path alone.
+Cases: echo ping (bulk, interrupt, control) at 8, 64 and 512 bytes; mass storage sequential and random read
+and write in MB/s (64 KiB sequential commands over 4 MiB, 4 KiB random commands over 1 MiB).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from edgeagent.bench.harness import Case, Report, timeit
+from edgeagent.config import AgentConfig
+from edgeagent.drivers import registry
+from edgeagent.drivers.native.usb_echo import NativeUsbEcho
+from edgeagent.drivers.native.usb_storage import NativeMassStorage
+from edgeagent.drivers.usb_driver import UsbEchoWasm, UsbStorageWasm
+from edgeagent.hw.pyusb_backend import PyUsbBackend
+from edgeagent.hw.sim.usb_bus import SimUsbBus
+from edgeagent.hw.sim.usb_echo import EchoDevice
+from edgeagent.hw.sim.usb_pyusb import SimPyusbBackend
+from edgeagent.hw.sim.usb_storage import MassStorageDevice
+from edgeagent.wasm import ModuleCache, Runtime
+from edgeagent.wasm.hosts.usb import UsbGrant
+
+PING_SIZES = (8, 64, 512)
+KINDS = ("bulk", "interrupt", "control")
+DISK_BYTES = 8 << 20
+SEQ_BYTES, SEQ_CHUNK = 4 << 20, 64 << 10
+RANDOM_BYTES, RANDOM_CHUNK = 1 << 20, 4 << 10
+BLOCK = 512
+ECHO = UsbGrant(0x1209, 0x0001, 0)
+DISK = UsbGrant(0x1209, 0x0002, 0)
+
+
+def _bus() -> SimUsbBus:
+    bus = SimUsbBus()
+    bus.plug(EchoDevice())
+    bus.plug(MassStorageDevice(size=DISK_BYTES))
+    return bus
+
+
+def _modules(runtime: Runtime) -> dict[str, object]:
+    cache = ModuleCache(None)
+    config = AgentConfig()
+    return {
+        n: cache.load_file(runtime, registry.module_path(registry.get(n), config), name=n)
+        for n in ("usb_echo", "usb_storage")
+    }
+
+
+def _mbps(fn: Callable[[], int], repeat: int) -> list[float]:
+    """Samples in MB/s (10^6 bytes per second) of `fn`, which returns the bytes it moved."""
+    fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = fn()
+        samples.append(n / 1e6 / (time.perf_counter() - t0))
+    return samples
+
+
+def _storage_work(
+    read: Callable[[int, int], object], write: Callable[[int, bytes], object], blocks: int
+) -> dict[str, Callable[[], int]]:
+    rng = random.Random(1)
+    seq_count, rnd_count = SEQ_CHUNK // BLOCK, RANDOM_CHUNK // BLOCK
+    seq_data, rnd_data = rng.randbytes(SEQ_CHUNK), rng.randbytes(RANDOM_CHUNK)
+    lbas = [rng.randrange(0, blocks - rnd_count) for _ in range(RANDOM_BYTES // RANDOM_CHUNK)]
+
+    def seq_read() -> int:
+        for lba in range(0, SEQ_BYTES // BLOCK, seq_count):
+            read(lba, seq_count)
+        return SEQ_BYTES
+
+    def seq_write() -> int:
+        for lba in range(0, SEQ_BYTES // BLOCK, seq_count):
+            write(lba, seq_data)
+        return SEQ_BYTES
+
+    def random_read() -> int:
+        for lba in lbas:
+            read(lba, rnd_count)
+        return RANDOM_BYTES
+
+    def random_write() -> int:
+        for lba in lbas:
+            write(lba, rnd_data)
+        return RANDOM_BYTES
+
+    return {
+        "sequential read": seq_read,
+        "sequential write": seq_write,
+        "random read": random_read,
+        "random write": random_write,
+    }
+
+
+def add_cases(report: Report, *, repeat: int) -> None:
+    runtime = Runtime.default()
+    modules = _modules(runtime)
+    native_echo = NativeUsbEcho.find(backend=SimPyusbBackend(_bus()))
+    wasm_echo = UsbEchoWasm(
+        modules["usb_echo"],
+        runtime=runtime,  # type: ignore[arg-type]
+        backend=PyUsbBackend(SimPyusbBackend(_bus())),
+        grants=[ECHO],
+    )
+    direct_echo = UsbEchoWasm(
+        modules["usb_echo"],
+        runtime=runtime,
+        backend=_bus(),  # type: ignore[arg-type]
+        grants=[ECHO],
+    )
+    wasm_echo.init()
+    direct_echo.init()
+    native_ping = {
+        "bulk": native_echo.ping_bulk,
+        "interrupt": native_echo.ping_interrupt,
+        "control": native_echo.ping_control,
+    }
+    for kind in KINDS:
+        for size in PING_SIZES:
+            payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+            base = report.add(
+                Case(
+                    f"usb {kind} ping {size} B, native (pyusb on sim)",
+                    timeit(lambda p=payload, k=kind: native_ping[k](p), repeat=repeat, inner=100),
+                )
+            )
+            report.add(
+                Case(
+                    f"usb {kind} ping {size} B, Wasm (pyusb on sim)",
+                    timeit(lambda s=size, k=kind: wasm_echo.ping(k, s), repeat=repeat, inner=100),
+                    baseline=base.name,
+                    note="same pyusb layers under both drivers",
+                )
+            )
+            report.add(
+                Case(
+                    f"usb {kind} ping {size} B, Wasm (sim bus, no pyusb)",
+                    timeit(lambda s=size, k=kind: direct_echo.ping(k, s), repeat=repeat, inner=100),
+                    baseline=base.name,
+                    note="null backend: the Wasm path alone",
+                )
+            )
+    native_echo.close()
+    wasm_echo.close()
+    direct_echo.close()
+
+    native_disk = NativeMassStorage.find(backend=SimPyusbBackend(_bus()))
+    wasm_disk = UsbStorageWasm(
+        modules["usb_storage"],
+        runtime=runtime,  # type: ignore[arg-type]
+        backend=PyUsbBackend(SimPyusbBackend(_bus())),
+        grants=[DISK],
+    )
+    wasm_disk.init()
+    native_work = _storage_work(native_disk.read, native_disk.write, native_disk.blocks)
+    wasm_work = _storage_work(wasm_disk.read_blocks, wasm_disk.write, wasm_disk.blocks)
+    for name, fn in native_work.items():
+        base = report.add(
+            Case(
+                f"usb storage {name}, native (pyusb on sim)",
+                _mbps(fn, max(3, repeat // 3)),
+                unit="MB/s",
+                higher_is_better=True,
+            )
+        )
+        report.add(
+            Case(
+                f"usb storage {name}, Wasm (pyusb on sim)",
+                _mbps(wasm_work[name], max(3, repeat // 3)),
+                unit="MB/s",
+                higher_is_better=True,
+                baseline=base.name,
+                note="64 KiB commands" if name.startswith("seq") else "4 KiB commands, random LBAs",
+            )
+        )
+    native_disk.close()
+    wasm_disk.close()
