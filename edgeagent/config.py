@@ -67,6 +67,36 @@ class ControllersConfig:
 
 
 @dataclasses.dataclass
+class EnrollConfig:
+    """``edgeagent enroll``: where Keylime and the agent API are, and where the node credential goes."""
+
+    # The Keylime registrar's plain-HTTP agent port (registration and AK activation are unauthenticated).
+    registrar_url: str = "http://127.0.0.1:8890"
+    # The agent's mTLS API: the address it listens on is also the one it registers (the verifier pulls).
+    agent_host: str = "127.0.0.1"
+    agent_port: int = 9002
+    # Empty: the host name. The node's Kubernetes name, and the EdgeNode it enrolls as.
+    node_name: str = ""
+    # Empty: derived from the EK (stable across reinstalls of the agent on the same TPM).
+    uuid: str = ""
+    # The Keylime CA (cv_ca/cacert.crt): only clients with certificates from it may call the agent API.
+    keylime_ca: Path = Path("/var/lib/keylime/cv_ca/cacert.crt")
+    # Where the decrypted U/V payload (join material) lands; a tmpfs by default, so it dies with the boot.
+    payload_dir: Path = Path("/run/edgeagent")
+    kubeconfig: Path = Path("/var/lib/edgeagent/kubelet/kubeconfig")
+    # The verifier's revocation certificate: signed revocation notifications are acted on only with it.
+    revocation_cert: Path | None = None
+    # Seconds to keep retrying an unreachable registrar / API server before giving up; 0: forever.
+    retry_timeout: float = 300.0
+    # Seconds to wait for the payload (the cloud side adds the agent to the verifier); 0: forever.
+    payload_timeout: float = 0.0
+    # Seconds to wait for the CSR to be approved and signed.
+    certificate_timeout: float = 600.0
+    # Requested lifetime of the node's client certificate (spec.expirationSeconds; honoured by k8s >= 1.22).
+    certificate_seconds: int = 86400
+
+
+@dataclasses.dataclass
 class AgentConfig:
     """Everything the agent reads from its configuration."""
 
@@ -77,6 +107,7 @@ class AgentConfig:
     measure: MeasureConfig = dataclasses.field(default_factory=MeasureConfig)
     drivers: DriversConfig = dataclasses.field(default_factory=DriversConfig)
     controllers: ControllersConfig = dataclasses.field(default_factory=ControllersConfig)
+    enroll: EnrollConfig = dataclasses.field(default_factory=EnrollConfig)
     # The file this configuration was read from, if any (it is measured too).
     source: Path | None = None
 

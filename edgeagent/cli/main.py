@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "edgeagent.cli.bench",
     "edgeagent.cli.tpm",
     "edgeagent.cli.measure",
+    "edgeagent.cli.enroll",
     "edgeagent.cli.drivers",
 ]
 

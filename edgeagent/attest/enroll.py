@@ -1,0 +1,476 @@
+"""`edgeagent enroll` as an explicit, resumable state machine persisted in ``state_dir/enroll.json``.
+
+Steps, in order (each timed; `EnrollState` records which are done):
+
+    provision    open the one TPM connection the agent keeps; EK + persisted AK (same AK forever)
+    measure      `edgeagent.measure` into PCR 23 (idempotent: only new or changed files are logged)
+    register     Keylime registrar: registration + AK activation (retried with backoff while unreachable)
+    attest       serve the mTLS agent API; wait until the verifier's V and the tenant's U form K and the
+                 payload (join material) opens, which happens only after a quote passed
+    csr          node key (generated here, 0600) -> CSR with the TPM binding, created with the bootstrap token
+    certificate  wait until the CSR is approved and signed; store the certificate
+    kubeconfig   the kubelet's kubeconfig (0600, atomic)
+
+then keep serving attestation (the verifier keeps polling) until told to stop, unless ``once``.
+
+Resuming: every start re-runs provision and measure (both idempotent, and the TPM connection and PCR 23 are
+needed anyway), skips a registration recorded for the same AK, address and TLS certificate, skips waiting for
+the payload when it is already stored (the payload directory is a tmpfs: after a reboot it is waited for
+again unless the credential is already issued), reuses a recorded CSR, and skips everything once a certificate
+that has not expired is stored. The AK, NK, TLS and node keys are persisted, so a SIGKILL at any point
+followed by a restart completes with the same identities. The state file is written atomically
+after every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import socket
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from edgeagent.attest import kubecsr, nk, nodekey, payload, protocol, tls
+from edgeagent.attest.registrar import RegistrarClient, RetryPolicy
+from edgeagent.attest.secrets import read_private, write_private
+from edgeagent.attest.server import AgentApi, AgentServer
+from edgeagent.config import AgentConfig
+from edgeagent.errors import (
+    AttestationError,
+    ClusterError,
+    ConfigError,
+    EdgeAgentError,
+    PeerUnreachable,
+    ProtocolError,
+    StateError,
+)
+from edgeagent.tpm import identity as tpm_identity
+from edgeagent.tpm.connection import Tpm
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "enroll.json"
+STATE_VERSION = 1
+STEPS = ("provision", "measure", "register", "attest", "csr", "certificate", "kubeconfig")
+NODE_DIR = "node"
+AGENT_DIR = "agent"
+CERT_FILE = "node.crt"
+CA_FILE = "cluster-ca.crt"
+
+
+# ---------------------------------------------------------------- persisted state
+@dataclasses.dataclass
+class EnrollState:
+    """What survives a restart. Only facts needed to resume: no secrets (those are in their own files)."""
+
+    uuid: str | None = None
+    node_name: str | None = None
+    ak_name: str | None = None
+    registration: dict[str, Any] | None = None
+    """{"ak_name", "ip", "port", "tls_sha256", "registrar"} of the last registration + activation."""
+    csr_name: str | None = None
+    steps: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """step -> {"seconds", "finished" (ISO time), "detail"} for steps done at least once."""
+
+    @classmethod
+    def load(cls, path: Path) -> EnrollState:
+        raw = read_private(path)
+        if raw is None:
+            return cls()
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+                raise ValueError("unknown version")
+            data.pop("version")
+            return cls(**data)
+        except (ValueError, TypeError) as e:
+            raise StateError(f"{path} is corrupt ({e}); remove it to enroll from scratch") from None
+
+    def save(self, path: Path) -> None:
+        data = {"version": STATE_VERSION, **dataclasses.asdict(self)}
+        write_private(path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+    def record(self, step: str, seconds: float, detail: str) -> None:
+        self.steps[step] = {
+            "seconds": round(seconds, 4),
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "detail": detail,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class StepEvent:
+    """Progress for views: ``status`` is start | done | skipped | waiting | retry."""
+
+    step: str
+    status: str
+    seconds: float | None = None
+    detail: str = ""
+
+
+@dataclasses.dataclass
+class EnrollResult:
+    uuid: str
+    node_name: str
+    ak_name: str
+    agent_address: str
+    kubeconfig: Path | None
+    steps: list[StepEvent]
+    figures: dict[str, float]
+    """Durations in seconds: provision, measure, register, first_quote (API up -> first integrity quote),
+    attest (API up -> payload), csr, certificate, total."""
+
+
+# ---------------------------------------------------------------- helpers
+def agent_uuid(configured: str, ek_public: bytes) -> str:
+    """The configured uuid, or one derived from the EK: stable for the TPM, whatever happens to the disk."""
+    if configured:
+        return protocol.check_agent_id(configured)
+    return str(uuidlib.UUID(bytes=hashlib.sha256(ek_public).digest()[:16], version=4))
+
+
+def node_name(configured: str) -> str:
+    return configured or socket.gethostname().split(".")[0].lower()
+
+
+def _certificate_valid(path: Path, *, margin: float = 60.0) -> bool:
+    raw = read_private(path)
+    if raw is None:
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(raw)
+    except ValueError:
+        return False
+    return cert.not_valid_after_utc.timestamp() > time.time() + margin
+
+
+def _load_revocation_key(path: Path | None) -> Any:
+    if path is None:
+        return None
+    raw = read_private(path)
+    if raw is None:
+        raise ConfigError(f"revocation certificate {path} does not exist (enroll.revocation_cert)")
+    try:
+        return x509.load_pem_x509_certificate(raw).public_key()
+    except ValueError:
+        raise ConfigError(f"{path} is not a PEM certificate (enroll.revocation_cert)") from None
+
+
+# ---------------------------------------------------------------- the state machine
+class Enrollment:
+    """One enrollment run. `run()` drives the steps; `stop()` (any thread) ends the wait or the serving."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        on_event: Callable[[StepEvent], None] | None = None,
+        registrar_retry: RetryPolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.enroll = config.enroll
+        self.state_dir = config.state_dir
+        self.state_path = self.state_dir / STATE_FILE
+        self.node_dir = self.state_dir / NODE_DIR
+        self.agent_dir = self.state_dir / AGENT_DIR
+        self.on_event = on_event
+        self.registrar_retry = registrar_retry or RetryPolicy()
+        self.events: list[StepEvent] = []
+        self.figures: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._delivered = threading.Event()
+        self.tpm: Tpm | None = None
+        self.server: AgentServer | None = None
+        self.api: AgentApi | None = None
+        self.state = EnrollState()
+        self._payload_dir: Path | None = None
+
+    # ------------------------------------------------------------ control
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _emit(self, step: str, status: str, seconds: float | None = None, detail: str = "") -> None:
+        event = StepEvent(step, status, seconds, detail)
+        if status in ("done", "skipped"):
+            self.events.append(event)
+        log.info("enroll %s: %s%s", step, status, f" ({detail})" if detail else "")
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _save(self) -> None:
+        self.state.save(self.state_path)
+
+    def _wait(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise AttestationError("enrollment stopped")
+
+    def _retrying(self, step: str, what: str, fn: Callable[[], Any]) -> Any:
+        """Runs ``fn`` until it stops raising PeerUnreachable or ``retry_timeout`` passes (0: forever)."""
+        timeout = self.enroll.retry_timeout
+        deadline = None if timeout <= 0 else time.monotonic() + timeout
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except PeerUnreachable as e:
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise PeerUnreachable(f"{e} (gave up on the {what} after {timeout:.0f} s)") from None
+                self._emit(step, "retry", detail=f"{e}; next attempt in {delay:.1f} s")
+                self._wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    # ------------------------------------------------------------ run
+    def run(self, *, once: bool = False) -> EnrollResult:
+        """Enrolls (resuming where a previous run stopped); serves afterwards unless ``once``."""
+        try:
+            result = self.enroll_steps()
+            if not once:
+                self.serve()
+            return result
+        finally:
+            self.close()
+
+    def enroll_steps(self) -> EnrollResult:
+        """Every step up to the kubeconfig; the agent API keeps running afterwards (see `serve`, `close`)."""
+        t_start = time.monotonic()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = EnrollState.load(self.state_path)
+        ident = self._provision()
+        self._measure()
+        self._register(ident)
+        material = self._attest()
+        self._credential(ident, material)
+        self.figures["total"] = time.monotonic() - t_start
+        return self._result(ident)
+
+    def serve(self) -> None:
+        """Keeps answering the verifier until `stop()`."""
+        address = f"{self.enroll.agent_host}:{self.server.port if self.server else '-'}"
+        self._emit("serve", "waiting", detail=f"serving attestation on {address}")
+        self._stop.wait()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.tpm is not None:
+            self.tpm.close()
+            self.tpm = None
+
+    def _result(self, ident: tpm_identity.Identity) -> EnrollResult:
+        return EnrollResult(
+            uuid=self.state.uuid or "",
+            node_name=self.state.node_name or "",
+            ak_name=ident.ak_name.hex(),
+            agent_address=f"{self.enroll.agent_host}:{self.enroll.agent_port}",
+            kubeconfig=self.enroll.kubeconfig if "kubeconfig" in self.state.steps else None,
+            steps=list(self.events),
+            figures=dict(self.figures),
+        )
+
+    def _timed(self, step: str) -> _Timer:
+        return _Timer(self, step)
+
+    # ------------------------------------------------------------ steps
+    def _provision(self) -> tpm_identity.Identity:
+        with self._timed("provision") as t:
+            self.tpm = Tpm.open(self.config.tpm_tcti)
+            ident = tpm_identity.provision(self.tpm, self.state_dir, ek_type=self.config.tpm.ek_type,
+                                           ak_type=self.config.tpm.ak_type)
+            uuid = agent_uuid(self.enroll.uuid, ident.ek_public)
+            if self.state.uuid not in (None, uuid):
+                # Another uuid (changed config) means another Keylime agent: start from scratch.
+                self.state = EnrollState()
+            if self.state.ak_name not in (None, ident.ak_name.hex()):
+                self.state.registration = None  # a new AK must be registered and activated again
+            self.state.uuid = uuid
+            self.state.node_name = node_name(self.enroll.node_name)
+            self.state.ak_name = ident.ak_name.hex()
+            t.detail = f"uuid {uuid}, AK {ident.ak_name.hex()[:16]}…"
+        return ident
+
+    def _measure(self) -> None:
+        from edgeagent.measure import measurer
+
+        with self._timed("measure") as t:
+            assert self.tpm is not None
+            res = measurer.measure(self.config, self.tpm)
+            value = next(iter(res.pcr_values.values()), b"").hex()
+            t.detail = f"{res.measured} new, {len(res.items)} files, PCR {res.pcr} = {value[:16]}…"
+
+    def _register(self, ident: tpm_identity.Identity) -> None:
+        assert self.tpm is not None and self.state.uuid is not None
+        uuid = self.state.uuid
+        self.agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        server_id = tls.load_or_create(self.agent_dir, uuid=uuid, host=self.enroll.agent_host)
+        wanted = {
+            "ak_name": ident.ak_name.hex(),
+            "ip": self.enroll.agent_host,
+            "port": self.enroll.agent_port,
+            "tls_sha256": hashlib.sha256(server_id.cert_pem.encode()).hexdigest(),
+            "registrar": self.enroll.registrar_url,
+        }
+        self._start_server(ident, server_id)
+        if self.state.registration == wanted and "register" in self.state.steps:
+            self._emit("register", "skipped", detail="already registered and activated with this AK")
+            return
+        request = protocol.RegistrationRequest(
+            ek_tpm=ident.ek_public, aik_tpm=ident.ak_public, ekcert=ident.ek_cert,
+            mtls_cert=server_id.cert_pem, ip=self.enroll.agent_host, port=self.enroll.agent_port,
+        )
+        tpm = self.tpm
+        with self._timed("register") as t:
+            def attempt() -> None:
+                client = RegistrarClient(self.enroll.registrar_url, retry=self.registrar_retry)
+                client.register_and_activate(uuid, request,
+                                             lambda blob: tpm.activate_credential(ident, blob))
+
+            self._retrying("register", "registration", attempt)
+            self.state.registration = wanted
+            t.detail = f"registered {uuid} at {self.enroll.registrar_url}"
+
+    def _start_server(self, ident: tpm_identity.Identity, server_id: tls.ServerIdentity) -> None:
+        assert self.tpm is not None and self.state.uuid is not None
+        key = nk.load_or_create(self.agent_dir)
+        self._payload_dir = payload.payload_dir(self.enroll.payload_dir, self.state_dir)
+        shares = payload.KeyShares(self.state.uuid, on_delivery=self._on_delivery)
+        firmware_log = self.config.measure.firmware_log
+        self.api = AgentApi(
+            tpm=self.tpm, identity=ident, uuid=self.state.uuid, nk=key, shares=shares,
+            firmware_log=firmware_log,
+            revocation_key=_load_revocation_key(self.enroll.revocation_cert),
+            on_revocation=lambda rev: log.warning("verifier revoked this agent: %s", rev.msg),
+        )
+        context = tls.server_context(server_id, self.enroll.keylime_ca)
+        try:
+            self.server = AgentServer(self.api, self.enroll.agent_host, self.enroll.agent_port, context)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {self.enroll.agent_host}:{self.enroll.agent_port}: "
+                              f"{e.strerror}") from None
+        self.server.start()
+        self._server_started = time.monotonic()
+
+    def _on_delivery(self, delivery: payload.Delivery) -> None:
+        """Runs in a request thread: store the payload before the request is answered."""
+        assert self._payload_dir is not None
+        if delivery.payload is None:
+            log.info("bootstrap key K derived; the U share carried no payload")
+            return
+        payload.store(self._payload_dir, delivery.payload)
+        self._delivered.set()
+
+    def _attest(self) -> payload.JoinMaterial | None:
+        assert self._payload_dir is not None
+        cert_ok = _certificate_valid(self.node_dir / CERT_FILE)
+        if cert_ok and "kubeconfig" in self.state.steps:
+            self._emit("attest", "skipped", detail="node credential already issued")
+            return None
+        data = payload.stored(self._payload_dir)
+        if data is not None:  # delivered before (perhaps just before a kill that kept it unrecorded)
+            self._emit("attest", "skipped", detail="payload already delivered")
+            return self._parse_material(data)
+        with self._timed("attest") as t:
+            self._emit("attest", "waiting",
+                       detail=f"agent API on {self.enroll.agent_host}:{self.enroll.agent_port}; "
+                              "waiting for the verifier to accept a quote and deliver the payload")
+            timeout = self.enroll.payload_timeout
+            deadline = None if timeout <= 0 else time.monotonic() + timeout
+            while not self._delivered.wait(0.1):
+                if self._stop.is_set():
+                    raise AttestationError("enrollment stopped while waiting for the payload")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise AttestationError(
+                        f"no payload within {timeout:.0f} s: is the agent added to the Keylime verifier?")
+            data = payload.stored(self._payload_dir)
+            if data is None:
+                raise StateError(f"payload vanished from {self._payload_dir}")
+            assert self.api is not None
+            if self.api.first_quote_at is not None:
+                self.figures["first_quote"] = self.api.first_quote_at - self._server_started
+            t.detail = f"payload delivered ({len(data)} bytes) after {self.api.quotes_served} quotes"
+            material = self._parse_material(data)
+        return material
+
+    def _parse_material(self, data: bytes) -> payload.JoinMaterial:
+        material = payload.parse_join_material(data)
+        if material.node_name != self.state.node_name:
+            raise ProtocolError(
+                f"payload is for node {material.node_name!r}, this is {self.state.node_name!r}")
+        return material
+
+    def _credential(self, ident: tpm_identity.Identity, material: payload.JoinMaterial | None) -> None:
+        cert_path, key_path = self.node_dir / CERT_FILE, self.node_dir / nodekey.KEY_FILE
+        if material is None:
+            for step in ("csr", "certificate", "kubeconfig"):
+                self._emit(step, "skipped", detail="node credential already issued")
+            return
+        assert self.tpm is not None and self.state.uuid is not None and self.state.node_name is not None
+        ca_path = kubecsr.write_ca(self.node_dir / CA_FILE, material.ca_cert)
+        cluster = kubecsr.Cluster(material.api_server, ca_path, token=material.bootstrap_token)
+        if _certificate_valid(cert_path) and "certificate" in self.state.steps:
+            self._emit("csr", "skipped", detail="certificate already issued")
+            self._emit("certificate", "skipped", detail=str(cert_path))
+        else:
+            if self.state.csr_name is not None and "csr" in self.state.steps:
+                self._emit("csr", "skipped", detail=f"CSR {self.state.csr_name} already created")
+            else:
+                with self._timed("csr") as t:
+                    key = nodekey.load_or_create(self.node_dir)
+                    binding = nodekey.tpm_binding(self.tpm, ident, agent_uuid=self.state.uuid,
+                                                  public_key=key.public_key())
+                    name = nodekey.csr_name(self.state.node_name)
+                    body = nodekey.csr_body(name=name, csr_pem=nodekey.build_csr(key, self.state.node_name),
+                                            binding=binding,
+                                            expiration_seconds=self.enroll.certificate_seconds)
+                    self.state.csr_name = self._retrying("csr", "CSR creation",
+                                                         lambda: kubecsr.submit(cluster, body))
+                    t.detail = f"CSR {name} for system:node:{self.state.node_name}"
+            with self._timed("certificate") as t:
+                name = self.state.csr_name
+                assert name is not None
+                self._emit("certificate", "waiting",
+                           detail=f"waiting for CSR {name} to be approved and signed")
+                cert = self._retrying("certificate", "certificate", lambda: kubecsr.wait_certificate(
+                    cluster, name, timeout=self.enroll.certificate_timeout, sleep=self._wait))
+                write_private(cert_path, cert)
+                t.detail = f"certificate in {cert_path}"
+        with self._timed("kubeconfig") as t:
+            kubecsr.write_kubelet_kubeconfig(self.enroll.kubeconfig, api_server=material.api_server,
+                                             ca_pem=material.ca_cert, cert_file=cert_path, key_file=key_path,
+                                             node_name=self.state.node_name)
+            t.detail = str(self.enroll.kubeconfig)
+
+
+class _Timer:
+    """Times a step, records it in the state file when it ends without an error, emits progress."""
+
+    def __init__(self, run: Enrollment, step: str) -> None:
+        self.run = run
+        self.step = step
+        self.detail = ""
+        self.t0 = 0.0
+
+    def __enter__(self) -> _Timer:
+        self.t0 = time.monotonic()
+        self.run._emit(self.step, "start")
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            if isinstance(exc, EdgeAgentError | ClusterError):
+                log.info("enroll %s failed: %s", self.step, exc)
+            return
+        seconds = time.monotonic() - self.t0
+        self.run.figures[self.step] = seconds
+        self.run.state.record(self.step, seconds, self.detail)
+        self.run._save()
+        self.run._emit(self.step, "done", seconds, self.detail)
