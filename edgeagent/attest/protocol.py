@@ -30,6 +30,7 @@ from edgeagent.errors import (
     ProtocolError,
     SignatureError,
 )
+from edgeagent.tpm import credential as tpm_credential
 
 # ---------------------------------------------------------------- API versions
 AGENT_API_VERSIONS: tuple[str, ...] = ("2.1", "2.2")
@@ -197,8 +198,8 @@ def parse_registration_results(results: Mapping[str, Any]) -> CredentialBlob:
     return parse_credential_blob(b64decode_field(results, "blob"))
 
 
-CREDENTIAL_BLOB_MAGIC = 0xBADCC0DE
-CREDENTIAL_BLOB_VERSION = 1
+CREDENTIAL_BLOB_MAGIC = tpm_credential.TOOLS_CREDENTIAL_MAGIC
+CREDENTIAL_BLOB_VERSION = tpm_credential.TOOLS_CREDENTIAL_VERSION
 
 
 @dataclass(frozen=True)
@@ -223,30 +224,14 @@ class CredentialBlob:
 
 
 def parse_credential_blob(blob: bytes) -> CredentialBlob:
-    if len(blob) < 8:
-        raise ProtocolError(f"credential blob too short ({len(blob)} bytes)")
-    magic, version = struct.unpack_from(">II", blob, 0)
-    if magic != CREDENTIAL_BLOB_MAGIC:
-        raise ProtocolError(f"credential blob magic is {magic:#010x}, expected {CREDENTIAL_BLOB_MAGIC:#010x}")
-    if version != CREDENTIAL_BLOB_VERSION:
-        raise ProtocolError(f"credential blob version {version} is not supported")
-    credential, offset = _tpm2b(blob, 8, "TPM2B_ID_OBJECT")
-    secret, offset = _tpm2b(blob, offset, "TPM2B_ENCRYPTED_SECRET")
-    if offset != len(blob):
-        raise ProtocolError(f"credential blob has {len(blob) - offset} trailing bytes")
+    """The registrar's blob, parsed by the TPM layer's parser (one format, one parser) as a ProtocolError."""
+    try:
+        credential, secret = tpm_credential.parse_tools_credential(blob)
+    except tpm_credential.CredentialError as e:
+        raise ProtocolError(str(e)) from None
     if not credential or not secret:
         raise ProtocolError("credential blob has an empty TPM2B_ID_OBJECT or TPM2B_ENCRYPTED_SECRET")
     return CredentialBlob(credential, secret)
-
-
-def _tpm2b(data: bytes, offset: int, what: str) -> tuple[bytes, int]:
-    if offset + 2 > len(data):
-        raise ProtocolError(f"credential blob truncated before {what}")
-    (size,) = struct.unpack_from(">H", data, offset)
-    end = offset + 2 + size
-    if end > len(data):
-        raise ProtocolError(f"credential blob truncated inside {what} ({size} bytes announced)")
-    return data[offset + 2 : end], end
 
 
 def auth_tag(challenge: bytes, uuid: str) -> str:
