@@ -1,24 +1,35 @@
 """`edgeagent bench drivers`: Wasm drivers against their native Python twins, in the same run.
 
-In-process cases use the simulated parts with no kernel underneath (the "null backend"), which isolates what
-Wasm adds: the crossings and the guest's own work. Cases:
+In-process cases use the simulated parts with no kernel underneath. Cases:
 - host call: one Wasm -> Python call of a host function that does nothing (target <= 1.5 us);
 - export call: one Python -> Wasm call of an export that does nothing;
-- sensor read per driver, Wasm vs native (baseline);
-- LCD write of a full 16x2 screen, Wasm vs native;
+- sensor read per driver and LCD write of a full 16x2 screen, three ways: the native twin, the Wasm driver
+  through the same smbus2 layer (smbus2 ``i2c_msg`` + ``I2C_RDWR`` calls on an SMBus look-alike over the
+  simulator: the ratio is what Wasm adds), and the Wasm driver straight on the simulated bus (the "null
+  backend": the Wasm path alone);
 - cold start: compile, cache load (target <= 1 ms), instantiate, first reading (init + read), and the total
-  from
-  the cache, against the native twin's first reading;
+  from the cache, against the native twin's first reading;
 - loop stop: how long a guest stuck in a loop runs before the 50 ms compute limit stops it (target <= 100 ms).
 Then the USB cases and the umockdev-emulated cases, when their modules are present.
+
+Same operations on both sides: the native twins issue exactly the transactions the Wasm I2C host issues for
+the C header's register helpers (one I2C_RDWR write + repeated START + read per register read, one I2C_RDWR
+write per register write; see edgeagent.drivers.native.base), so on the emulated /dev/i2c-1 both sides make
+the same ioctls and the comparison measures the runtime, not the choice of ioctl.
+
+The machine is shared: every comparison takes its samples interleaved (native, Wasm, native, Wasm, ...; see
+`interleaved`), so a change of load hits both sides alike, and the report's meta records the load average at
+the start and the end of the run.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edgeagent.bench.harness import Case, Report, timeit
@@ -28,7 +39,9 @@ from edgeagent.drivers.native import NATIVE_DRIVERS
 from edgeagent.drivers.native.simbus import SimSMBus
 from edgeagent.drivers.runner import I2cDriver
 from edgeagent.errors import DriverError
+from edgeagent.hw.i2c import I2cBus
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
+from edgeagent.hw.smbus2_bus import Smbus2Bus
 from edgeagent.wasm import I32, Guest, HostModule, Limits, ModuleCache, Runtime, hostfunc
 from edgeagent.wasm.cache import compile_module
 
@@ -65,10 +78,15 @@ def _sim(name: str) -> tuple[SimI2cBus, int]:
     return SimI2cBus([info.sim_model(info.default_address)]), info.default_address
 
 
-def _wasm_driver(name: str, runtime: Runtime, cache: ModuleCache, config: AgentConfig) -> I2cDriver:
+def _wasm_driver(
+    name: str, runtime: Runtime, cache: ModuleCache, config: AgentConfig, *, smbus2: bool = False
+) -> I2cDriver:
+    """The Wasm driver on its simulated part: straight on the sim bus, or (``smbus2``) through smbus2's
+    message layer over the sim, as the native twin is."""
     info = registry.get(name)
     module = cache.load_file(runtime, registry.module_path(info, config), name=name)
-    bus, addr = _sim(name)
+    sim, addr = _sim(name)
+    bus: I2cBus = Smbus2Bus(1, smbus=SimSMBus(sim)) if smbus2 else sim
     return I2cDriver(
         name, module, runtime=runtime, bus=bus, address=addr, granted=frozenset({addr}), sleep=_no_sleep
     )
@@ -79,6 +97,23 @@ def _native_driver(name: str):  # type: ignore[no-untyped-def]
     drv = NATIVE_DRIVERS[name](SimSMBus(bus), addr, sleep=_no_sleep)
     drv.init()
     return drv
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], *, repeat: int, inner: int = 1, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Samples of several functions taken in turns, seconds per call: on a shared machine a load change then
+    hits every side of a comparison alike instead of one side's whole series. The order rotates every round
+    (a b c, b c a, c a b, ...) so no side always runs first, right after the other's caches were warmed."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    items = list(fns.items())
+    for r in range(repeat):
+        for k, fn in items[r % len(items) :] + items[: r % len(items)]:
+            out[k] += timeit(fn, repeat=1, warmup=0, inner=inner)
+    return out
 
 
 def crossing_cases(report: Report, runtime: Runtime, repeat: int) -> None:
@@ -107,37 +142,59 @@ def read_cases(
 ) -> None:
     for name in SENSORS:
         native = _native_driver(name)
-        wasm = _wasm_driver(name, runtime, cache, config)
-        if wasm.read().values != native.read():  # a benchmark of wrong answers is worthless
+        wasm = _wasm_driver(name, runtime, cache, config, smbus2=True)
+        direct = _wasm_driver(name, runtime, cache, config)
+        # A benchmark of wrong answers is worthless.
+        if not wasm.read().values == direct.read().values == native.read():
             raise DriverError(f"bench: {name} Wasm and native readings differ")
-        base = report.add(
-            Case(f"{name} read, native (sim bus)", timeit(native.read, repeat=repeat, inner=200))
+        got = interleaved(
+            {"native": native.read, "wasm": wasm.read_values, "direct": direct.read_values},
+            repeat=repeat,
+            inner=200,
+        )
+        base = report.add(Case(f"{name} read, native (smbus2 I2C_RDWR on sim)", got["native"]))
+        report.add(
+            Case(
+                f"{name} read, Wasm (smbus2 I2C_RDWR on sim)",
+                got["wasm"],
+                baseline=base.name,
+                note="same smbus2 layer under both: crossings + guest work",
+            )
         )
         report.add(
             Case(
-                f"{name} read, Wasm (sim bus)",
-                timeit(wasm.read_values, repeat=repeat, inner=200),
+                f"{name} read, Wasm (sim bus, no smbus2)",
+                got["direct"],
                 baseline=base.name,
-                note="null backend: crossing cost + guest work",
+                note="null backend: the Wasm path alone",
             )
         )
         wasm.close()
+        direct.close()
     native = _native_driver(LCD)
-    wasm = _wasm_driver(LCD, runtime, cache, config)
-    base = report.add(
-        Case(
-            "lcd 16x2 write, native (sim bus)",
-            timeit(lambda: native.write(LCD_TEXT), repeat=repeat, inner=20),
-        )
+    wasm = _wasm_driver(LCD, runtime, cache, config, smbus2=True)
+    direct = _wasm_driver(LCD, runtime, cache, config)
+    got = interleaved(
+        {
+            "native": lambda: native.write(LCD_TEXT),
+            "wasm": lambda: wasm.write(LCD_TEXT),
+            "direct": lambda: direct.write(LCD_TEXT),
+        },
+        repeat=repeat,
+        inner=20,
     )
+    base = report.add(Case("lcd 16x2 write, native (smbus2 I2C_RDWR on sim)", got["native"]))
+    report.add(Case("lcd 16x2 write, Wasm (smbus2 I2C_RDWR on sim)", got["wasm"], baseline=base.name))
     report.add(
         Case(
-            "lcd 16x2 write, Wasm (sim bus)",
-            timeit(lambda: wasm.write(LCD_TEXT), repeat=repeat, inner=20),
+            "lcd 16x2 write, Wasm (sim bus, no smbus2)",
+            got["direct"],
             baseline=base.name,
+            note="null backend",
         )
     )
     wasm.close()
+    direct.close()
 
 
 def cold_start_cases(report: Report, runtime: Runtime, config: AgentConfig, repeat: int) -> None:
@@ -199,13 +256,12 @@ def cold_start_cases(report: Report, runtime: Runtime, config: AgentConfig, repe
         def first_reading_native() -> None:
             _native_driver(name).read()
 
-        base = report.add(
-            Case(f"cold: first reading {name}, native", timeit(first_reading_native, repeat=repeat))
-        )
+        got = interleaved({"native": first_reading_native, "wasm": first_reading_wasm}, repeat=repeat)
+        base = report.add(Case(f"cold: first reading {name}, native", got["native"]))
         report.add(
             Case(
                 f"cold: first reading {name}, Wasm from cache",
-                timeit(first_reading_wasm, repeat=repeat),
+                got["wasm"],
                 baseline=base.name,
                 note="cache load + instantiate + init + read",
             )
@@ -247,7 +303,12 @@ def run(config: AgentConfig, *, repeat: int) -> Report:
     runtime = Runtime.default()
     report = Report(
         "drivers",
-        meta={"backend": "in-process simulated parts (null backend)", "epoch_tick_ms": runtime.tick * 1000},
+        meta={
+            "backend": "in-process simulated parts; umockdev-emulated devices for the 'emulated' cases",
+            "epoch_tick_ms": runtime.tick * 1000,
+            "loadavg_start": list(os.getloadavg()),
+            "sampling": "interleaved: native and Wasm samples alternate within each comparison",
+        },
     )
     with tempfile.TemporaryDirectory(prefix="edgeagent-bench-") as tmp:
         cache = ModuleCache(Path(tmp))
@@ -257,4 +318,5 @@ def run(config: AgentConfig, *, repeat: int) -> Report:
     loop_stop_case(report, runtime, repeat)
     _optional(report, "edgeagent.bench.drivers_usb", repeat)
     _optional(report, "edgeagent.bench.drivers_emulated", repeat)
+    report.meta["loadavg_end"] = list(os.getloadavg())
     return report

@@ -3,7 +3,13 @@
 Both sides drive their own copy of the simulated devices through the same layers below the driver: pyusb with
 the simulator as its backend (no kernel, no libusb), so the ratio is what running the driver in Wasm adds
 (crossings, guest work, the host's copying). A third case per ping runs the Wasm driver on the simulator
-directly (no pyusb): the cost of the Wasm path alone.
+directly (no pyusb): the cost of the Wasm path alone. Samples of the sides of a comparison are interleaved
+(edgeagent.bench.drivers.interleaved).
+
+Layers: the native twin calls pyusb's ``Device.read/write/ctrl_transfer``; the Wasm host calls the pyusb
+backend with the endpoint's interface resolved once per handle (edgeagent.hw.pyusb_backend: what pyusb's
+``Device`` methods redo on every call). Both end in the same backend calls; on libusb the host's transfers
+are libusb's synchronous calls into guest memory, the twin's the same calls into pyusb's arrays.
 Cases: echo ping (bulk, interrupt, control) at 8, 64 and 512 bytes; mass storage sequential and random read
 and write in MB/s (64 KiB sequential commands over 4 MiB, 4 KiB random commands over 1 MiB).
 """
@@ -14,7 +20,8 @@ import random
 import time
 from collections.abc import Callable
 
-from edgeagent.bench.harness import Case, Report, timeit
+from edgeagent.bench.drivers import interleaved
+from edgeagent.bench.harness import Case, Report
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
 from edgeagent.drivers.native.usb_echo import NativeUsbEcho
@@ -54,15 +61,18 @@ def _modules(runtime: Runtime) -> dict[str, object]:
     }
 
 
-def _mbps(fn: Callable[[], int], repeat: int) -> list[float]:
-    """Samples in MB/s (10^6 bytes per second) of `fn`, which returns the bytes it moved."""
-    fn()
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        n = fn()
-        samples.append(n / 1e6 / (time.perf_counter() - t0))
-    return samples
+def _mbps(fns: dict[str, Callable[[], int]], repeat: int) -> dict[str, list[float]]:
+    """Interleaved samples in MB/s (10^6 bytes/s) of each `fn`, which returns the bytes it moved."""
+    for fn in fns.values():
+        fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    items = list(fns.items())
+    for r in range(repeat):
+        for k, fn in items[r % len(items) :] + items[: r % len(items)]:  # rotating order, as `interleaved`
+            t0 = time.perf_counter()
+            n = fn()
+            out[k].append(n / 1e6 / (time.perf_counter() - t0))
+    return out
 
 
 def _storage_work(
@@ -127,24 +137,28 @@ def add_cases(report: Report, *, repeat: int) -> None:
     for kind in KINDS:
         for size in PING_SIZES:
             payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
-            base = report.add(
-                Case(
-                    f"usb {kind} ping {size} B, native (pyusb on sim)",
-                    timeit(lambda p=payload, k=kind: native_ping[k](p), repeat=repeat, inner=100),
-                )
+            got = interleaved(
+                {
+                    "native": lambda p=payload, k=kind: native_ping[k](p),
+                    "wasm": lambda s=size, k=kind: wasm_echo.ping(k, s),
+                    "direct": lambda s=size, k=kind: direct_echo.ping(k, s),
+                },
+                repeat=repeat,
+                inner=100,
             )
+            base = report.add(Case(f"usb {kind} ping {size} B, native (pyusb on sim)", got["native"]))
             report.add(
                 Case(
                     f"usb {kind} ping {size} B, Wasm (pyusb on sim)",
-                    timeit(lambda s=size, k=kind: wasm_echo.ping(k, s), repeat=repeat, inner=100),
+                    got["wasm"],
                     baseline=base.name,
-                    note="same pyusb layers under both drivers",
+                    note="same pyusb backend under both drivers",
                 )
             )
             report.add(
                 Case(
                     f"usb {kind} ping {size} B, Wasm (sim bus, no pyusb)",
-                    timeit(lambda s=size, k=kind: direct_echo.ping(k, s), repeat=repeat, inner=100),
+                    got["direct"],
                     baseline=base.name,
                     note="null backend: the Wasm path alone",
                 )
@@ -164,10 +178,11 @@ def add_cases(report: Report, *, repeat: int) -> None:
     native_work = _storage_work(native_disk.read, native_disk.write, native_disk.blocks)
     wasm_work = _storage_work(wasm_disk.read_blocks, wasm_disk.write, wasm_disk.blocks)
     for name, fn in native_work.items():
+        got = _mbps({"native": fn, "wasm": wasm_work[name]}, max(3, repeat // 3))
         base = report.add(
             Case(
                 f"usb storage {name}, native (pyusb on sim)",
-                _mbps(fn, max(3, repeat // 3)),
+                got["native"],
                 unit="MB/s",
                 higher_is_better=True,
             )
@@ -175,7 +190,7 @@ def add_cases(report: Report, *, repeat: int) -> None:
         report.add(
             Case(
                 f"usb storage {name}, Wasm (pyusb on sim)",
-                _mbps(wasm_work[name], max(3, repeat // 3)),
+                got["wasm"],
                 unit="MB/s",
                 higher_is_better=True,
                 baseline=base.name,

@@ -1,4 +1,4 @@
-"""`edgeagent run-driver DRIVER` and `edgeagent drivers list`: Wasm I2C drivers from the command line."""
+"""`edgeagent run-driver DRIVER` and `edgeagent drivers list`: Wasm I2C and USB drivers from the CLI."""
 
 from __future__ import annotations
 
@@ -9,15 +9,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 
 from edgeagent.cli import render
 from edgeagent.cli.context import state
 from edgeagent.drivers import registry
-from edgeagent.drivers.session import DriverSession, open_session
-from edgeagent.hw.smbus2_bus import present_buses
+from edgeagent.drivers.session import DriverSession, open_driver
+from edgeagent.drivers.usb_session import UsbSession
 
 
-def _reading_dict(session: DriverSession, text: str | None) -> dict[str, Any]:
+def _reading_dict(session: DriverSession | UsbSession, text: str | None) -> dict[str, Any]:
+    if isinstance(session, UsbSession):
+        return session.read()
     drv = session.driver
     if drv.kind == "sensor":
         return drv.read().to_dict()
@@ -30,11 +33,36 @@ def _reading_dict(session: DriverSession, text: str | None) -> dict[str, Any]:
     return out
 
 
-def _table(session: DriverSession, rows: list[dict[str, Any]]) -> Any:
+def _usb_table(session: UsbSession, rows: list[dict[str, Any]]) -> Any:
+    title = f"{session.driver.name} on {session.where}"
+    if session.header:
+        q, cap = session.header["inquiry"], session.header["capacity"]
+        title += (
+            f"\n{q['vendor']} {q['product']} {q['revision']}: {cap['blocks']} blocks of "
+            f"{cap['block_size']} B ({cap['bytes'] / 1e6:.1f} MB)"
+        )
+    cols = ["time"] + [escape(f"{n} [{u}]") if u else n for n, u in session.channels]
+    body = [
+        [time.strftime("%H:%M:%S", time.localtime(r["time"]))]
+        + [_cell(r["values"].get(n)) for n, _ in session.channels]
+        for r in rows
+    ]
+    return render.table(title, cols, body)
+
+
+def _cell(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
+
+
+def _table(session: DriverSession | UsbSession, rows: list[dict[str, Any]]) -> Any:
+    if isinstance(session, UsbSession):
+        return _usb_table(session, rows)
     drv = session.driver
     where = f"{session.bus.name} @ {session.device.address:#04x}{' (simulated)' if session.sim else ''}"
     if drv.kind == "sensor":
-        cols = ["time"] + [f"{n} [{u}]" if u else n for n, u in drv.channels]
+        cols = ["time"] + [escape(f"{n} [{u}]") if u else n for n, u in drv.channels]
         body = [
             [time.strftime("%H:%M:%S", time.localtime(r["time"]))]
             + [f"{r['values'].get(n, float('nan')):.3f}" for n, _ in drv.channels]
@@ -58,7 +86,12 @@ def run_driver(
     driver: Annotated[str, typer.Argument(help="A bundled driver (see `drivers list`) or a path to a .wasm")],
     device: Annotated[
         str | None,
-        typer.Option("--device", "-d", help="I2C device [BUS:]ADDRESS, e.g. 1:0x48 [default: policy]"),
+        typer.Option(
+            "--device",
+            "-d",
+            help="I2C: [BUS:]ADDRESS, e.g. 1:0x48. USB: VID:PID or BUS/ADDRESS, e.g. 1209:0001, 1/5 "
+            "[default: the first device the policy grants]",
+        ),
     ] = None,
     policy: Annotated[
         Path | None, typer.Option("--policy", "-p", help="Policy TOML [default: bundled]")
@@ -72,9 +105,19 @@ def run_driver(
     text: Annotated[
         str | None, typer.Option("--text", help="Output drivers: text to show [default: the time]")
     ] = None,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            "--size", min=1, help="USB: bytes per ping [64] or per block check [65536] (restores the data)"
+        ),
+    ] = None,
     sim: Annotated[
         bool | None,
-        typer.Option("--sim/--hardware", help="Simulated devices [default: --sim when no /dev/i2c-* exists]"),
+        typer.Option(
+            "--sim/--hardware",
+            help="Simulated devices [default: --sim when no /dev/i2c-* exists (I2C) or no device the policy "
+            "grants is attached (USB)]",
+        ),
     ] = None,
     json_: Annotated[
         bool, typer.Option("--json", help="JSON lines (the default when stdout is not a TTY)")
@@ -82,11 +125,12 @@ def run_driver(
 ) -> None:
     """Load a Wasm driver, grant it the devices its policy allows, and stream its readings."""
     cfg = state(ctx).config
-    use_sim = not present_buses() if sim is None else sim
-    session = open_session(driver, cfg, policy_file=policy, device=device, sim=use_sim)
+    session = open_driver(driver, cfg, policy_file=policy, device=device, sim=sim, size=size)
     live_table = not json_ and sys.stdout.isatty()
     rows: list[dict[str, Any]] = []
     try:
+        if isinstance(session, UsbSession) and session.header and not live_table:
+            render.print_json(session.header, indent=None)
         with (
             Live(_table(session, rows), console=render.console, auto_refresh=False)
             if live_table

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import loader
 from edgeagent.drivers.runner import I2cDevice, I2cDriver, parse_device
+from edgeagent.drivers.usb_session import UsbSession, is_usb, open_usb_session
 from edgeagent.errors import DriverError, PolicyError
 from edgeagent.hw.i2c import I2cBus
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
@@ -64,12 +65,11 @@ def open_session(
     cache: ModuleCache | None = None,
     sleep: Callable[[float], None] = time.sleep,
     bus: I2cBus | None = None,
+    source: loader.DriverSource | None = None,
 ) -> DriverSession:
-    source = loader.resolve(driver, config, policy_file)
+    source = source or loader.resolve(driver, config, policy_file)
     if source.info is not None and source.info.bus != "i2c":
-        raise DriverError(
-            f"driver {source.name} is a {source.info.bus} driver; this command runs I2C drivers"
-        )
+        raise DriverError(f"driver {source.name} is a {source.info.bus} driver; open it with open_driver()")
     dev = choose_device(source, device)
     runtime = runtime or Runtime.default()
     module = loader.load_module(source, runtime, cache or loader.cache_for(config))
@@ -98,3 +98,29 @@ def open_session(
         bus.close()
         raise
     return DriverSession(drv, bus, dev, sim, source)
+
+
+def open_driver(
+    driver: str,
+    config: AgentConfig,
+    *,
+    policy_file: Path | None = None,
+    device: str | None = None,
+    sim: bool | None = None,
+    size: int | None = None,
+) -> DriverSession | UsbSession:
+    """``edgeagent run-driver``: an I2C or a USB driver session, whichever the driver is.
+
+    ``sim=None``: the simulator when the machine has no I2C bus (I2C drivers) or no device the policy grants
+    (USB drivers). ``size`` (USB only): bytes per ping or per block check.
+    """
+    source = loader.resolve(driver, config, policy_file)
+    if is_usb(source):
+        return open_usb_session(source, config, device=device, sim=sim, size=size)
+    if size is not None:
+        raise DriverError(f"driver {source.name}: --size applies to USB drivers only")
+    if sim is None:
+        from edgeagent.hw.smbus2_bus import present_buses
+
+        sim = not present_buses()
+    return open_session(driver, config, device=device, sim=sim, source=source)

@@ -88,7 +88,12 @@ def error_from_oserror(e: OSError, address: int) -> I2cError:
 
 @runtime_checkable
 class I2cBus(Protocol):
-    """One I2C adapter. ``transaction`` returns the data of each Read, in order."""
+    """One I2C adapter. ``transaction`` returns the data of each Read, in order.
+
+    A bus may also offer ``write_read(address, data, length) -> bytes`` and ``write(address, data)``: the
+    same transactions as ``transaction([Write(data), Read(length)])`` and ``transaction([Write(data)])``
+    without the generic operation list; the Wasm host uses them for register reads and writes when present.
+    """
 
     name: str
 

@@ -7,7 +7,16 @@ pyusb is used as is; what it lacks is added at the edges, not patched in:
 - errors: pyusb raises USBError with libusb's code in ``backend_error_code``; it is kept as the
   `UsbErrorCode`;
 - transfer type: pyusb picks bulk or interrupt from the endpoint descriptor, so a bulk call on an interrupt
-  endpoint is refused here with ``invalid-param`` (what usbdevfs answers for a URB of the wrong type).
+  endpoint is refused here with ``invalid-param`` (what usbdevfs answers for a URB of the wrong type);
+- the Wasm host's data path (``raw_read``, ``raw_write``, ``raw_control_*``; `edgeagent.hw.usb.RawTransfers`):
+  pyusb's ``Device.read/write`` re-resolve the endpoint's interface, re-check the claim and allocate a buffer
+  on every call, behind four lock-taking wrappers. Here that resolution is done once per endpoint (through
+  pyusb's own ``setup_request``, so pyusb's claim bookkeeping stays right) and cached until the configuration,
+  an alternate setting or a claim changes. With pyusb's libusb-1.0 backend the transfer is then one call of
+  libusb's synchronous API on pyusb's own device handle, moving the data straight between libusb and the
+  caller's memory (the guest's, already bounds-checked); with any other pyusb backend it is one call of the
+  backend's IBackend method with a reused buffer. Without pyusb's internals (another pyusb version), the
+  public ``Device.read/write`` path is used.
 """
 
 from __future__ import annotations
@@ -248,6 +257,57 @@ class PyUsbBackend:
             self._callback = None
 
 
+_TRANSFER_PROTO = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_ubyte,
+    ctypes.c_void_p,
+    ctypes.c_int,
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.c_uint,
+)
+_CONTROL_PROTO = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_uint8,
+    ctypes.c_uint8,
+    ctypes.c_uint16,
+    ctypes.c_uint16,
+    ctypes.c_void_p,
+    ctypes.c_uint16,
+    ctypes.c_uint,
+)
+_STRERROR_PROTO = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_int)
+LIBUSB_ERROR_TIMEOUT = -7
+_LABEL = {hw.TRANSFER_BULK: "bulk", hw.TRANSFER_INTERRUPT: "interrupt"}
+
+
+class _Libusb:
+    """libusb's synchronous transfer API with pointer arguments (pyusb's prototypes want ctypes arrays)."""
+
+    _cache: dict[int, _Libusb] = {}  # noqa: RUF012 - one per loaded libusb
+
+    def __init__(self, lib: Any) -> None:
+        self.bulk = _TRANSFER_PROTO(("libusb_bulk_transfer", lib))
+        self.interrupt = _TRANSFER_PROTO(("libusb_interrupt_transfer", lib))
+        self.control = _CONTROL_PROTO(("libusb_control_transfer", lib))
+        self.strerror = _STRERROR_PROTO(("libusb_strerror", lib))
+
+    @classmethod
+    def of(cls, backend: Any) -> _Libusb | None:
+        lib = getattr(backend, "lib", None)
+        if not isinstance(backend, usb.backend.libusb1._LibUSB) or lib is None:
+            return None
+        found = cls._cache.get(id(lib))
+        if found is None:
+            found = cls._cache[id(lib)] = cls(lib)
+        return found
+
+    def error(self, rc: int, what: str) -> UsbError:
+        text = self.strerror(rc)
+        return UsbError(E.from_libusb(rc), f"{what}: {text.decode() if text else rc}")
+
+
 class PyUsbDevice:
     """An opened pyusb device; every failure is a UsbError."""
 
@@ -259,6 +319,16 @@ class PyUsbDevice:
             for i in cfg.interfaces:
                 for e in i.endpoints:
                     self._types[e.bEndpointAddress] = e.transfer_type
+        # The data path (module docstring): (transfer type << 8 | endpoint) -> interface number, checked and
+        # claimed once; reusable buffers by size.
+        self._ctx = getattr(dev, "_ctx", None)
+        if not all(hasattr(self._ctx, a) for a in ("setup_request", "managed_open", "backend")):
+            self._ctx = None
+        self._libusb = _Libusb.of(self._ctx.backend) if self._ctx is not None else None
+        self._routes: dict[int, int] = {}
+        self._buffers: dict[int, array.array[int]] = {}
+        self._transferred = ctypes.c_int(0)
+        self._transferred_ref = ctypes.byref(self._transferred)
 
     def _fail(self, exc: Exception, what: str) -> UsbError:
         return usb_error(exc, f"{self.info}: {what}")
@@ -273,6 +343,7 @@ class PyUsbDevice:
 
     def set_configuration(self, value: int) -> None:
         try:
+            self._routes.clear()
             self._dev.set_configuration(value)
         except (usb.core.USBError, ValueError) as e:
             raise self._fail(e, f"set configuration {value}") from None
@@ -285,12 +356,14 @@ class PyUsbDevice:
 
     def release_interface(self, interface: int) -> None:
         try:
+            self._routes.clear()
             usb.util.release_interface(self._dev, interface)
         except (usb.core.USBError, ValueError) as e:
             raise self._fail(e, f"release interface {interface}") from None
 
     def set_interface_alt_setting(self, interface: int, alternate: int) -> None:
         try:
+            self._routes.clear()
             self._dev.set_interface_altsetting(interface=interface, alternate_setting=alternate)
         except (usb.core.USBError, ValueError) as e:
             raise self._fail(e, f"interface {interface} alternate setting {alternate}") from None
@@ -303,6 +376,7 @@ class PyUsbDevice:
 
     def reset(self) -> None:
         try:
+            self._routes.clear()
             self._dev.reset()
         except usb.core.USBError as e:
             raise self._fail(e, "reset") from None
@@ -379,7 +453,137 @@ class PyUsbDevice:
     def interrupt_out(self, endpoint: int, data: bytes, timeout_ms: int) -> int:
         return self._write(endpoint, data, timeout_ms, hw.TRANSFER_INTERRUPT, "interrupt")
 
+    # ------------------------------------------------------------ the Wasm host's data path
+    def _route(self, endpoint: int, kind: int, what: str) -> int:
+        """The interface of `endpoint`, checked to be of transfer type `kind`; claims it as pyusb would."""
+        self._check(endpoint, kind, what)
+        assert self._ctx is not None
+        try:
+            interface, _ = self._ctx.setup_request(self._dev, endpoint)
+        except (usb.core.USBError, ValueError) as e:
+            raise self._fail(e, f"{what} 0x{endpoint:02x}") from None
+        intf = self._routes[endpoint | kind << 8] = int(interface.bInterfaceNumber)
+        return intf
+
+    def _buffer(self, length: int) -> array.array[int]:
+        buf = self._buffers.get(length)
+        if buf is None:
+            if len(self._buffers) > 8:
+                self._buffers.clear()
+            buf = self._buffers[length] = array.array("B", bytes(length))
+        return buf
+
+    def raw_read(self, endpoint: int, address: int, length: int, timeout_ms: int, kind: int) -> int:
+        label = _LABEL[kind]
+        if self._ctx is None:
+            data = self._read(endpoint, length, timeout_ms, kind, label)
+            ctypes.memmove(address, data, len(data))
+            return len(data)
+        endpoint |= 0x80
+        intf = self._routes.get(endpoint | kind << 8)  # keyed by type too: the type check is cached with it
+        if intf is None:
+            intf = self._route(endpoint, kind, label)
+        lib = self._libusb
+        if lib is not None:
+            fn = lib.interrupt if kind == hw.TRANSFER_INTERRUPT else lib.bulk
+            rc = fn(self._ctx.handle.handle, endpoint, address, length, self._transferred_ref, timeout_ms)
+            n = self._transferred.value
+            if rc and (rc != LIBUSB_ERROR_TIMEOUT or n == 0):  # a timeout after some data is a short read
+                raise lib.error(rc, f"{self.info}: {label} IN 0x{endpoint:02x}")
+            return n
+        backend = self._ctx.backend
+        fn = backend.intr_read if kind == hw.TRANSFER_INTERRUPT else backend.bulk_read
+        buf = self._buffer(length)
+        try:
+            n = int(fn(self._ctx.handle, endpoint, intf, buf, timeout_ms))
+        except (usb.core.USBError, ValueError) as e:
+            raise self._fail(e, f"{label} IN 0x{endpoint:02x}") from None
+        ctypes.memmove(address, buf.buffer_info()[0], min(n, length))
+        return n
+
+    def raw_write(self, endpoint: int, address: int, length: int, timeout_ms: int, kind: int) -> int:
+        label = _LABEL[kind]
+        if self._ctx is None:
+            return self._write(endpoint, ctypes.string_at(address, length), timeout_ms, kind, label)
+        endpoint &= 0x7F
+        intf = self._routes.get(endpoint | kind << 8)  # keyed by type too: the type check is cached with it
+        if intf is None:
+            intf = self._route(endpoint, kind, label)
+        lib = self._libusb
+        if lib is not None:
+            fn = lib.interrupt if kind == hw.TRANSFER_INTERRUPT else lib.bulk
+            rc = fn(self._ctx.handle.handle, endpoint, address, length, self._transferred_ref, timeout_ms)
+            n = self._transferred.value
+            if rc and (rc != LIBUSB_ERROR_TIMEOUT or n == 0):
+                raise lib.error(rc, f"{self.info}: {label} OUT 0x{endpoint:02x}")
+            return n
+        backend = self._ctx.backend
+        fn = backend.intr_write if kind == hw.TRANSFER_INTERRUPT else backend.bulk_write
+        data = array.array("B", ctypes.string_at(address, length))
+        try:
+            return int(fn(self._ctx.handle, endpoint, intf, data, timeout_ms))
+        except (usb.core.USBError, ValueError) as e:
+            raise self._fail(e, f"{label} OUT 0x{endpoint:02x}") from None
+
+    def _control_handle(self, request_type: int) -> Any:
+        """pyusb's device handle for a control request the fast path may send; None: take pyusb's path.
+
+        An interface-recipient request goes through pyusb, which claims the interface first."""
+        ctx = self._ctx
+        if ctx is None or request_type & 0x1F == hw.RECIPIENT_INTERFACE:
+            return None
+        if ctx.handle is None:
+            try:
+                ctx.managed_open()
+            except usb.core.USBError as e:
+                raise self._fail(e, "open") from None
+        return ctx.handle
+
+    def raw_control_in(
+        self, request_type: int, request: int, value: int, index: int, address: int, length: int, t: int
+    ) -> int:
+        request_type |= 0x80
+        handle = self._control_handle(request_type)
+        if handle is None:
+            data = self.control_in(request_type, request, value, index, length, t)
+            ctypes.memmove(address, data, min(len(data), length))
+            return len(data)
+        lib = self._libusb
+        if lib is not None:
+            rc = lib.control(handle.handle, request_type, request, value, index, address, length, t)
+            if rc < 0:
+                raise lib.error(rc, f"{self.info}: control IN 0x{request:02x}")
+            return int(rc)
+        buf = self._buffer(length)
+        try:
+            n = int(self._ctx.backend.ctrl_transfer(handle, request_type, request, value, index, buf, t))
+        except (usb.core.USBError, ValueError) as e:
+            raise self._fail(e, f"control IN 0x{request:02x}") from None
+        ctypes.memmove(address, buf.buffer_info()[0], min(n, length))
+        return n
+
+    def raw_control_out(
+        self, request_type: int, request: int, value: int, index: int, address: int, length: int, t: int
+    ) -> int:
+        request_type &= 0x7F
+        handle = self._control_handle(request_type)
+        if handle is None:
+            data = ctypes.string_at(address, length) if length else b""
+            return self.control_out(request_type, request, value, index, data, t)
+        lib = self._libusb
+        if lib is not None:
+            rc = lib.control(handle.handle, request_type, request, value, index, address, length, t)
+            if rc < 0:
+                raise lib.error(rc, f"{self.info}: control OUT 0x{request:02x}")
+            return int(rc)
+        data = array.array("B", ctypes.string_at(address, length))
+        try:
+            return int(self._ctx.backend.ctrl_transfer(handle, request_type, request, value, index, data, t))
+        except (usb.core.USBError, ValueError) as e:
+            raise self._fail(e, f"control OUT 0x{request:02x}") from None
+
     def close(self) -> None:
+        self._routes.clear()
         # An unplugged device cannot release its interfaces; the handle is gone either way.
         with contextlib.suppress(usb.core.USBError):
             usb.util.dispose_resources(self._dev)

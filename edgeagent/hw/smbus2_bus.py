@@ -6,6 +6,7 @@ import glob
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from smbus2 import SMBus, i2c_msg
 
@@ -31,9 +32,14 @@ def present_buses() -> list[int]:
 class Smbus2Bus:
     """An open ``/dev/i2c-N``. Opening a missing bus raises HardwareError naming the node."""
 
-    def __init__(self, bus: int | str) -> None:
+    def __init__(self, bus: int | str, *, smbus: Any = None) -> None:
+        """``smbus``: an already open ``smbus2.SMBus`` look-alike to use instead of opening the node (the
+        benchmark runs this class over the simulator, so Wasm and native twins share the smbus2 layer)."""
         self.number = parse_bus(bus)
         self.name = f"/dev/i2c-{self.number}"
+        if smbus is not None:
+            self._bus = smbus
+            return
         try:
             self._bus = SMBus(self.number)
         except FileNotFoundError:
@@ -66,6 +72,33 @@ class Smbus2Bus:
         except ValueError as e:  # smbus2 refuses a closed bus this way
             raise I2cError(ErrorCode.OTHER, address, str(e)) from None
         return [bytes(m) for m, op in zip(msgs, operations, strict=True) if isinstance(op, Read)]
+
+    # The two transactions every register access is made of (the C header's ea_i2c_read_regs and
+    # ea_i2c_write_reg), without building the generic operation list: the Wasm host calls these when the bus
+    # has them. Same ioctls as `transaction` (and as a native driver's ``i2c_rdwr``), less Python around them.
+    def write_read(self, address: int, data: bytes, length: int) -> bytes:
+        """One I2C_RDWR: write ``data``, repeated START, read ``length`` bytes."""
+        if not 0 <= address <= 0x3FF:
+            check_address(address)
+        read = i2c_msg.read(address, length)
+        try:
+            self._bus.i2c_rdwr(i2c_msg.write(address, data), read)
+        except OSError as e:
+            raise error_from_oserror(e, address) from None
+        except ValueError as e:
+            raise I2cError(ErrorCode.OTHER, address, str(e)) from None
+        return bytes(read)
+
+    def write(self, address: int, data: bytes) -> None:
+        """One I2C_RDWR with a single write message."""
+        if not 0 <= address <= 0x3FF:
+            check_address(address)
+        try:
+            self._bus.i2c_rdwr(i2c_msg.write(address, data))
+        except OSError as e:
+            raise error_from_oserror(e, address) from None
+        except ValueError as e:
+            raise I2cError(ErrorCode.OTHER, address, str(e)) from None
 
     def close(self) -> None:
         self._bus.close()

@@ -12,10 +12,11 @@ Errors: every failure is a `UsbError` carrying a `UsbErrorCode` whose value is t
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
 from edgeagent.errors import HardwareError
@@ -318,6 +319,78 @@ class UsbDevice(Protocol):
     def interrupt_in(self, endpoint: int, length: int, timeout_ms: int) -> bytes: ...
     def interrupt_out(self, endpoint: int, data: bytes, timeout_ms: int) -> int: ...
     def close(self) -> None: ...
+
+
+class RawTransfers:
+    """Transfers between a device and raw memory, for the Wasm host: guest buffers move without Python copies.
+
+    ``address`` is the start of ``length`` bytes the caller has bounds-checked and keeps valid for the call.
+    A device may implement ``raw_read(endpoint, address, length, timeout_ms, kind)``, ``raw_write(...)``,
+    ``raw_control_in(request_type, request, value, index, address, length, timeout_ms)`` and
+    ``raw_control_out(...)`` itself (the pyusb backend does, straight into libusb); otherwise they are built
+    here on its bytes methods with one copy each way. ``kind`` is TRANSFER_BULK or TRANSFER_INTERRUPT.
+    All return the bytes moved and raise `UsbError`.
+    """
+
+    __slots__ = ("control_in", "control_out", "read", "write")
+
+    def __init__(self, dev: UsbDevice) -> None:
+        self.read: Callable[[int, int, int, int, int], int] = getattr(dev, "raw_read", None) or _read_via(dev)
+        self.write: Callable[[int, int, int, int, int], int] = getattr(dev, "raw_write", None) or _write_via(
+            dev
+        )
+        self.control_in: Callable[[int, int, int, int, int, int, int], int] = getattr(
+            dev, "raw_control_in", None
+        ) or _control_in_via(dev)
+        self.control_out: Callable[[int, int, int, int, int, int, int], int] = getattr(
+            dev, "raw_control_out", None
+        ) or _control_out_via(dev)
+
+
+def _read_via(dev: UsbDevice) -> Callable[[int, int, int, int, int], int]:
+    bulk, interrupt, memmove = dev.bulk_in, dev.interrupt_in, ctypes.memmove
+
+    def read(endpoint: int, address: int, length: int, timeout_ms: int, kind: int) -> int:
+        data = (interrupt if kind == TRANSFER_INTERRUPT else bulk)(endpoint, length, timeout_ms)
+        n = min(len(data), length)
+        if n:
+            memmove(address, data, n)
+        return n
+
+    return read
+
+
+def _write_via(dev: UsbDevice) -> Callable[[int, int, int, int, int], int]:
+    bulk, interrupt, string_at = dev.bulk_out, dev.interrupt_out, ctypes.string_at
+
+    def write(endpoint: int, address: int, length: int, timeout_ms: int, kind: int) -> int:
+        return (interrupt if kind == TRANSFER_INTERRUPT else bulk)(
+            endpoint, string_at(address, length), timeout_ms
+        )
+
+    return write
+
+
+def _control_in_via(dev: UsbDevice) -> Callable[[int, int, int, int, int, int, int], int]:
+    control_in, memmove = dev.control_in, ctypes.memmove
+
+    def read(rtype: int, request: int, value: int, index: int, address: int, length: int, t: int) -> int:
+        data = control_in(rtype, request, value, index, length, t)
+        n = min(len(data), length)
+        if n:
+            memmove(address, data, n)
+        return n
+
+    return read
+
+
+def _control_out_via(dev: UsbDevice) -> Callable[[int, int, int, int, int, int, int], int]:
+    control_out, string_at = dev.control_out, ctypes.string_at
+
+    def write(rtype: int, request: int, value: int, index: int, address: int, length: int, t: int) -> int:
+        return control_out(rtype, request, value, index, string_at(address, length) if length else b"", t)
+
+    return write
 
 
 @runtime_checkable

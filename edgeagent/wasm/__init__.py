@@ -67,7 +67,8 @@ Rules:
 - Lists and strings cross as (ptr, len) pairs in guest memory: the guest allocates, the host reads/writes
   through
   ``self.memory`` (a ``GuestMemory``: ``read(ptr, n)``, ``write(ptr, data)``, ``read_u32/write_u32``,
-  ``read_u64/write_u64``, ``size``). Every access is bounds-checked against the guest's current memory
+  ``read_u64/write_u64``, ``size``, and ``address(ptr, n)``: the checked host address, to hand a guest buffer
+  to C code such as libusb without a copy). Every access is bounds-checked against the guest's current memory
   size; an
   out-of-bounds pointer raises ``HostTrap`` (the guest traps, the error names it). No copy goes through
   wasmtime-py: the memory's base address is cached (engines are built with ``memory_may_move = False`` so
@@ -82,15 +83,16 @@ Rules:
   is a
   host bug: it also traps the guest, and the caller gets ``error_class`` whose ``__cause__`` is the exception.
 - ``blocking=True`` marks a function that may wait on I/O or sleep: time spent in it does not count against
-  the guest's compute limit (the epoch deadline is re-armed when it returns), but it does count against the
-  per-call wall-clock limit (``Limits.call_ms``).
+  the guest's compute limit (the epoch deadline is re-armed when it returns, if an epoch tick passed since it
+  was last armed), but it does count against the per-call wall-clock limit (``Limits.call_ms``).
 - ``self.guest`` (the ``Guest``; ``.name``) and ``self.memory`` are set by the runtime when the guest is
   instantiated, before any host function can run. One HostModule instance serves one guest.
 - Register nothing globally: pass the instances in ``Guest(..., hosts=[...])``. An import that no host module
   (and not WASI preview 1) provides is a load error naming the import.
 
 Modules: engine (Runtime, Limits), cache (ModuleCache), fastcall (the ctypes fast path, GuestMemory),
-host (HostModule API), guest (Guest), snapshot (Snapshot), hosts/ (i2c, log; usb by its owner).
+host (HostModule API), guest (Guest), moduleinfo (imports/exports read once per module), snapshot
+(Snapshot), hosts/ (i2c, usb, log).
 """
 
 from __future__ import annotations

@@ -20,10 +20,11 @@ import wasmtime
 
 from edgeagent.errors import WasmError
 from edgeagent.wasm.engine import Runtime
+from edgeagent.wasm.moduleinfo import ModuleInfo
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"EAWC1\n"
+MAGIC = b"EAWC2\n"  # then sha256(rest), u32 length of the ModuleInfo JSON, the JSON, the serialized module
 WASM_MAGIC = b"\0asm"
 CORE_VERSION = b"\x01\x00\x00\x00"
 
@@ -104,17 +105,26 @@ class ModuleCache:
             log.warning("module cache entry %s unreadable (%s); recompiling", path, e.strerror)
             return None
         head = len(MAGIC) + 32
-        payload = blob[head:]
+        rest = blob[head:]
+        info: ModuleInfo | None = None
         if (
-            not blob.startswith(MAGIC)
-            or len(blob) <= head
-            or hashlib.sha256(payload).digest() != blob[len(MAGIC) : head]
+            blob.startswith(MAGIC)
+            and len(rest) > 4
+            and hashlib.sha256(rest).digest() == blob[len(MAGIC) : head]
         ):
+            n = int.from_bytes(rest[:4], "little")
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                info = ModuleInfo.from_json(rest[4 : 4 + n])
+        if info is None and blob.startswith(b"EAWC") and not blob.startswith(MAGIC):
+            log.debug("module cache entry %s for %s has an older format; recompiling", path.name, name)
+            return None
+        if info is None:
             self.stats.corrupt += 1
             log.warning("module cache entry %s for %s is corrupt; recompiling", path.name, name)
             return None
+        payload = rest[4 + n :]
         try:
-            return wasmtime.Module.deserialize(runtime.engine, payload)
+            module = wasmtime.Module.deserialize(runtime.engine, payload)
         except wasmtime.WasmtimeError as e:  # e.g. written by an engine with other settings
             self.stats.corrupt += 1
             log.warning(
@@ -124,9 +134,12 @@ class ModuleCache:
                 str(e).splitlines()[0] if str(e) else e,
             )
             return None
+        info.remember(module)
+        return module
 
     def _write(self, path: Path, module: wasmtime.Module) -> None:
-        payload = bytes(module.serialize())
+        info = ModuleInfo.of(module).to_json()
+        payload = len(info).to_bytes(4, "little") + info + bytes(module.serialize())
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -79,8 +79,10 @@ class Runtime:
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick):
-            self.epoch += 1
+            # Engine first, mirror second: the mirror never runs ahead, so a deadline armed "when the mirror
+            # moved" (guest.py) is measured from an engine epoch at least as late, never a tick short.
             self.engine.increment_epoch()
+            self.epoch += 1
 
     def close(self) -> None:
         """Stops the ticker; guests still alive lose their deadlines."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import wasmtime
 from wasmtime import _bindings
@@ -66,10 +66,25 @@ _ARG = {
 _CALLBACK_FACTORIES: dict[tuple[tuple[str, ...], tuple[str, ...], bool], Callable[..., Any]] = {}
 
 
-def _callback_factory(params: Sequence[str], results: Sequence[str], has_after: bool) -> Callable[..., Any]:
-    """``make(fn, after, fail) -> cb`` specialised to a signature: no loops, no per-call allocation.
+class Clock(Protocol):
+    """What counts time for ``after``: anything with an ``epoch`` attribute that a ticker advances."""
 
-    Generated once per signature (compiling is what costs, ~80 us), then bound per host function.
+    epoch: int
+
+
+class Armed(Protocol):
+    """Who re-arms in ``after``: ``armed_epoch`` is the clock's epoch when it last did."""
+
+    armed_epoch: int
+
+
+def _callback_factory(params: Sequence[str], results: Sequence[str], has_after: bool) -> Callable[..., Any]:
+    """``make(fn, after, fail, clock, armed) -> cb`` specialised to a signature: no loops, no allocation.
+
+    Generated once per signature (compiling is what costs, ~80 us), then bound per host function. ``after``
+    runs only when ``clock.epoch`` differs from ``armed.armed_epoch``: re-arming a deadline in the same epoch
+    it was last armed in sets the same absolute deadline again, so the C call is skipped (at most one re-arm
+    per tick instead of one per host call).
     """
     key = (tuple(params), tuple(results), has_after)
     factory = _CALLBACK_FACTORIES.get(key)
@@ -77,10 +92,10 @@ def _callback_factory(params: Sequence[str], results: Sequence[str], has_after: 
         call = f"fn({', '.join(_ARG[t].format(i=i) for i, t in enumerate(params))})"
         body = [f"            args[0].{results[0]} = {call}" if results else f"            {call}"]
         if has_after:
-            body.append("            after()")
+            body = [*body, "            if clock.epoch != armed.armed_epoch:", "                after()"]
         src = "\n".join(
             [
-                "def make(fn, after, fail):",
+                "def make(fn, after, fail, clock, armed):",
                 "    def cb(env, caller, args, nargs):",
                 "        try:",
                 *body,
@@ -102,9 +117,13 @@ def _make_callback(
     results: Sequence[str],
     after: Callable[[], None] | None,
     fail: Callable[[BaseException], int],
+    clock: Clock | None,
+    armed: Armed | None,
 ) -> Any:
+    if after is not None and (clock is None or armed is None):
+        raise ValueError("a host function with `after` needs the clock and the armed state it is measured by")
     make = _callback_factory(params, results, after is not None)
-    return ffi.wasmtime_func_unchecked_callback_t(make(fn, after, fail))
+    return ffi.wasmtime_func_unchecked_callback_t(make(fn, after, fail, clock, armed))
 
 
 FuncTypeCache = dict[tuple[tuple[str, ...], tuple[str, ...]], wasmtime.FuncType]
@@ -135,13 +154,16 @@ def define_host_func(
     after: Callable[[], None] | None = None,
     fail: Callable[[BaseException], int],
     functypes: FuncTypeCache | None = None,
+    clock: Clock | None = None,
+    armed: Armed | None = None,
 ) -> None:
     """Defines ``module.name`` in ``linker`` as ``fn`` on the unchecked path.
 
-    ``after`` runs after every successful call (the guest re-arms its deadline there); ``fail`` receives any
-    exception and returns the trap pointer to hand back to wasmtime.
+    ``after`` runs after a successful call when ``clock.epoch != armed.armed_epoch`` (the guest re-arms its
+    deadline there and records the epoch); ``fail`` receives any exception and returns the trap pointer to
+    hand back to wasmtime.
     """
-    cb = _make_callback(fn, params, results, after, fail)
+    cb = _make_callback(fn, params, results, after, fail, clock, armed)
     key = next(_KEYS)
     _KEEP[key] = cb
     ty = functype(params, results, functypes)
@@ -183,10 +205,17 @@ class ExportFunc:
     read slot 0. A trap or error raises RawCallError.
     """
 
-    def __init__(self, store: wasmtime.Store, func: wasmtime.Func) -> None:
-        ty = func.type(store)
-        self.params = tuple(str(p) for p in ty.params)
-        self.results = tuple(str(r) for r in ty.results)
+    def __init__(
+        self,
+        store: wasmtime.Store,
+        func: wasmtime.Func,
+        signature: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+    ) -> None:
+        """``signature``: (params, results) when the caller knows them (guest.ModuleInfo), else read here."""
+        if signature is None:
+            ty = func.type(store)
+            signature = (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results))
+        self.params, self.results = signature
         if len(self.results) > 1:
             raise ValueError("multi-value results are not supported")
         for t in (*self.params, *self.results):
@@ -284,6 +313,13 @@ class GuestMemory:
         if ptr + n > self._size:
             raise HostTrap(f"guest buffer {ptr:#x}+{n} is outside its memory ({self._size} bytes)")
         return self._base + ptr
+
+    def address(self, ptr: int, n: int) -> int:
+        """The host address of guest bytes [ptr, ptr+n), valid until the guest runs again; HostTrap if they
+        are outside the memory. For handing a guest buffer to C (libusb) without a copy."""
+        if ptr + n <= self._size and ptr >= 0 and n >= 0:
+            return self._base + ptr
+        return self._addr(ptr, n)
 
     def check(self, ptr: int, n: int) -> None:
         """Raises HostTrap unless [ptr, ptr+n) is inside the memory."""

@@ -137,6 +137,11 @@ class HandleTable(Generic[T]):
         except KeyError:
             raise HostTrap(f"invalid handle {handle}") from None
 
+    @property
+    def mapping(self) -> dict[int, T]:
+        """The live handle -> object dict, for hot paths that look up with ``.get`` (None: not a handle)."""
+        return self._items
+
     def __contains__(self, handle: int) -> bool:
         return handle in self._items
 

@@ -115,3 +115,23 @@ def test_trapping_driver_by_path(cli, tmp_path, wasm_build):
     )
     assert code == 5
     assert "edgeagent: error: driver looping_driver: stopped in read: ran past its 50 ms compute limit" in err
+
+
+def test_live_table_shows_channel_units(tmp_path, wasm_build, runtime):
+    """Units in brackets are text, not rich markup (``[C]`` used to vanish from the header)."""
+    import io
+
+    from rich.console import Console
+
+    from edgeagent.cli.drivers import _table
+    from edgeagent.config import AgentConfig
+    from edgeagent.drivers.session import open_session
+
+    config = AgentConfig(state_dir=tmp_path / "state", policies_dir=tmp_path / "policies")
+    s = open_session("tmp102", config, sim=True, runtime=runtime)
+    try:
+        buf = io.StringIO()
+        Console(file=buf, width=120).print(_table(s, [s.driver.read().to_dict()]))
+    finally:
+        s.close()
+    assert "temperature [C]" in buf.getvalue() and "23.500" in buf.getvalue()

@@ -129,3 +129,22 @@ def test_isochronous_is_not_supported(modules, runtime, bus) -> None:
         drv.init()
         assert len(drv.usb.handles) == 1  # the driver's open device: handle 1
         assert drv.usb.isochronous_in(1, 0x81, 0, 0, 100) == -12
+
+
+def test_transfers_to_an_ungranted_interface_are_access_without_a_claim(bus) -> None:
+    """pyusb and usbdevfs claim an interface implicitly on its first transfer: the host checks the grant per
+    endpoint (and per control recipient) so a guest cannot reach an interface by skipping claim_interface."""
+    from edgeagent.wasm.hosts.usb import UsbHost
+
+    host = UsbHost(bus, [UsbGrant(0x1209, 0x0001, 1)])  # the echo device, but only its (absent) interface 1
+    handle = host.open(host.find(0x1209, 0x0001))
+    assert handle > 0
+    assert host.bulk_out(handle, 0x01, 0, 8, 100) == -3
+    assert host.interrupt_in(handle, 0x82, 0, 8, 100) == -3
+    assert host.denials[-1].what == (
+        "endpoint 0x82 of 1209:0001 on bus 1 addr 2 (its interface is not granted)"
+    )
+    assert host.control_out(handle, 0x41, 0x01, 0, 0, 0, 0, 100) == -3  # vendor request to interface 0
+    assert host.control_in(handle, 0x82, 0x00, 0, 0x81, 0, 2, 100) == -3  # GET_STATUS of endpoint 0x81
+    assert host.claim_interface(handle, 0) == -3
+    host.close()

@@ -18,18 +18,18 @@ class Bme280Native(NativeDriver):
     channels = (("temperature", "C"), ("pressure", "hPa"), ("humidity", "%RH"))
 
     def init(self) -> None:
-        if self.bus.read_byte_data(self.address, 0xD0) != 0x60:
+        if self.read_reg(0xD0) != 0x60:
             raise OSError(5, "BME280 chip id mismatch")
-        self.bus.write_byte_data(self.address, 0xE0, 0xB6)
+        self.write_reg(0xE0, 0xB6)
         self.sleep(0.002)
         for _ in range(10):
-            if not self.bus.read_byte_data(self.address, 0xF3) & 0x01:
+            if not self.read_reg(0xF3) & 0x01:
                 break
             self.sleep(0.001)
         else:
             raise OSError(110, "BME280 NVM copy timed out")
-        c = bytes(self.bus.read_i2c_block_data(self.address, 0x88, 26))
-        h = bytes(self.bus.read_i2c_block_data(self.address, 0xE1, 7))
+        c = self.read_regs(0x88, 26)
+        h = self.read_regs(0xE1, 7)
         (
             self.T1,
             self.T2,
@@ -50,17 +50,17 @@ class Bme280Native(NativeDriver):
         self.H4 = (struct.unpack("b", h[3:4])[0] * 16) | (h[4] & 0x0F)
         self.H5 = (struct.unpack("b", h[5:6])[0] * 16) | (h[4] >> 4)
         self.H6 = struct.unpack("b", h[6:7])[0]
-        self.bus.write_byte_data(self.address, 0xF2, 0x01)
+        self.write_reg(0xF2, 0x01)
 
     def read(self) -> dict[str, float]:
-        self.bus.write_byte_data(self.address, 0xF4, (1 << 5) | (1 << 2) | 1)
+        self.write_reg(0xF4, (1 << 5) | (1 << 2) | 1)
         for _ in range(51):
-            if not self.bus.read_byte_data(self.address, 0xF3) & 0x08:
+            if not self.read_reg(0xF3) & 0x08:
                 break
             self.sleep(0.001)
         else:
             raise OSError(110, "BME280 measurement timed out")
-        d = self.bus.read_i2c_block_data(self.address, 0xF7, 8)
+        d = self.read_regs(0xF7, 8)
         adc_p = (d[0] << 12) | (d[1] << 4) | (d[2] >> 4)
         adc_t = (d[3] << 12) | (d[4] << 4) | (d[5] >> 4)
         adc_h = (d[6] << 8) | d[7]

@@ -17,25 +17,25 @@ class Hts221Native(NativeDriver):
     channels = (("temperature", "C"), ("humidity", "%RH"))
 
     def init(self) -> None:
-        if self.bus.read_byte_data(self.address, 0x0F) != 0xBC:
+        if self.read_reg(0x0F) != 0xBC:
             raise OSError(5, "HTS221 WHO_AM_I mismatch")
-        c = self.bus.read_i2c_block_data(self.address, 0x30 | AUTO_INCREMENT, 16)
+        c = self.read_regs(0x30 | AUTO_INCREMENT, 16)
         self.h0, self.h1 = c[0] / 2, c[1] / 2
         self.t0 = (c[2] | ((c[5] & 0x03) << 8)) / 8
         self.t1 = (c[3] | ((c[5] & 0x0C) << 6)) / 8
         self.h0_out, self.h1_out = _s16(c[6], c[7]), _s16(c[10], c[11])
         self.t0_out, self.t1_out = _s16(c[12], c[13]), _s16(c[14], c[15])
-        self.bus.write_byte_data(self.address, 0x20, 0x84)
+        self.write_reg(0x20, 0x84)
 
     def read(self) -> dict[str, float]:
-        self.bus.write_byte_data(self.address, 0x21, 0x01)
+        self.write_reg(0x21, 0x01)
         for _ in range(101):
-            if self.bus.read_byte_data(self.address, 0x27) & 0x03 == 0x03:
+            if self.read_reg(0x27) & 0x03 == 0x03:
                 break
             self.sleep(0.001)
         else:
             raise OSError(110, "HTS221 conversion timed out")
-        d = self.bus.read_i2c_block_data(self.address, 0x28 | AUTO_INCREMENT, 4)
+        d = self.read_regs(0x28 | AUTO_INCREMENT, 4)
         h_out, t_out = _s16(d[0], d[1]), _s16(d[2], d[3])
         t = self.t0 + (t_out - self.t0_out) * (self.t1 - self.t0) / (self.t1_out - self.t0_out)
         h = self.h0 + (h_out - self.h0_out) * (self.h1 - self.h0) / (self.h1_out - self.h0_out)

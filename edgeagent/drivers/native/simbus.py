@@ -7,6 +7,7 @@ through a real i2c-dev node; failures raise OSError with the errno the kernel wo
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 from smbus2 import i2c_msg
@@ -49,8 +50,7 @@ class SimSMBus:
         for m in msgs:
             if m.flags & 1:
                 got = next(data)
-                for i, b in enumerate(got):
-                    m.buf[i] = bytes([b])
+                ctypes.memmove(m.buf, got, min(len(got), m.len))
 
     def close(self) -> None:
         pass

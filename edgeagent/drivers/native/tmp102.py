@@ -10,10 +10,10 @@ class Tmp102Native(NativeDriver):
     channels = (("temperature", "C"),)
 
     def init(self) -> None:
-        self.bus.read_i2c_block_data(self.address, 0x01, 2)
+        self.read_regs(0x01, 2)
 
     def read(self) -> dict[str, float]:
-        msb, lsb = self.bus.read_i2c_block_data(self.address, 0x00, 2)
+        msb, lsb = self.read_regs(0x00, 2)
         raw = ((msb << 8) | lsb) >> 4
         if raw & 0x800:
             raw -= 4096

@@ -161,6 +161,28 @@ class Emulator:
             **kwargs,
         )
 
+    def run(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs a program (e.g. the ``edgeagent`` console script) under emulation; its exit status is the
+        caller's to judge. Killed with its process group after ``timeout``."""
+        proc = subprocess.Popen(
+            list(argv),
+            env=self.env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise EmulationError(f"{argv[0]} under emulation timed out after {timeout:g} s") from None
+        return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
     def run_python(self, code: str, args: Sequence[str] = (), *, timeout: float = 120.0) -> Any:
         """Runs `code` under emulation; returns the JSON its last stdout line holds."""
         proc = self.spawn_python(code, args)

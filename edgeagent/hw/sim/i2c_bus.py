@@ -11,7 +11,7 @@ import collections
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from edgeagent.hw.i2c import ErrorCode, I2cError, Operation, check_address
+from edgeagent.hw.i2c import ErrorCode, I2cError, Operation, Read, Write, check_address
 
 
 class I2cModel(Protocol):
@@ -52,6 +52,13 @@ class SimI2cBus:
         if model is None:
             raise I2cError(ErrorCode.NO_ACKNOWLEDGE_ADDRESS, address, "ENXIO")
         return model.transfer(operations)
+
+    def write_read(self, address: int, data: bytes, length: int) -> bytes:
+        """The register-read transaction (see Smbus2Bus.write_read)."""
+        return self.transaction(address, [Write(data), Read(length)])[0]
+
+    def write(self, address: int, data: bytes) -> None:
+        self.transaction(address, [Write(data)])
 
     def close(self) -> None:
         pass
