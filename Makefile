@@ -29,6 +29,7 @@ setup: venv guests
 
 guests: .stamps/system-deps
 	$(MAKE) -C drivers
+	$(MAKE) -C controllers
 
 kube: .stamps/system-deps
 	./scripts/build-kubernetes.sh
@@ -52,4 +53,5 @@ run: setup
 
 clean:
 	$(MAKE) -C drivers clean
+	$(MAKE) -C controllers clean
 	rm -rf .stamps $(VENV) .pytest_cache

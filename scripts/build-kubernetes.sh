@@ -6,9 +6,16 @@ set -euo pipefail
 
 CACHE="${EDGEAGENT_CACHE:-$HOME/.cache/edgeagent}"
 OUT="$CACHE/kubernetes-1.20.2/bin"
-if [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/kube-controller-manager" ]; then
+# Bump when the build changes, so machines with an older cached build rebuild once.
+# 2: vendored modern-go/reflect2 1.0.1 replaced by Debian's 1.0.2: with Go >= 1.18, 1.0.1 makes kube-apiserver
+#    segfault (reflect2 UnsafeMapType.UnsafeIterate) on the first custom-resource write.
+BUILD_ID="2"
+if [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/kube-controller-manager" ] \
+   && [ "$(cat "$OUT/BUILD_ID" 2>/dev/null)" = "$BUILD_ID" ]; then
   exit 0
 fi
+REFLECT2=/usr/share/gocode/src/github.com/modern-go/reflect2
+[ -f "$REFLECT2/reflect2.go" ] || { echo "missing $REFLECT2 (apt: golang-github-modern-go-reflect2-dev)" >&2; exit 1; }
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
@@ -33,6 +40,12 @@ if [ ! -d kubernetes-1.20.2 ]; then
   tar xzf kubernetes_*.orig.tar.gz
 fi
 cd kubernetes-1.20.2
+rm -rf vendor/github.com/modern-go/reflect2
+mkdir -p vendor/github.com/modern-go/reflect2
+cp "$REFLECT2"/*.go "$REFLECT2"/*.s vendor/github.com/modern-go/reflect2/ 2>/dev/null \
+  || cp "$REFLECT2"/*.go vendor/github.com/modern-go/reflect2/
+sed -i 's|^# github.com/modern-go/reflect2 v1.0.1$|# github.com/modern-go/reflect2 v1.0.2|' vendor/modules.txt
+sed -i 's|github.com/modern-go/reflect2 v1.0.1$|github.com/modern-go/reflect2 v1.0.2|' go.mod
 mkdir -p .go/src/k8s.io
 [ -e .go/src/k8s.io/kubernetes ] || ln -s ../../.. .go/src/k8s.io/kubernetes
 echo "building kube-apiserver + kube-controller-manager (once per machine, ~6 min)" >&2
@@ -41,6 +54,7 @@ env GOPATH="$PWD/.go" CGO_ENABLED=0 HOME="$(mktemp -d)" \
   || { tail -30 "$WORK/build.log" >&2; exit 1; }
 mkdir -p "$OUT.tmp"
 cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$OUT.tmp/"
+echo "$BUILD_ID" > "$OUT.tmp/BUILD_ID"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 cd "$CACHE" && rm -rf "$WORK"
 echo "kubernetes binaries in $OUT" >&2

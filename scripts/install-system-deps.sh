@@ -15,7 +15,7 @@ PKGS=(
   # Wasm guests: C to wasm32-wasi
   clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32
   # Kubernetes test cluster: etcd + a build of kube-apiserver/kube-controller-manager from Debian's source
-  golang-go etcd-server rsync jq dpkg-dev
+  golang-go etcd-server rsync jq dpkg-dev golang-github-modern-go-reflect2-dev
 )
 
 missing=()

@@ -16,6 +16,10 @@ from edgeagent.cli.context import state
 AREAS: dict[str, tuple[str, str]] = {
     "tpm": ("edgeagent.bench.tpm", "PCR extend/read, quotes with RSA and ECC AKs, quote verification"),
     "drivers": ("edgeagent.bench.drivers", "Wasm drivers vs native Python: host calls, reads, cold start"),
+    "controllers": (
+        "edgeagent.bench.controllers",
+        "Ring of N Wasm controllers (swapping or not) vs Python processes/objects: memory, rounds, wakes",
+    ),
 }
 
 

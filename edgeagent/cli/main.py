@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "edgeagent.cli.measure",
     "edgeagent.cli.enroll",
     "edgeagent.cli.drivers",
+    "edgeagent.cli.controllers",
 ]
 
 

@@ -1,0 +1,603 @@
+"""The controller host: Wasm controllers that sleep on disk and wake on events.
+
+Life of a controller::
+
+    load (verify digest, compile via the module cache, instantiate, init(config))
+      -> ACTIVE --idle past its timeout--> snapshot to <state>/controllers/snapshots/NAME.snap, drop instance
+      -> SWAPPED --event or timer--> new instance without _initialize, restore snapshot, deliver -> ACTIVE
+    any trap, loop (compute limit) or ABI violation -> FAILED: instance dropped, reported, events dropped
+
+Everything that touches a controller (events, timer firings, swap-outs) goes through its ``SerialQueue``, so
+they run one at a time in arrival order; an event that arrives while the controller is being restored waits in
+that queue behind the event that woke it. A failing controller only ever fails itself.
+
+The host writes ``<state>/controllers/status.json`` atomically once a second when something changed; that file
+is what ``edgeagent controllers list`` shows, from any process.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from edgeagent.controllers.hosts.k8s import K8sHost
+from edgeagent.controllers.hosts.log import ControllerLogHost
+from edgeagent.controllers.hosts.timer import TimerHost
+from edgeagent.controllers.kubeapi import KubeApi
+from edgeagent.controllers.manifest import Manifest, load_manifest, manifest_paths
+from edgeagent.controllers.queue import SerialQueue, Timers
+from edgeagent.controllers.watch import Event, WatchHub
+from edgeagent.errors import ControllerError, EdgeAgentError, ManifestError, StateError, WasmError
+from edgeagent.wasm import Guest, Limits, ModuleCache, Runtime, Snapshot, signed32
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+REQUIRED_EXPORTS = ("memory", "alloc", "handle-event")
+# A measured-digest policy: module path -> expected sha256 (hex), or None when the policy says nothing.
+DigestLookup = Callable[[Path], str | None]
+
+
+class State(enum.StrEnum):
+    ACTIVE = "active"
+    SWAPPED = "swapped"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass
+class ControllerStats:
+    events: int = 0
+    timers: int = 0
+    wakes: int = 0
+    swaps: int = 0
+    denied: int = 0
+    errors: int = 0  # handler calls that returned non-zero (the controller's own failures, not traps)
+    dropped: int = 0  # events that arrived after it failed
+    last_error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class HostOptions:
+    state_dir: Path
+    swap: bool = True  # False: controllers stay instantiated (the benchmark's "without swapping")
+    workers: int = 2
+    # At most this many controllers instantiated at once (0: no cap); the least recently active one beyond
+    # it is swapped out early. Bounds the host's peak memory, and with it what fragmentation leaves behind.
+    max_active: int = 0
+    status_interval: float = 1.0
+    call_ms: float = 10_000.0  # wall-clock limit of one handler call, API requests included
+    digest_for: DigestLookup | None = None
+    wake_samples: int = 5000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Swap:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _SwapNow:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Timer:
+    timer_id: int
+    generation: int
+    received: float
+
+
+class Controller:
+    """One controller: its manifest, compiled module, queue, and (while active) its instance."""
+
+    def __init__(
+        self, host: ControllerHost, manifest: Manifest, module: wasmtime.Module, sha256: str
+    ) -> None:
+        self.host = host
+        self.manifest = manifest
+        self.name = manifest.name
+        self.module = module
+        self.sha256 = sha256
+        self.state = State.SWAPPED
+        self.guest: Guest | None = None
+        self.stats = ControllerStats()
+        self.snapshot_path = host.snapshot_dir / f"{self.name}.snap"
+        self.snapshot_bytes = 0
+        self.memory_bytes = 0
+        self.last_active = time.monotonic()
+        self.queue: SerialQueue[Any] = SerialQueue(self._handle, host.pool, name=self.name)
+        self._idle_pending = False
+        self._timers: dict[int, tuple[int, int]] = {}  # guest timer id -> (generation, Timers id)
+        self._generation = 0
+
+    # ------------------------------------------------------------------ entry points (any thread)
+    def post(self, event: Event) -> None:
+        self.queue.post(event)
+
+    def status(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "memory_bytes": self.memory_bytes if self.state == State.ACTIVE else 0,
+            "snapshot_bytes": self.snapshot_bytes if self.state == State.SWAPPED else 0,
+            "events": s.events,
+            "timers": s.timers,
+            "wakes": s.wakes,
+            "swaps": s.swaps,
+            "denied": s.denied,
+            "errors": s.errors,
+            "dropped": s.dropped,
+            "last_error": s.last_error,
+            "module": str(self.manifest.module),
+            "sha256": self.sha256,
+            "watches": [
+                {
+                    "kind": f"{w.plural}.{w.group}" if w.group else w.plural,
+                    "namespace": w.namespace,
+                    "label_selector": str(w.label_selector),
+                }
+                for w in self.manifest.watches
+            ],
+        }
+
+    # ------------------------------------------------------------------ lifecycle (queue thread)
+    def start(self) -> None:
+        """Instantiates, runs ``init(config)``; raises ControllerError if the guest cannot start."""
+        self.snapshot_path.unlink(missing_ok=True)  # a previous run's state is not this run's
+        guest = self._instantiate(initialize=True)
+        try:
+            if "init" in guest.export_names:
+                config = json.dumps(dict(self.manifest.config), separators=(",", ":")).encode()
+                rc = self._call_with(guest, "init", config)
+                if rc != 0:
+                    raise ControllerError(f"controller {self.name}: init returned {rc}")
+        except BaseException:
+            guest.close()
+            raise
+        self.guest = guest
+        self.state = State.ACTIVE
+        self.memory_bytes = guest.memory.size if guest.memory else 0
+        self.last_active = time.monotonic()
+        self.host.note_active(self)
+        self._schedule_idle()
+
+    def _instantiate(self, *, initialize: bool) -> Guest:
+        m = self.manifest
+        hosts = [
+            K8sHost(m, self.host.api, on_denied=self._denied),
+            TimerHost(self._set_timer, self._cancel_timer),
+            ControllerLogHost(self.name),
+        ]
+        return Guest(
+            self.host.runtime,
+            self.module,
+            name=self.name,
+            hosts=hosts,
+            limits=Limits(
+                memory_bytes=m.memory_limit, compute_ms=m.compute_limit_ms, call_ms=self.host.options.call_ms
+            ),
+            required_exports=REQUIRED_EXPORTS,
+            initialize=initialize,
+            kind="controller",
+            error_class=ControllerError,
+        )
+
+    def _denied(self, what: str) -> None:
+        self.stats.denied += 1
+        self.stats.last_error = f"denied: {what}"
+        self.host.mark_dirty()
+
+    def _handle(self, item: Any) -> None:
+        if self.state == State.FAILED:
+            if isinstance(item, Event | _Timer):
+                self.stats.dropped += 1
+            return
+        try:
+            if isinstance(item, _Swap):
+                self._maybe_swap()
+            elif isinstance(item, _SwapNow):
+                self.swap_out()
+            elif isinstance(item, _Timer):
+                if self._timers.get(item.timer_id, (None,))[0] != item.generation:
+                    return  # cancelled or replaced after it fired
+                del self._timers[item.timer_id]
+                guest = self._ensure_active(item.received)
+                self.stats.timers += 1
+                rc = signed32(int(guest.call("handle-timer", item.timer_id)) & 0xFFFFFFFF)
+                self._after_call("handle-timer", rc)
+            else:
+                guest = self._ensure_active(item.received)
+                self.stats.events += 1
+                rc = self._call_with(guest, "handle-event", item.raw)
+                self._after_call("handle-event", rc)
+        except (WasmError, StateError) as e:
+            self._fail(e)
+        finally:
+            self.host.mark_dirty()
+
+    def _after_call(self, export: str, rc: int) -> None:
+        if rc != 0:
+            self.stats.errors += 1
+            self.stats.last_error = f"{export} returned {rc}"
+        self.last_active = time.monotonic()
+        if self.guest is not None and self.guest.memory is not None:
+            self.memory_bytes = self.guest.memory.size
+        self.host.note_active(self)
+        self._schedule_idle()
+
+    def _call_with(self, guest: Guest, export: str, payload: bytes) -> int:
+        ptr = int(guest.call("alloc", len(payload)) or 0) & 0xFFFFFFFF
+        if ptr == 0:
+            raise ControllerError(f"controller {self.name}: alloc({len(payload)}) failed (out of memory?)")
+        assert guest.memory is not None
+        guest.memory.write(ptr, payload)
+        return signed32(int(guest.call(export, ptr, len(payload)) or 0) & 0xFFFFFFFF)
+
+    def _ensure_active(self, received: float) -> Guest:
+        if self.guest is not None:
+            return self.guest
+        guest = self._instantiate(initialize=False)
+        try:
+            guest.restore(Snapshot.load(self.snapshot_path))
+        except BaseException:
+            guest.close()
+            raise
+        self.guest = guest
+        self.state = State.ACTIVE
+        self.stats.wakes += 1
+        self.host.record_wake(self.name, time.perf_counter() - received)
+        return guest
+
+    def _schedule_idle(self) -> None:
+        if not self.host.options.swap or self._idle_pending or self.guest is None:
+            return
+        self._idle_pending = True
+        self.host.timers.call_at(
+            self.last_active + self.manifest.idle_timeout, lambda: self.queue.post(_Swap())
+        )
+
+    def _maybe_swap(self) -> None:
+        self._idle_pending = False
+        if self.guest is None or len(self.queue) > 0:
+            return  # the queued items reschedule the check when they are done
+        if time.monotonic() < self.last_active + self.manifest.idle_timeout:
+            self._schedule_idle()
+            return
+        self.swap_out()
+
+    def swap_out(self) -> None:
+        """Snapshot to disk, drop the instance (queue thread only)."""
+        guest = self.guest
+        if guest is None:
+            return
+        snap = guest.snapshot()
+        try:
+            snap.save(self.snapshot_path)
+        except OSError as e:
+            self.stats.last_error = f"cannot write snapshot: {e.strerror}"
+            log.error(
+                "controller %s: cannot write snapshot %s: %s", self.name, self.snapshot_path, e.strerror
+            )
+            self.last_active = time.monotonic()
+            self._schedule_idle()
+            return
+        self.snapshot_bytes = len(snap.memory)
+        guest.close()
+        self.guest = None
+        self.state = State.SWAPPED
+        self.host.note_inactive(self)
+        self.stats.swaps += 1
+        log.debug("controller %s: swapped out (%d bytes)", self.name, self.snapshot_bytes)
+
+    def _fail(self, err: EdgeAgentError) -> None:
+        self.state = State.FAILED
+        self.stats.last_error = str(err)
+        log.error("%s; controller stopped, the others go on", err)
+        for _, tid in self._timers.values():
+            self.host.timers.cancel(tid)
+        self._timers.clear()
+        if self.guest is not None:
+            self.guest.close()
+            self.guest = None
+        self.memory_bytes = 0
+        self.host.note_inactive(self)
+
+    def close(self) -> None:
+        if self.guest is not None:
+            self.guest.close()
+            self.guest = None
+
+    # ------------------------------------------------------------------ timers (guest thread -> timer thread)
+    def _set_timer(self, timer_id: int, delay: float) -> None:
+        self._cancel_timer(timer_id)
+        self._generation += 1
+        gen = self._generation
+        tid = self.host.timers.call_later(
+            delay, lambda: self.queue.post(_Timer(timer_id, gen, time.perf_counter()))
+        )
+        self._timers[timer_id] = (gen, tid)
+
+    def _cancel_timer(self, timer_id: int) -> None:
+        old = self._timers.pop(timer_id, None)
+        if old is not None:
+            self.host.timers.cancel(old[1])
+
+
+class ControllerHost:
+    """Loads controllers, connects them to shared watches, swaps them, and reports their status."""
+
+    def __init__(
+        self,
+        api: KubeApi | None,
+        options: HostOptions,
+        *,
+        runtime: Runtime | None = None,
+        watch_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.api = api
+        self.options = options
+        self.runtime = runtime or Runtime.default()
+        self.dir = options.state_dir / "controllers"
+        self.snapshot_dir = self.dir / "snapshots"
+        try:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StateError(f"cannot create {self.snapshot_dir}: {e.strerror}") from None
+        self.cache = ModuleCache(options.state_dir / "cache" / "wasm")
+        self.pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="controller")
+        self.timers = Timers()
+        self.controllers: dict[str, Controller] = {}
+        self._modules: dict[str, wasmtime.Module] = {}
+        self.failed_loads: dict[str, str] = {}  # manifest or module that did not load -> why
+        self.hub = WatchHub(api, **(watch_options or {})) if api is not None else None
+        self.wake_latencies: collections.deque[float] = collections.deque(maxlen=options.wake_samples)
+        self.started = time.time()
+        self._wake_lock = threading.Lock()
+        self._active_lock = threading.Lock()
+        self._active: collections.OrderedDict[str, Controller] = collections.OrderedDict()
+        self._trimmed_at = -1
+        self._dirty = threading.Event()
+        self._status_lock = threading.Lock()
+        self._running = False
+
+    # ------------------------------------------------------------------ loading
+    def add(self, manifest: Manifest) -> Controller:
+        """Verifies, compiles and starts one controller. Raises ControllerError/ManifestError/WasmError."""
+        if manifest.name in self.controllers:
+            raise ManifestError(f"manifest {manifest.source}: controller {manifest.name} is already loaded")
+        if self._running:
+            raise RuntimeError("add controllers before start()")
+        try:
+            data = manifest.module.read_bytes()
+        except OSError as e:
+            raise ControllerError(
+                f"controller {manifest.name}: cannot read {manifest.module}: {e.strerror}"
+            ) from None
+        digest = hashlib.sha256(data).hexdigest()
+        if self.options.digest_for is not None:
+            expected = self.options.digest_for(manifest.module)
+            if expected is not None and expected.lower() != digest:
+                raise ControllerError(
+                    f"controller {manifest.name}: {manifest.module} does not match its measured digest "
+                    f"(sha256 {digest[:16]}..., expected {expected[:16]}...)"
+                )
+        # Controllers built from one module share its compiled code (one mapping, not one per controller).
+        module = self._modules.get(digest)
+        if module is None:
+            module = self._modules[digest] = self.cache.load(self.runtime, data, name=manifest.name)
+        ctl = Controller(self, manifest, module, digest)
+        ctl.start()
+        self.controllers[manifest.name] = ctl
+        return ctl
+
+    def load_directory(self, directory: Path) -> list[str]:
+        """Loads every manifest under ``directory``; one that fails is reported, not fatal. Returns errors."""
+        errors: list[str] = []
+        for path in manifest_paths(directory):
+            try:
+                self.add(load_manifest(path))
+            except EdgeAgentError as e:
+                log.error("%s", e)
+                errors.append(str(e))
+                self.failed_loads[str(path)] = str(e)
+        return errors
+
+    # ------------------------------------------------------------------ running
+    def start(self, *, sync_timeout: float = 30.0) -> None:
+        """Opens the shared watches, starts delivering; returns once each watch has listed (or timed out)."""
+        if self.hub is not None:
+            for ctl in self.controllers.values():
+                for w in ctl.manifest.watches:
+                    self.hub.subscribe(w, ctl.post)
+        self._running = True
+        release_free_memory()  # what compiling and initialising left behind
+        self.timers.call_later(self.options.status_interval, self._status_tick)
+        self.write_status()
+        if self.hub is not None:
+            self.hub.start()
+            if not self.hub.wait_synced(sync_timeout):
+                log.warning("not every watch has listed after %.0f s; continuing", sync_timeout)
+            self.write_status()
+
+    def stop(self) -> None:
+        """Stops watches and timers, finishes queued work, drops every instance, writes the final status."""
+        if self.hub is not None:
+            self.hub.stop()
+        self.timers.stop()
+        for ctl in self.controllers.values():
+            ctl.queue.wait_idle(timeout=5.0)
+        self.pool.shutdown(wait=True, cancel_futures=False)
+        for ctl in self.controllers.values():
+            ctl.close()
+        self._running = False
+        self.write_status()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once no controller has queued work (tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not all(
+                c.queue.wait_idle(max(0.0, deadline - time.monotonic())) for c in self.controllers.values()
+            ):
+                return False
+            # A controller's handler may post to another's queue (an eviction under max_active) after that
+            # queue was seen idle; only a pass that finds every queue idle at once means no work is left.
+            if all(c.queue.wait_idle(0) for c in self.controllers.values()):
+                return True
+
+    def swap_all(self) -> None:
+        """Swaps every active controller out now, through its queue (benchmarks, memory pressure)."""
+        for ctl in self.controllers.values():
+            ctl.queue.post(_SwapNow())
+
+    def note_active(self, ctl: Controller) -> None:
+        """``ctl`` handled something; past ``max_active`` instances the least recently active one is evicted.
+
+        The eviction is a swap-out posted to that controller's own queue, so it never races its events.
+        """
+        cap = self.options.max_active
+        if not self.options.swap or cap <= 0:
+            return
+        with self._active_lock:
+            self._active[ctl.name] = ctl
+            self._active.move_to_end(ctl.name)
+            evict = []
+            while len(self._active) > cap:
+                _, victim = self._active.popitem(last=False)
+                evict.append(victim)
+        for victim in evict:
+            victim.queue.post(_SwapNow())
+
+    def note_inactive(self, ctl: Controller) -> None:
+        with self._active_lock:
+            self._active.pop(ctl.name, None)
+
+    def record_wake(self, name: str, seconds: float) -> None:
+        with self._wake_lock:  # status() copies the deque from the timer thread
+            self.wake_latencies.append(seconds)
+
+    # ------------------------------------------------------------------ status
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def _status_tick(self) -> None:
+        try:
+            if self._dirty.is_set():
+                self.write_status()
+            swaps = sum(c.stats.swaps for c in self.controllers.values())
+            if swaps != self._trimmed_at:
+                self._trimmed_at = swaps
+                release_free_memory()
+        finally:  # a status that stops updating would misreport every controller from then on
+            if self._running:
+                self.timers.call_later(self.options.status_interval, self._status_tick)
+
+    def status(self) -> dict[str, Any]:
+        watches = []
+        if self.hub is not None:
+            for w in self.hub.watches.values():
+                watches.append(
+                    {
+                        "kind": w.kind,
+                        "namespace": w.namespace,
+                        "resource_version": w.resource_version,
+                        "subscribers": len(w.subscriptions),
+                        "synced": w.synced.is_set(),
+                        **dataclasses.asdict(w.stats),
+                    }
+                )
+        with self._wake_lock:
+            wakes = list(self.wake_latencies)
+        return {
+            "pid": os.getpid(),
+            "started": self.started,
+            "updated": time.time(),
+            "running": self._running,
+            "swap": self.options.swap,
+            "controllers": [c.status() for c in self.controllers.values()],
+            "failed_loads": [{"source": k, "error": v} for k, v in self.failed_loads.items()],
+            "watches": watches,
+            "wake_latency_s": wakes,
+        }
+
+    def write_status(self) -> None:
+        """Atomic (tmp + fsync + rename) so a reader never sees half a file."""
+        with self._status_lock:
+            self._dirty.clear()
+            data = json.dumps(self.status(), separators=(",", ":")).encode()
+            path = self.dir / STATUS_FILE
+            tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except OSError as e:
+                log.warning("cannot write %s: %s", path, e.strerror)
+
+
+def release_free_memory() -> None:
+    """Hands memory freed by dropped instances (and by compiling) back to the OS.
+
+    glibc keeps freed heap for reuse, so without this a host that swapped its controllers out would still show
+    the memory they used at their peak. No-op where there is no glibc.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    """The status a running (or the last) host wrote; StateError if there is none or it is corrupt."""
+    path = state_dir / "controllers" / STATUS_FILE
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise StateError(
+            f"no controller status in {path.parent} (is `edgeagent controllers run` running?)"
+        ) from None
+    except OSError as e:
+        raise StateError(f"cannot read {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StateError(f"corrupt controller status {path}: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("controllers"), list):
+        raise StateError(f"corrupt controller status {path}: no controller list")
+    return data
+
+
+def host_alive(status: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``status`` still runs (a stale file means the host is gone)."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or not status.get("running"):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,1 @@
+"""The imports a controller sees: ``edgeagent:controller/{k8s,timer,log}`` (see controllers/wit/)."""

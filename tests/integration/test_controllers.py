@@ -1,0 +1,491 @@
+"""Wasm controllers against a real kube-apiserver: routing, swapping, grants, watch recovery, isolation.
+
+The probe controller (controllers/testing/probe.c) publishes what it saw (event count, the "probe-seq"
+annotations in order, the result of a forbidden request, timer firings) in a ConfigMap, so every assertion
+reads the controller's own state back through the API server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from edgeagent.controllers.host import ControllerHost, HostOptions, State
+from edgeagent.controllers.kubeapi import KubeApi, connect
+from edgeagent.controllers.manifest import Manifest, load_manifest, parse_manifest
+from tests.fixtures import procs
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CONTROLLERS = REPO / "controllers"
+PROBE = CONTROLLERS / "build" / "testing" / "probe.wasm"
+RING = CONTROLLERS / "build" / "ring.wasm"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def guests() -> None:
+    subprocess.run(["make", "-s", "-C", str(CONTROLLERS)], check=True)
+
+
+@pytest.fixture
+def core(kube_cluster: Any) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(kube_cluster.client())
+
+
+@pytest.fixture
+def namespace(core: k8s.CoreV1Api) -> Callable[[], str]:
+    def make() -> str:
+        name = f"ctl-{uuid.uuid4().hex[:8]}"
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+        return name
+
+    return make
+
+
+@pytest.fixture
+def host_factory(kube_cluster: Any, tmp_path: Path) -> Iterator[Callable[..., ControllerHost]]:
+    hosts: list[ControllerHost] = []
+
+    def make(*manifests: Manifest, swap: bool = True) -> ControllerHost:
+        api = KubeApi(connect(kube_cluster.kubeconfig))
+        h = ControllerHost(
+            api,
+            HostOptions(state_dir=tmp_path / f"state{len(hosts)}", swap=swap, status_interval=0.2),
+            watch_options={"backoff": (0.1, 1.0)},
+        )
+        hosts.append(h)
+        for m in manifests:
+            h.add(m)
+        h.start(sync_timeout=30)
+        return h
+
+    yield make
+    for h in hosts:
+        h.stop()
+
+
+def probe(
+    name: str, ns: str, *, idle: float = 30.0, selector: str = "probe-in=true", **extra: Any
+) -> Manifest:
+    return parse_manifest(
+        {
+            "name": name,
+            "module": str(PROBE),
+            "idle_timeout": idle,
+            "config": {"namespace": ns, "out": f"out-{name}"},
+            "watches": [
+                {
+                    "version": "v1",
+                    "kind": "ConfigMap",
+                    "plural": "configmaps",
+                    "namespace": ns,
+                    "label_selector": selector,
+                }
+            ],
+            "grants": [{"verbs": ["create", "patch"], "resources": ["configmaps"], "namespaces": [ns]}],
+            **extra,
+        }
+    )
+
+
+def put_input(
+    core: k8s.CoreV1Api,
+    ns: str,
+    name: str = "in",
+    *,
+    labels: dict[str, str] | None = None,
+    **annotations: str,
+) -> None:
+    labels = {"probe-in": "true"} if labels is None else labels
+    meta = k8s.V1ObjectMeta(name=name, labels=labels, annotations=_dashed(annotations))
+    core.create_namespaced_config_map(ns, k8s.V1ConfigMap(metadata=meta, data={"x": "1"}))
+
+
+def annotate(core: k8s.CoreV1Api, ns: str, name: str = "in", **annotations: str) -> None:
+    core.patch_namespaced_config_map(name, ns, {"metadata": {"annotations": _dashed(annotations)}})
+
+
+def _dashed(annotations: dict[str, str]) -> dict[str, str]:
+    """probe_seq="1" -> {"probe-seq": "1"}: the probe's annotation names."""
+    return {k.replace("_", "-"): v for k, v in annotations.items()}
+
+
+def out(core: k8s.CoreV1Api, ns: str, controller: str) -> dict[str, str] | None:
+    try:
+        return core.read_namespaced_config_map(f"out-{controller}", ns).data
+    except k8s.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def wait_out(
+    core: k8s.CoreV1Api,
+    ns: str,
+    controller: str,
+    pred: Callable[[dict[str, str]], bool],
+    *,
+    timeout: float = 20.0,
+) -> dict[str, str]:
+    seen: dict[str, Any] = {}
+
+    def check() -> bool:
+        data = out(core, ns, controller)
+        seen["data"] = data
+        return data is not None and pred(data)
+
+    try:
+        procs.wait_for(check, timeout=timeout, what=f"{controller}'s output")
+    except TimeoutError:
+        raise AssertionError(f"{controller} published {seen.get('data')}") from None
+    return seen["data"]
+
+
+def seq(n: int, start: int = 0) -> str:
+    return ",".join(str(i) for i in range(start, n + 1))
+
+
+# ------------------------------------------------------------ routing
+def test_events_reach_the_right_controller(core, namespace, host_factory) -> None:
+    ns_a, ns_b = namespace(), namespace()
+    host = host_factory(probe("pa", ns_a), probe("pb", ns_b))
+    put_input(core, ns_a, probe_seq="a0")
+    put_input(core, ns_a, "unlabelled", labels={}, probe_seq="nope")  # outside pa's label selector
+    wait_out(core, ns_a, "pa", lambda d: d["count"] == "1")
+    put_input(core, ns_b, probe_seq="b0")
+    annotate(core, ns_b, probe_seq="b1")
+    wait_out(core, ns_b, "pb", lambda d: d["count"] == "2")
+    annotate(core, ns_a, probe_seq="a1")
+    data_a = wait_out(core, ns_a, "pa", lambda d: d["count"] == "2")
+    host.wait_idle()
+    assert data_a["seq"] == "a0,a1"
+    assert out(core, ns_b, "pb")["seq"] == "b0,b1"
+    assert host.controllers["pa"].stats.events == 2
+    assert host.controllers["pb"].stats.events == 2
+
+
+# ------------------------------------------------------------ swapping
+def test_counter_survives_many_swaps(core, namespace, host_factory) -> None:
+    ns = namespace()
+    host = host_factory(probe("counter", ns, idle=0.05))
+    ctl = host.controllers["counter"]
+    put_input(core, ns, probe_seq="0")
+    wait_out(core, ns, "counter", lambda d: d["count"] == "1")
+    rounds = 15
+    for i in range(1, rounds + 1):
+        procs.wait_for(lambda: ctl.state == State.SWAPPED, timeout=10, what="swap-out")
+        annotate(core, ns, probe_seq=str(i))
+        wait_out(core, ns, "counter", lambda d, i=i: d["count"] == str(i + 1))
+    data = out(core, ns, "counter")
+    assert data["seq"] == seq(rounds)
+    assert ctl.stats.wakes >= rounds
+    assert ctl.stats.swaps >= rounds
+    assert host.wake_latencies, "wakes are timed"
+
+
+def test_no_event_lost_across_a_swap(core, namespace, host_factory) -> None:
+    ns = namespace()
+    host = host_factory(probe("burst", ns, idle=0.05))
+    ctl = host.controllers["burst"]
+    put_input(core, ns, probe_seq="0")
+    n = 0
+    for _burst in range(3):
+        procs.wait_for(lambda: ctl.state == State.SWAPPED, timeout=10, what="swap-out")
+        wakes = ctl.stats.wakes
+        for _ in range(12):  # the first wakes the controller; the rest arrive while it is waking or busy
+            n += 1
+            annotate(core, ns, probe_seq=str(n))
+        wait_out(core, ns, "burst", lambda d, n=n: d["count"] == str(n + 1))
+        assert ctl.stats.wakes > wakes
+    assert out(core, ns, "burst")["seq"] == seq(n)
+
+
+def test_timer_wakes_a_swapped_controller(core, namespace, host_factory) -> None:
+    ns = namespace()
+    host = host_factory(probe("tick", ns, idle=0.05))
+    ctl = host.controllers["tick"]
+    put_input(core, ns, probe_action="timer")  # handle-timer 200 ms later, long after the 50 ms idle swap
+    data = wait_out(core, ns, "tick", lambda d: d["timers"] == "1")
+    assert data["count"] == "1"
+    assert ctl.stats.timers == 1
+    assert ctl.stats.wakes >= 1
+
+
+# ------------------------------------------------------------ least privilege
+def test_request_outside_the_grant_is_denied_before_it_leaves(core, namespace, host_factory, caplog) -> None:
+    ns = namespace()
+    host = host_factory(probe("nosy", ns))
+    with caplog.at_level(logging.WARNING, logger="edgeagent.controllers.k8s"):
+        put_input(core, ns, probe_action="forbidden")
+        data = wait_out(core, ns, "nosy", lambda d: d["count"] == "1")
+    assert data["denied"] == "-1"  # EA_ERR_DENIED, not the API server's 403 or 404
+    assert host.controllers["nosy"].stats.denied == 1
+    assert "controller nosy: denied: get secrets/anything in kube-system (not in its grants)" in caplog.text
+
+
+def test_impersonation_lets_the_api_server_enforce_too(core, namespace, host_factory, kube_cluster) -> None:
+    ns = namespace()
+    core.create_namespaced_service_account(ns, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="probe")))
+    host = host_factory(probe("imp", ns, service_account=f"{ns}/probe"))
+    ctl = host.controllers["imp"]
+    put_input(core, ns, probe_seq="0")
+    # The grant allows it, the ServiceAccount's RBAC does not (yet): the API server refuses.
+    procs.wait_for(
+        lambda: ctl.stats.events == 1 and ctl.stats.errors == 1, timeout=20, what="refused publish"
+    )
+    assert out(core, ns, "imp") is None
+    rbac = k8s.RbacAuthorizationV1Api(kube_cluster.client())
+    rule = k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["create", "patch"])
+    rbac.create_namespaced_role(ns, k8s.V1Role(metadata=k8s.V1ObjectMeta(name="probe"), rules=[rule]))
+    rbac.create_namespaced_role_binding(
+        ns,
+        k8s.V1RoleBinding(
+            metadata=k8s.V1ObjectMeta(name="probe"),
+            role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="probe"),
+            subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name="probe", namespace=ns)],
+        ),
+    )
+    annotate(core, ns, probe_seq="1")
+    data = wait_out(core, ns, "imp", lambda d: d["count"] == "2")
+    assert data["seq"] == "0,1"
+
+
+# ------------------------------------------------------------ watch recovery
+def restart_apiserver(kube_cluster: Any, core: k8s.CoreV1Api) -> None:
+    kube_cluster.stop_apiserver()
+    kube_cluster.start_apiserver()
+    core.api_client.rest_client.pool_manager.clear()
+
+
+def test_expired_watch_is_relisted(core, namespace, host_factory, kube_cluster) -> None:
+    ns, elsewhere = namespace(), namespace()
+    host = host_factory(probe("relist", ns))
+    put_input(core, ns, probe_seq="0")
+    wait_out(core, ns, "relist", lambda d: d["count"] == "1")
+    (watch,) = host.hub.watches.values()
+    assert watch.namespace == ns
+    # A write this namespaced watch does not see moves the cluster's revision past the watch's last one; a
+    # restarted API server starts its watch cache at the current revision, so resuming from the watch's
+    # resourceVersion is answered with 410 Gone, as after any long disconnection.
+    put_input(core, elsewhere, labels={})
+    restart_apiserver(kube_cluster, core)
+    procs.wait_for(
+        lambda: watch.stats.gone >= 1 and watch.stats.relists >= 1, timeout=30, what="410 + relist"
+    )
+    annotate(core, ns, probe_seq="1")
+    data = wait_out(core, ns, "relist", lambda d: d["count"] == "2")
+    assert data["seq"] == "0,1"  # the relist replayed nothing unchanged and missed nothing
+
+
+def test_api_server_restart_is_survived(core, namespace, host_factory, kube_cluster) -> None:
+    ns = namespace()
+    host = host_factory(probe("phoenix", ns, idle=0.05))
+    ctl = host.controllers["phoenix"]
+    put_input(core, ns, probe_seq="0")
+    wait_out(core, ns, "phoenix", lambda d: d["count"] == "1")
+    procs.wait_for(lambda: ctl.state == State.SWAPPED, timeout=10, what="swap-out")
+    (watch,) = host.hub.watches.values()
+    errors = watch.stats.errors
+    kube_cluster.stop_apiserver()
+    try:
+        procs.wait_for(lambda: watch.stats.errors > errors, timeout=20, what="the watch noticing")
+    finally:
+        kube_cluster.start_apiserver()
+    core.api_client.rest_client.pool_manager.clear()
+    annotate(core, ns, probe_seq="1")  # possibly before the watch is back: then the relist delivers it
+    annotate(core, ns, probe_seq="2")
+    data = wait_out(core, ns, "phoenix", lambda d: d["count"] == "3", timeout=40)
+    assert data["seq"] == "0,1,2"
+    assert ctl.state != State.FAILED
+
+
+# ------------------------------------------------------------ isolation
+def test_trapping_and_looping_controllers_are_stopped_and_the_others_go_on(
+    core, namespace, host_factory
+) -> None:
+    ns_t, ns_l, ns_ok = namespace(), namespace(), namespace()
+    host = host_factory(probe("trapper", ns_t), probe("looper", ns_l), probe("healthy", ns_ok))
+    put_input(core, ns_t, probe_action="trap")
+    put_input(core, ns_l, probe_action="loop")
+    trapper, looper = host.controllers["trapper"], host.controllers["looper"]
+    procs.wait_for(
+        lambda: trapper.state == State.FAILED and looper.state == State.FAILED,
+        timeout=20,
+        what="both stopped",
+    )
+    assert "trapped in handle-event: unreachable" in trapper.stats.last_error
+    assert "compute limit" in looper.stats.last_error
+    put_input(core, ns_ok, probe_seq="0")
+    annotate(core, ns_t, probe_seq="after")
+    data = wait_out(core, ns_ok, "healthy", lambda d: d["count"] == "1")
+    assert data["seq"] == "0"
+    procs.wait_for(lambda: trapper.stats.dropped == 1, timeout=10, what="dropped event")
+    status = {c["name"]: c for c in host.status()["controllers"]}
+    assert status["trapper"]["state"] == "failed" and status["healthy"]["state"] != "failed"
+
+
+# ------------------------------------------------------------ shipped controllers
+def test_ring_carries_a_nonce_around(core, namespace, host_factory) -> None:
+    # The ring runs over ConfigMaps here: the test cluster's kube-apiserver (1.20.2 built with Go 1.19 and
+    # the vendored reflect2 1.0.1) crashes on the first custom-resource write: the Ring CRD path cannot run.
+    names = [namespace() for _ in range(3)]
+    for ns in names:
+        core.create_namespaced_config_map(
+            ns, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="ring"), data={"nonce": ""})
+        )
+    manifests = []
+    for i, ns in enumerate(names):
+        nxt = names[(i + 1) % len(names)]
+        manifests.append(
+            parse_manifest(
+                {
+                    "name": f"ring-{i}",
+                    "module": str(RING),
+                    "idle_timeout": 0.1,
+                    "config": {
+                        "next": nxt,
+                        "group": "",
+                        "version": "v1",
+                        "resource": "configmaps",
+                        "field": "data",
+                    },
+                    "watches": [
+                        {"version": "v1", "kind": "ConfigMap", "plural": "configmaps", "namespace": ns}
+                    ],
+                    "grants": [
+                        {
+                            "verbs": ["patch"],
+                            "resources": ["configmaps"],
+                            "resource_names": ["ring"],
+                            "namespaces": [nxt],
+                        }
+                    ],
+                }
+            )
+        )
+    host = host_factory(*manifests)
+    assert len(host.hub.watches) == 1  # one shared watch for the kind, across namespaces
+    for round_ in range(1, 4):
+        procs.wait_for(
+            lambda: all(c.state == State.SWAPPED for c in host.controllers.values()),
+            timeout=10,
+            what="the ring asleep",
+        )
+        core.patch_namespaced_config_map("ring", names[0], {"data": {"nonce": f"n-{round_}"}})
+        procs.wait_for(
+            lambda r=round_: (
+                [core.read_namespaced_config_map("ring", ns).data["nonce"] for ns in names] == [f"n-{r}"] * 3
+            ),
+            timeout=20,
+            what="a round",
+        )
+        host.wait_idle()
+    assert all(c.stats.errors == 0 for c in host.controllers.values())
+    assert all(c.stats.wakes >= 1 for c in host.controllers.values())
+
+
+def test_node_labeler_publishes_and_removes_labels(core, kube_cluster, host_factory) -> None:
+    node = f"edge-{uuid.uuid4().hex[:6]}"
+    core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=node)))
+    try:
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name="edgeagent-system")))
+    except k8s.ApiException as e:
+        if e.status != 409:
+            raise
+    shipped = load_manifest(CONTROLLERS / "node-labeler" / "node-labeler.toml")
+    raw = {
+        "name": shipped.name,
+        "module": str(shipped.module),
+        "idle_timeout": 0.1,
+        "config": {**shipped.config, "node": node},
+        "watches": [
+            {
+                "version": "v1",
+                "kind": "ConfigMap",
+                "plural": "configmaps",
+                "namespace": "edgeagent-system",
+                "label_selector": str(shipped.watches[0].label_selector),
+            }
+        ],
+        "grants": [{"verbs": ["patch"], "resources": ["nodes"], "resource_names": [node]}],
+    }
+    host = host_factory(parse_manifest(raw))
+    meta = k8s.V1ObjectMeta(name=f"labels-{node}", labels={"edgeagent.io/node-labels": "true"})
+    core.create_namespaced_config_map(
+        "edgeagent-system", k8s.V1ConfigMap(metadata=meta, data={"sensor": "tmp102", "firmware": "1.2.3"})
+    )
+
+    def labels() -> dict[str, str]:
+        return {
+            k: v
+            for k, v in (core.read_node(node).metadata.labels or {}).items()
+            if k.startswith("device.edgeagent.io/")
+        }
+
+    procs.wait_for(
+        lambda: labels() == {"device.edgeagent.io/sensor": "tmp102", "device.edgeagent.io/firmware": "1.2.3"},
+        timeout=20,
+        what="labels",
+    )
+    core.replace_namespaced_config_map(
+        f"labels-{node}", "edgeagent-system", k8s.V1ConfigMap(metadata=meta, data={"sensor": "tmp102"})
+    )
+    procs.wait_for(lambda: labels() == {"device.edgeagent.io/sensor": "tmp102"}, timeout=20, what="removal")
+    assert host.controllers["node-labeler"].stats.errors == 0
+
+
+# ------------------------------------------------------------ the command line
+def test_cli_run_and_list(core, namespace, kube_cluster, tmp_path) -> None:
+    ns = namespace()
+    ctl_dir, state = tmp_path / "ctl", tmp_path / "state"
+    ctl_dir.mkdir()
+    manifest = {
+        "name": "cli-probe",
+        "module": str(PROBE),
+        "idle_timeout": 0.2,
+        "config": {"namespace": ns, "out": "out-cli-probe"},
+        "watches": [
+            {
+                "version": "v1",
+                "kind": "ConfigMap",
+                "plural": "configmaps",
+                "namespace": ns,
+                "label_selector": "probe-in=true",
+            }
+        ],
+        "grants": [{"verbs": ["create", "patch"], "resources": ["configmaps"], "namespaces": [ns]}],
+    }
+    (ctl_dir / "probe.controller.json").write_text(json.dumps(manifest))
+    (ctl_dir / "broken.toml").write_text('name = "broken"\n')  # reported, the good one still runs
+    base = [sys.executable, "-m", "edgeagent.cli.main", "--state-dir", str(state), "controllers"]
+
+    def listed() -> dict[str, Any]:
+        r = subprocess.run([*base, "list", "--json"], capture_output=True, text=True, timeout=60)
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+
+    proc = procs.start(
+        [*base, "run", str(ctl_dir), "--kubeconfig", str(kube_cluster.kubeconfig)], log=tmp_path / "run.log"
+    )
+    try:
+        procs.wait_for(lambda: listed().get("host_running", False), timeout=30, what="the host's status")
+        put_input(core, ns, probe_seq="0")
+        wait_out(core, ns, "cli-probe", lambda d: d["count"] == "1")
+        procs.wait_for(lambda: listed()["controllers"][0]["state"] == "swapped", timeout=30, what="swap-out")
+        data = listed()
+        (c,) = data["controllers"]
+        assert c["name"] == "cli-probe" and c["events"] == 1 and c["swaps"] >= 1
+        assert "missing key 'module'" in data["failed_loads"][0]["error"]
+    finally:
+        procs.stop(proc)
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()
+    assert listed()["host_running"] is False

@@ -1,0 +1,250 @@
+"""The controller host without an API server: a recording fake stands in for the one KubeApi method it uses.
+
+Everything else is real: the probe and ring controllers (make -C controllers), wasmtime, snapshots on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeagent.controllers.host import ControllerHost, HostOptions, State, host_alive, read_status
+from edgeagent.controllers.kubeapi import ApiRequest, ApiResponse
+from edgeagent.controllers.manifest import Manifest, parse_manifest
+from edgeagent.controllers.watch import Event
+from edgeagent.errors import ControllerError, StateError, WasmError
+
+CONTROLLERS = Path(__file__).resolve().parents[2] / "controllers"
+PROBE = CONTROLLERS / "build" / "testing" / "probe.wasm"
+RING = CONTROLLERS / "build" / "ring.wasm"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def guests() -> None:
+    subprocess.run(["make", "-s", "-C", str(CONTROLLERS)], check=True)
+
+
+class RecordingApi:
+    """Answers every request 200 with an empty object and remembers it."""
+
+    host = "https://fake"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[ApiRequest, str | None]] = []
+
+    def send(self, req: ApiRequest, *, impersonate: str | None = None) -> ApiResponse:
+        self.sent.append((req, impersonate))
+        return ApiResponse(200, b"{}")
+
+    def published(self) -> dict[str, str]:
+        req, _ = self.sent[-1]
+        return dict(req.body["data"])
+
+
+@pytest.fixture
+def make_host(tmp_path: Path) -> Iterator[Any]:
+    hosts: list[ControllerHost] = []
+
+    def make(*manifests: Manifest, start: bool = True, **options: Any) -> tuple[ControllerHost, RecordingApi]:
+        api = RecordingApi()
+        h = ControllerHost(api, HostOptions(state_dir=tmp_path / f"s{len(hosts)}", **options))  # type: ignore[arg-type]
+        hosts.append(h)
+        h.hub = None  # no watches: tests post events themselves
+        for m in manifests:
+            h.add(m)
+        if start:
+            h.start()
+        return h, api
+
+    yield make
+    for h in hosts:
+        h.stop()
+
+
+def probe(name: str = "p", **extra: Any) -> Manifest:
+    return parse_manifest(
+        {
+            "name": name,
+            "module": str(PROBE),
+            "config": {"namespace": "t", "out": "o"},
+            "watches": [{"version": "v1", "kind": "ConfigMap", "plural": "configmaps", "namespace": "t"}],
+            "grants": [{"verbs": ["create", "patch"], "resources": ["configmaps"], "namespaces": ["t"]}],
+            **extra,
+        }
+    )
+
+
+def event(seq: str = "", action: str = "", etype: str = "MODIFIED") -> Event:
+    ann = {"probe-seq": seq} if seq else {}
+    if action:
+        ann["probe-action"] = action
+    obj = {"metadata": {"name": "in", "namespace": "t", "annotations": ann}}
+    raw = json.dumps({"type": etype, "object": obj}).encode()
+    return Event(etype, "t", "in", {}, "1", raw, time.perf_counter())
+
+
+def test_state_and_order_survive_forced_swaps(make_host) -> None:
+    host, api = make_host(probe())
+    ctl = host.controllers["p"]
+    n = 0
+    for _ in range(10):
+        host.swap_all()
+        for _ in range(5):  # the first wakes it; the others queue behind the wake
+            n += 1
+            ctl.post(event(str(n)))
+        assert host.wait_idle(10)
+        assert ctl.state == State.ACTIVE
+    published = api.published()
+    assert published["count"] == str(n)
+    assert published["seq"] == ",".join(str(i) for i in range(1, n + 1))
+    assert ctl.stats.wakes == 10 and ctl.stats.swaps == 10
+    assert len(host.wake_latencies) == 10
+    assert ctl.snapshot_path.exists()
+
+
+def test_idle_controllers_swap_out_by_themselves(make_host) -> None:
+    host, _ = make_host(probe(idle_timeout=0.05))
+    ctl = host.controllers["p"]
+    deadline = time.monotonic() + 10
+    while ctl.state != State.SWAPPED and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ctl.state == State.SWAPPED and ctl.guest is None
+    assert ctl.status()["snapshot_bytes"] > 0 and ctl.status()["memory_bytes"] == 0
+
+
+def test_no_swapping_keeps_instances(make_host) -> None:
+    host, _ = make_host(probe(idle_timeout=0.01), swap=False)
+    time.sleep(0.1)
+    assert host.controllers["p"].state == State.ACTIVE
+
+
+def test_denied_requests_never_reach_the_api(make_host) -> None:
+    host, api = make_host(probe())
+    ctl = host.controllers["p"]
+    ctl.post(event(action="forbidden"))
+    assert host.wait_idle(10)
+    assert all(req.resource == "configmaps" for req, _ in api.sent)
+    assert api.published()["denied"] == "-1"
+    assert ctl.stats.denied == 1
+
+
+def test_impersonation_header(make_host) -> None:
+    host, api = make_host(probe(service_account="t/probe"))
+    host.controllers["p"].post(event("1"))
+    assert host.wait_idle(10)
+    assert {imp for _, imp in api.sent} == {"system:serviceaccount:t:probe"}
+
+
+def test_trap_and_loop_stop_only_that_controller(make_host) -> None:
+    host, _ = make_host(probe("a"), probe("b"), probe("ok"))
+    host.controllers["a"].post(event(action="trap"))
+    host.controllers["b"].post(event(action="loop"))
+    host.controllers["ok"].post(event("1"))
+    assert host.wait_idle(10)
+    a, b, ok = (host.controllers[n] for n in ("a", "b", "ok"))
+    assert a.state == b.state == State.FAILED
+    assert "unreachable" in a.stats.last_error and "compute limit" in b.stats.last_error
+    assert ok.state == State.ACTIVE and ok.stats.errors == 0
+    a.post(event("2"))
+    assert host.wait_idle(10)
+    assert a.stats.dropped == 1
+
+
+def test_digest_policy(make_host) -> None:
+    digest = hashlib.sha256(PROBE.read_bytes()).hexdigest()
+    host, _ = make_host(start=False, digest_for=lambda p: digest if p == PROBE else None)
+    host.add(probe("good"))
+    bad = ControllerHost(
+        None, HostOptions(state_dir=host.options.state_dir / "x", digest_for=lambda p: "0" * 64)
+    )
+    try:
+        with pytest.raises(ControllerError, match="does not match its measured digest"):
+            bad.add(probe("evil"))
+    finally:
+        bad.stop()
+
+
+def test_load_directory_reports_and_skips_bad_controllers(tmp_path: Path, make_host) -> None:
+    d = tmp_path / "ctl"
+    d.mkdir()
+    good = {
+        "name": "good",
+        "module": str(PROBE),
+        "config": {"namespace": "t", "out": "o"},
+        "watches": [{"version": "v1", "kind": "ConfigMap", "plural": "configmaps"}],
+    }
+    (d / "good.controller.json").write_text(json.dumps(good))
+    (d / "broken.toml").write_text("name = [\n")
+    (d / "nomodule.controller.json").write_text(
+        json.dumps({**good, "name": "nomodule", "module": "absent.wasm"})
+    )
+    (d / "noinit.controller.json").write_text(json.dumps({**good, "name": "ring", "module": str(RING)}))
+    host, _ = make_host(start=False)
+    errors = host.load_directory(d)
+    assert list(host.controllers) == ["good"]
+    assert len(errors) == 3
+    assert any("not valid TOML" in e for e in errors)
+    assert any("cannot read" in e and "absent.wasm" in e for e in errors)
+    assert any("init returned 1" in e for e in errors)  # ring without config "next"
+    host.write_status()
+    status = read_status(host.options.state_dir)
+    assert [c["name"] for c in status["controllers"]] == ["good"]
+    assert len(status["failed_loads"]) == 3
+
+
+def test_not_a_controller_module(tmp_path: Path, make_host) -> None:
+    host, _ = make_host(start=False)
+    junk = tmp_path / "junk.wasm"
+    junk.write_bytes(b"not wasm")
+    with pytest.raises(WasmError, match="not a WebAssembly module"):
+        host.add(
+            parse_manifest(
+                {
+                    "name": "junk",
+                    "module": str(junk),
+                    "watches": [{"version": "v1", "kind": "Pod", "plural": "pods"}],
+                }
+            )
+        )
+
+
+def test_status_file(tmp_path: Path, make_host) -> None:
+    host, _ = make_host(probe())
+    host.write_status()
+    status = read_status(host.options.state_dir)
+    assert host_alive(status)
+    (c,) = status["controllers"]
+    assert c["name"] == "p" and c["state"] == "active" and c["memory_bytes"] > 0
+    with pytest.raises(StateError, match="no controller status"):
+        read_status(tmp_path / "elsewhere")
+    bad = tmp_path / "bad" / "controllers"
+    bad.mkdir(parents=True)
+    (bad / "status.json").write_text("{")
+    with pytest.raises(StateError, match="corrupt"):
+        read_status(tmp_path / "bad")
+
+
+def test_max_active_caps_instances_without_losing_state(make_host) -> None:
+    host, api = make_host(*(probe(f"p{i}") for i in range(6)), max_active=2)
+    assert host.wait_idle(10)
+    ctls = list(host.controllers.values())
+    for round_ in range(1, 4):
+        for c in ctls:
+            c.post(event(f"{c.name}-{round_}"))
+        assert host.wait_idle(10)
+        assert sum(c.state == State.ACTIVE for c in ctls) <= 2
+    for c in ctls:
+        mine = [
+            req.body["data"]
+            for req, _ in api.sent
+            if req.name == "o" and req.body["data"]["seq"].startswith(c.name)
+        ]
+        assert mine[-1]["count"] == "3" and mine[-1]["seq"] == f"{c.name}-1,{c.name}-2,{c.name}-3"
+    assert sum(c.stats.swaps for c in ctls) >= 12
