@@ -15,6 +15,7 @@ from edgeagent.cli.context import state
 # area -> (module with `run(config, *, repeat: int) -> Report`, help). Only areas that work are listed.
 AREAS: dict[str, tuple[str, str]] = {
     "tpm": ("edgeagent.bench.tpm", "PCR extend/read, quotes with RSA and ECC AKs, quote verification"),
+    "enroll": ("edgeagent.bench.enroll", "Attested enrollment per phase, revocation latency (Keylime, kube)"),
     "drivers": ("edgeagent.bench.drivers", "Wasm drivers vs native Python: host calls, reads, cold start"),
     "controllers": (
         "edgeagent.bench.controllers",

@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "edgeagent.cli.tpm",
     "edgeagent.cli.measure",
     "edgeagent.cli.enroll",
+    "edgeagent.cli.cloud",
     "edgeagent.cli.drivers",
     "edgeagent.cli.controllers",
 ]

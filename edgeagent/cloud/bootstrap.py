@@ -1,0 +1,106 @@
+"""Bootstrap tokens: the short-lived, single-enrollment credential that lets a device ask for its certificate.
+
+The token travels inside Keylime's U/V payload, so only a device the verifier has just attested can open it.
+It is a standard Kubernetes bootstrap token (Secret `bootstrap-token-ID` in kube-system, type
+bootstrap.kubernetes.io/token): the API server authenticates it as `system:bootstrap:ID` in groups
+system:bootstrappers and system:bootstrappers:edgeagent; kube-controller-manager's tokencleaner deletes it at
+its expiration. Its only power is creating and reading CSRs (ClusterRole system:node-bootstrapper, bound to
+the edgeagent group, not to every bootstrapper). The controller deletes it as soon as the CSR it was made for
+is approved.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from dataclasses import dataclass
+
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from edgeagent.errors import ClusterError
+
+NAMESPACE = "kube-system"
+GROUP = "system:bootstrappers:edgeagent"
+"""Extra group of edgeagent tokens; bootstrap groups must start with system:bootstrappers:."""
+BOOTSTRAPPER_BINDING = "edgeagent:bootstrappers-create-csr"
+BOOTSTRAPPER_ROLE = "system:node-bootstrapper"
+"""Built-in ClusterRole: create/get/list/watch certificatesigningrequests, nothing else."""
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+@dataclass(frozen=True)
+class BootstrapToken:
+    token_id: str
+    secret: str
+    expires_at: float
+
+    @property
+    def token(self) -> str:
+        """The bearer token the device presents: "ID.SECRET"."""
+        return f"{self.token_id}.{self.secret}"
+
+    @property
+    def username(self) -> str:
+        """The user name the API server gives requests made with this token."""
+        return f"system:bootstrap:{self.token_id}"
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def create(api: k8s.ApiClient, *, node_name: str, ttl_seconds: int = 300) -> BootstrapToken:
+    """A fresh token for one enrollment of ``node_name``, expiring in ``ttl_seconds``."""
+    token = BootstrapToken(_random(6), _random(16), time.time() + ttl_seconds)
+    body = k8s.V1Secret(
+        metadata=k8s.V1ObjectMeta(
+            name=f"bootstrap-token-{token.token_id}",
+            namespace=NAMESPACE,
+            labels={"edgeagent.io/node": node_name},
+        ),
+        type="bootstrap.kubernetes.io/token",
+        string_data={
+            "token-id": token.token_id,
+            "token-secret": token.secret,
+            "expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expires_at)),
+            "usage-bootstrap-authentication": "true",
+            "auth-extra-groups": GROUP,
+            "description": f"edgeagent enrollment of node {node_name}",
+        },
+    )
+    try:
+        k8s.CoreV1Api(api).create_namespaced_secret(NAMESPACE, body)
+    except ApiException as e:
+        raise ClusterError(f"cannot create bootstrap token for {node_name}: {e.status} {e.reason}") from None
+    return token
+
+
+def delete(api: k8s.ApiClient, token_id: str) -> None:
+    """Deletes a token (already gone is fine: the tokencleaner may have been first)."""
+    try:
+        k8s.CoreV1Api(api).delete_namespaced_secret(f"bootstrap-token-{token_id}", NAMESPACE)
+    except ApiException as e:
+        if e.status != 404:
+            raise ClusterError(f"cannot delete bootstrap token {token_id}: {e.status} {e.reason}") from None
+
+
+def ensure_rbac(api: k8s.ApiClient) -> None:
+    """Lets edgeagent bootstrap tokens create (and watch) their CSRs; idempotent."""
+    body = k8s.V1ClusterRoleBinding(
+        metadata=k8s.V1ObjectMeta(
+            name=BOOTSTRAPPER_BINDING, labels={"app.kubernetes.io/part-of": "edgeagent"}
+        ),
+        role_ref=k8s.V1RoleRef(
+            api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=BOOTSTRAPPER_ROLE
+        ),
+        subjects=[k8s.RbacV1Subject(kind="Group", name=GROUP, api_group="rbac.authorization.k8s.io")],
+    )
+    try:
+        k8s.RbacAuthorizationV1Api(api).create_cluster_role_binding(body)
+    except ApiException as e:
+        if e.status != 409:
+            raise ClusterError(
+                f"cannot bind {BOOTSTRAPPER_ROLE} for bootstrappers: {e.status} {e.reason}"
+            ) from None

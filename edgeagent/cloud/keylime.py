@@ -1,0 +1,267 @@
+"""A REST client for stock Keylime's registrar and verifier, as Keylime's own tenant uses them.
+
+Keylime's Python modules have no stable API and live in their own environment; the controller only speaks
+their REST APIs over mTLS with the Keylime CA and client certificate (`cv_ca/`: cacert.crt,
+client-cert.crt, client-private.pem). Every response is Keylime's envelope, parsed by
+`edgeagent.attest.protocol`. A service that cannot be reached raises PeerUnreachable (the caller retries with
+backoff); a refusal raises AttestationError with Keylime's own status text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeagent.attest import protocol
+from edgeagent.errors import AttestationError, PeerUnreachable, ProtocolError
+
+CLIENT_API_VERSIONS: tuple[str, ...] = ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6")
+"""Registrar/verifier API versions this client's requests are valid for (pull mode, 2.x)."""
+
+
+class OperationalState:
+    """The verifier's per-agent states (keylime.common.states), by Keylime's numbers."""
+
+    REGISTERED = 0
+    START = 1
+    SAVED = 2
+    GET_QUOTE = 3
+    GET_QUOTE_RETRY = 4
+    PROVIDE_V = 5
+    PROVIDE_V_RETRY = 6
+    FAILED = 7
+    TERMINATED = 8
+    INVALID_QUOTE = 9
+    TENANT_FAILED = 10
+
+    GOOD = frozenset({GET_QUOTE, PROVIDE_V})
+    """States of an agent whose last quote passed (PROVIDE_V: good quote, V on its way)."""
+    BAD = frozenset({FAILED, INVALID_QUOTE, TENANT_FAILED, TERMINATED})
+    """States after which the verifier stops polling until the agent is reactivated."""
+
+
+@dataclass(frozen=True)
+class KeylimeTls:
+    """The Keylime CA and the client certificate the tenant presents (Keylime's `cv_ca` layout)."""
+
+    ca_cert: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def from_dir(cls, ca_dir: Path) -> KeylimeTls:
+        return cls(ca_dir / "cacert.crt", ca_dir / "client-cert.crt", ca_dir / "client-private.pem")
+
+    def context(self, *, server_pem: str | None = None) -> ssl.SSLContext:
+        """Client context: trust the Keylime CA, or only ``server_pem`` (an agent's pinned mTLS cert)."""
+        try:
+            if server_pem is None:
+                ctx = ssl.create_default_context(cafile=str(self.ca_cert))
+            else:
+                # The verifier pins each agent's self-issued certificate from the registrar; so do we.
+                ctx = ssl.create_default_context(cadata=server_pem)
+                ctx.check_hostname = False
+                ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        except (OSError, ssl.SSLError) as e:
+            raise AttestationError(f"cannot load Keylime TLS material: {e}") from None
+        return ctx
+
+
+@dataclass(frozen=True)
+class RegistrarAgent:
+    """An agent's record at the registrar (`GET /v2.x/agents/{uuid}` on the TLS port)."""
+
+    uuid: str
+    ek_tpm: bytes
+    aik_tpm: bytes
+    ekcert: bytes | None
+    mtls_cert: str | None
+    ip: str | None
+    port: int | None
+    regcount: int
+
+
+@dataclass(frozen=True)
+class VerifierAgent:
+    """What the verifier says about an agent it polls."""
+
+    uuid: str
+    operational_state: int
+    attestation_count: int
+    last_event_id: str | None
+    last_successful_attestation: int
+    raw: dict[str, Any]
+
+    @property
+    def good(self) -> bool:
+        return self.operational_state in OperationalState.GOOD and self.attestation_count > 0
+
+    @property
+    def failed(self) -> bool:
+        return self.operational_state in OperationalState.BAD
+
+
+class Http:
+    """JSON over HTTP(S) with Keylime's envelope; the one place that touches urllib."""
+
+    def __init__(self, ctx: ssl.SSLContext | None, *, timeout: float = 10.0) -> None:
+        self.ctx = ctx
+        self.timeout = timeout
+
+    def request(self, method: str, url: str, body: Any = None) -> protocol.Envelope:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {} if data is None else {"Content-Type": "application/json"}
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.ctx) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return protocol.parse_envelope(raw)
+            except ProtocolError:
+                return protocol.envelope(e.code, e.reason or "error")
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise PeerUnreachable(f"{method} {url.split('?')[0]}: {reason}") from None
+        return protocol.parse_envelope(raw)
+
+
+class KeylimeClient:
+    """Registrar (TLS port) and verifier admin APIs; versions negotiated once per service, lazily."""
+
+    def __init__(
+        self, *, registrar_url: str, verifier_url: str, tls: KeylimeTls, timeout: float = 10.0
+    ) -> None:
+        self.registrar_url = registrar_url.rstrip("/")
+        self.verifier_url = verifier_url.rstrip("/")
+        self.tls = tls
+        self.http = Http(tls.context(), timeout=timeout)
+        self._versions: dict[str, str] = {}
+
+    def _version(self, base: str) -> str:
+        if base not in self._versions:
+            env = self.http.request("GET", f"{base}/version")
+            if not env.ok:
+                raise AttestationError(f"{base}/version -> {env.code} {env.status}")
+            theirs = protocol.parse_version_results(env.results)
+            self._versions[base] = protocol.negotiate_api_version(CLIENT_API_VERSIONS, theirs)
+        return self._versions[base]
+
+    def _url(self, base: str, path: str) -> str:
+        return f"{base}/v{self._version(base)}{path}"
+
+    # ------------------------------------------------------------ registrar
+    def registrar_agent(self, uuid: str) -> RegistrarAgent | None:
+        """The registrar's record of an *activated* agent, or None (unknown, or AK not activated yet)."""
+        env = self.http.request("GET", self._url(self.registrar_url, f"/agents/{uuid}"))
+        if env.code == 404:
+            return None
+        if not env.ok:
+            raise AttestationError(f"registrar GET agent {uuid}: {env.code} {env.status}")
+        r = env.results
+        try:
+            ekcert = base64.b64decode(r["ekcert"], validate=True) if r.get("ekcert") else None
+        except (binascii.Error, ValueError):
+            raise ProtocolError("registrar 'ekcert' is not base64") from None
+        port = r.get("port")
+        return RegistrarAgent(
+            uuid=uuid,
+            ek_tpm=protocol.b64decode_field(r, "ek_tpm"),
+            aik_tpm=protocol.b64decode_field(r, "aik_tpm"),
+            ekcert=ekcert,
+            mtls_cert=r.get("mtls_cert") or None,
+            ip=r.get("ip"),
+            port=int(port) if port not in (None, "") else None,
+            regcount=int(r.get("regcount") or 0),
+        )
+
+    # ------------------------------------------------------------ verifier
+    def add_agent(
+        self,
+        uuid: str,
+        *,
+        agent: RegistrarAgent,
+        v: bytes,
+        ip: str,
+        port: int,
+        tpm_policy: dict[str, list[str]],
+        revocation_key_pem: str,
+        agent_api_version: str,
+        mb_policy: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """`POST /v2.x/agents/{uuid}`: the verifier starts polling the agent and sends V after a good quote.
+
+        ``tpm_policy`` maps PCR numbers to accepted hex values; the mask is derived from it (plus the
+        measured-boot PCRs when ``mb_policy``, a Keylime reference state, is given), as Keylime's tenant does.
+        """
+        policy: dict[str, Any] = {k: [x.lower() for x in vals] for k, vals in tpm_policy.items()}
+        mask = int(protocol.mask_from_pcrs(int(k) for k in tpm_policy), 16)
+        if mb_policy:
+            for pcr in (*range(0, 10), *range(11, 16)):
+                mask |= 1 << pcr
+        policy["mask"] = hex(mask)
+        body = {
+            "v": base64.b64encode(v).decode(),
+            "cloudagent_ip": ip,
+            "cloudagent_port": port,
+            "tpm_policy": json.dumps(policy),
+            "runtime_policy": "",
+            "runtime_policy_name": None,
+            "runtime_policy_key": None,
+            "mb_policy": mb_policy,
+            "mb_policy_name": None,
+            "ima_sign_verification_keys": "",
+            "metadata": json.dumps(metadata or {}),
+            "revocation_key": revocation_key_pem,
+            "accept_tpm_hash_algs": ["sha256", "sha384", "sha512"],
+            "accept_tpm_encryption_algs": ["rsa", "ecc"],
+            "accept_tpm_signing_algs": ["rsassa", "ecschnorr", "ecdsa"],
+            "ak_tpm": base64.b64encode(agent.aik_tpm).decode(),
+            "mtls_cert": agent.mtls_cert,
+            "supported_version": agent_api_version,
+        }
+        env = self.http.request("POST", self._url(self.verifier_url, f"/agents/{uuid}"), body)
+        if not env.ok:
+            raise AttestationError(f"verifier refused to add agent {uuid}: {env.code} {env.status}")
+
+    def agent_state(self, uuid: str) -> VerifierAgent | None:
+        """The verifier's view of ``uuid``, or None when it does not poll it."""
+        env = self.http.request("GET", self._url(self.verifier_url, f"/agents/{uuid}"))
+        if env.code == 404:
+            return None
+        if not env.ok:
+            raise AttestationError(f"verifier GET agent {uuid}: {env.code} {env.status}")
+        r = env.results.get(uuid, env.results)
+        state = r.get("operational_state")
+        if not isinstance(state, int):
+            raise ProtocolError(f"verifier's record of {uuid} has no operational_state")
+        return VerifierAgent(
+            uuid=uuid,
+            operational_state=state,
+            attestation_count=int(r.get("attestation_count") or 0),
+            last_event_id=r.get("last_event_id"),
+            last_successful_attestation=int(r.get("last_successful_attestation") or 0),
+            raw=r,
+        )
+
+    def reactivate_agent(self, uuid: str) -> None:
+        """`PUT /v2.x/agents/{uuid}/reactivate`: the verifier polls a failed agent again (same policies)."""
+        env = self.http.request("PUT", self._url(self.verifier_url, f"/agents/{uuid}/reactivate"), {})
+        if not env.ok:
+            raise AttestationError(f"verifier refused to reactivate {uuid}: {env.code} {env.status}")
+
+    def delete_agent(self, uuid: str) -> None:
+        """`DELETE /v2.x/agents/{uuid}`; an agent the verifier does not know counts as deleted."""
+        env = self.http.request("DELETE", self._url(self.verifier_url, f"/agents/{uuid}"))
+        if not env.ok and env.code != 404:
+            raise AttestationError(f"verifier refused to delete {uuid}: {env.code} {env.status}")

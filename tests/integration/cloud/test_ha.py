@@ -1,0 +1,52 @@
+"""Two controller replicas on one Lease: only the leader acts; the other takes over when it goes."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from edgeagent.cloud.controller import Controller
+from tests.fixtures import procs
+from tests.fixtures.keylime import Keylime
+from tests.fixtures.kube import KubeCluster
+from tests.integration.cloud.conftest import controller_settings, edgenode_for, wait_edgenode
+
+pytestmark = pytest.mark.integration
+
+
+def _judged(en) -> bool:
+    return any(c["type"] == "EKTrusted" for c in en.status.get("conditions", []))
+
+
+def test_only_the_leader_acts(kube_cluster: KubeCluster, keylime: Keylime, start_device) -> None:
+    admin = kube_cluster.client()
+    lease = f"edgeagent-ha-{uuid.uuid4().hex[:6]}"
+
+    def replica(identity: str) -> Controller:
+        settings = controller_settings(
+            kube_cluster, keylime, lease_name=lease, identity=identity, webhook_port=None
+        )
+        return Controller(kube_cluster.client(), settings).start()
+
+    a = replica("replica-a")
+    procs.wait_for(a.elector.is_leader, timeout=15, what="replica a to lead")
+    b = replica("replica-b")
+    try:
+        first = start_device("edge-ha-1")
+        edgenode_for(admin, first, ek_cert_sha256="1" * 64)  # judged (rejected) by whoever acts
+        wait_edgenode(admin, first.name, _judged, what="to have its EK judged")
+        assert [x for x in a.actions if x[2] == first.name] == [(a.actions[-1][0], "ek-rejected", first.name)]
+        assert not b.elector.is_leader()
+        assert b.actions == []
+
+        a.stop()  # releases the Lease
+        procs.wait_for(b.elector.is_leader, timeout=15, what="replica b to take over")
+        second = start_device("edge-ha-2")
+        edgenode_for(admin, second, ek_cert_sha256="2" * 64)
+        wait_edgenode(admin, second.name, _judged, what="to have its EK judged by the new leader")
+        assert ("ek-rejected", second.name) in [(x[1], x[2]) for x in b.actions]
+        assert all(x[2] != second.name for x in a.actions)
+    finally:
+        b.stop()
+        a.stop()
