@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent.errors import PolicyError
+from edgeagent.wasm.hosts.usb import UsbGrant
 
 _TOP_KEYS = {"driver", "memory-limit-mib", "i2c", "usb", "description"}
 
@@ -37,16 +38,8 @@ class I2cRule:
     addresses: frozenset[int]
 
 
-@dataclasses.dataclass(frozen=True)
-class UsbRule:
-    vid: int
-    pid: int
-    interface: int | None = None
-
-    def allows(self, vid: int, pid: int, interface: int | None = None) -> bool:
-        if (vid, pid) != (self.vid, self.pid):
-            return False
-        return self.interface is None or interface is None or interface == self.interface
+# A USB rule is exactly what the USB host enforces: one type, so the policy and the host cannot drift apart.
+UsbRule = UsbGrant
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,9 +26,9 @@ STORAGE_ERR_CHECK_CONDITION, STORAGE_ERR_PROTOCOL, STORAGE_ERR_NO_INTERFACE = -2
 PING_KINDS = {"bulk": 0, "interrupt": 1, "control": 2}
 
 
-def grants_from_policy(rules: Iterable[object]) -> list[UsbGrant]:
-    """UsbGrants from policy rules (anything with vid, pid, interface)."""
-    return [UsbGrant(int(r.vid), int(r.pid), r.interface) for r in rules]  # type: ignore[attr-defined]
+def grants_from_policy(rules: Iterable[UsbGrant]) -> list[UsbGrant]:
+    """The USB grants of a policy (its rules are grants already)."""
+    return list(rules)
 
 
 class UsbWasmDriver:
