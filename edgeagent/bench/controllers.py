@@ -15,10 +15,8 @@ Also measured: ring round time (nonce written into namespace 0 -> seen in namesp
 swapped controller (event received by the host -> controller running, from the host's own timestamps), and
 the memory each additional swapped controller costs. Targets from issue 5 are marked in the report.
 
-The ring's objects are ConfigMaps, not the Ring custom resource (controllers/ring/ring-crd.json): the
-kube-apiserver 1.20.2 this project builds with Go 1.19 crashes on custom-resource writes (vendored
-modern-go/reflect2 1.0.1 is broken on Go >= 1.18). ring.wasm is the same module either way (its config names
-the kind).
+The ring's objects are Ring custom resources (edgeagent.io/v1alpha1, controllers/ring/ring-crd.json),
+installed into the benchmark's cluster, as in the paper.
 """
 
 from __future__ import annotations
@@ -48,6 +46,9 @@ SIZES = (10, 50, 100)
 TARGET_N = 50
 IDLE_TIMEOUT = 0.5  # seconds: short, so the benchmark sees every controller asleep between rounds
 LABEL = "edgeagent.io/ring-bench"
+RING_GROUP, RING_VERSION, RING_PLURAL = "edgeagent.io", "v1alpha1", "rings"
+RINGS = f"/apis/{RING_GROUP}/{RING_VERSION}/{RING_PLURAL}"
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 VARIANTS = {
     "a": "wasm host, swapping",
     "b": "wasm host, no swapping",
@@ -57,12 +58,34 @@ VARIANTS = {
 MiB = 1 << 20
 
 
+def controllers_dir() -> Path:
+    return Path(edgeagent.__file__).resolve().parent.parent / "controllers"
+
+
 def ring_module() -> Path:
     """controllers/build/ring.wasm of the source tree (`make -C controllers`)."""
-    path = Path(edgeagent.__file__).resolve().parent.parent / "controllers" / "build" / "ring.wasm"
+    path = controllers_dir() / "build" / "ring.wasm"
     if not path.is_file():
         raise EdgeAgentError(f"{path} missing: run `make -C controllers`")
     return path
+
+
+def install_ring_crd(api: KubeApi, *, timeout: float = 30.0) -> None:
+    """Creates the Ring CRD (controllers/ring/ring-crd.json) and waits until the API server serves it."""
+    crd = json.loads((controllers_dir() / "ring" / "ring-crd.json").read_text())
+    resp = api.call("POST", CRDS, body=crd)
+    if resp.status not in (201, 409):
+        raise EdgeAgentError(f"cannot create the Ring CRD: HTTP {resp.status}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = api.get_json(f"{CRDS}/{crd['metadata']['name']}").get("status") or {}
+        established = any(
+            c.get("type") == "Established" and c.get("status") == "True" for c in status.get("conditions", [])
+        )
+        if established and api.call("GET", RINGS, query=[("limit", "1")]).status == 200:
+            return
+        time.sleep(0.1)
+    raise EdgeAgentError(f"the Ring CRD was not established after {timeout:.0f} s")
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -107,9 +130,9 @@ class RingWatch:
         self.nonces: dict[str, str] = {}
         self._cond = threading.Condition()
         self._stop = False
-        body = api.get_json("/api/v1/configmaps", query=[("labelSelector", selector)])
+        body = api.get_json(RINGS, query=[("labelSelector", selector)])
         for item in body.get("items", []):
-            self.nonces[item["metadata"]["namespace"]] = (item.get("data") or {}).get("nonce", "")
+            self.nonces[item["metadata"]["namespace"]] = (item.get("spec") or {}).get("nonce", "")
         self._rv = body["metadata"]["resourceVersion"]
         self._resp: Any = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="bench-ring-watch")
@@ -124,7 +147,7 @@ class RingWatch:
                 ("timeoutSeconds", "300"),
             ]
             try:
-                self._resp, lines = self.api.watch_lines("/api/v1/configmaps", query=query, read_timeout=330)
+                self._resp, lines = self.api.watch_lines(RINGS, query=query, read_timeout=330)
                 for line in lines:
                     ev = json.loads(line)
                     obj = ev.get("object") or {}
@@ -132,7 +155,7 @@ class RingWatch:
                     self._rv = meta.get("resourceVersion", self._rv)
                     if ev.get("type") in ("ADDED", "MODIFIED"):
                         with self._cond:
-                            self.nonces[meta.get("namespace", "")] = (obj.get("data") or {}).get("nonce", "")
+                            self.nonces[meta.get("namespace", "")] = (obj.get("spec") or {}).get("nonce", "")
                             self._cond.notify_all()
             except (PeerUnreachable, EdgeAgentError):
                 if not self._stop:
@@ -156,16 +179,21 @@ class RingWatch:
 
 
 def make_ring(api: KubeApi, n: int, tag: str) -> list[str]:
-    """N+1 namespaces with a ring ConfigMap each: controller i copies from namespace i to namespace i+1."""
+    """N+1 namespaces with a Ring each: controller i copies from namespace i to namespace i+1."""
     names = [f"ring-{tag}-{n}-{i}" for i in range(n + 1)]
     for ns in names:
         resp = api.call("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
         if resp.status not in (201, 409):
             raise EdgeAgentError(f"cannot create namespace {ns}: HTTP {resp.status}")
-        cm = {"metadata": {"name": "ring", "labels": {LABEL: tag}}, "data": {"nonce": ""}}
-        resp = api.call("POST", f"/api/v1/namespaces/{ns}/configmaps", body=cm)
+        ring = {
+            "apiVersion": f"{RING_GROUP}/{RING_VERSION}",
+            "kind": "Ring",
+            "metadata": {"name": "ring", "labels": {LABEL: tag}},
+            "spec": {},  # no nonce yet ("" would reach the API server as null from the official client)
+        }
+        resp = api.call("POST", f"/apis/{RING_GROUP}/{RING_VERSION}/namespaces/{ns}/{RING_PLURAL}", body=ring)
         if resp.status not in (201, 409):
-            raise EdgeAgentError(f"cannot create the ring ConfigMap in {ns}: HTTP {resp.status}")
+            raise EdgeAgentError(f"cannot create the Ring in {ns}: HTTP {resp.status}")
     return names
 
 
@@ -178,12 +206,13 @@ def ring_manifests(directory: Path, names: list[str], module: Path, tag: str) ->
             "module": str(module),
             "memory_limit": "1MiB",
             "idle_timeout": IDLE_TIMEOUT,
-            "config": {"next": nxt, "group": "", "version": "v1", "resource": "configmaps", "field": "data"},
+            "config": {"next": nxt},  # ring.wasm's default kind: Ring, nonce in spec
             "watches": [
                 {
-                    "version": "v1",
-                    "kind": "ConfigMap",
-                    "plural": "configmaps",
+                    "group": RING_GROUP,
+                    "version": RING_VERSION,
+                    "kind": "Ring",
+                    "plural": RING_PLURAL,
                     "namespace": ns,
                     "label_selector": f"{LABEL}={tag}",
                 }
@@ -191,7 +220,8 @@ def ring_manifests(directory: Path, names: list[str], module: Path, tag: str) ->
             "grants": [
                 {
                     "verbs": ["patch"],
-                    "resources": ["configmaps"],
+                    "api_groups": [RING_GROUP],
+                    "resources": [RING_PLURAL],
                     "resource_names": ["ring"],
                     "namespaces": [nxt],
                 }
@@ -358,8 +388,8 @@ def measure_variant(
         t0 = time.perf_counter()
         resp = api.call(
             "PATCH",
-            f"/api/v1/namespaces/{names[0]}/configmaps/ring",
-            body={"data": {"nonce": nonce}},
+            f"/apis/{RING_GROUP}/{RING_VERSION}/namespaces/{names[0]}/{RING_PLURAL}/ring",
+            body={"spec": {"nonce": nonce}},
             content_type="application/merge-patch+json",
         )
         if resp.status != 200:
@@ -400,7 +430,7 @@ def run(config: AgentConfig, *, repeat: int) -> Report:
             "variants": VARIANTS,
             "memory": "PSS from /proc/PID/smaps_rollup summed over each variant's processes and children; "
             "etcd and kube-apiserver are shared by every variant and excluded",
-            "ring_objects": "ConfigMaps (the Ring CRD crashes this kube-apiserver 1.20.2 build)",
+            "ring_objects": "Ring custom resources (controllers/ring/ring-crd.json)",
             "host_options": "`edgeagent controllers run` defaults: 2 workers, --max-active 16",
             "module_cache": "warm (compiled once before the runs, as on a device after its first start)",
         },
@@ -411,6 +441,7 @@ def run(config: AgentConfig, *, repeat: int) -> Report:
         root = Path(tmp)
         with LocalCluster(root / "cluster") as cluster:
             api = KubeApi(connect(cluster.kubeconfig))
+            install_ring_crd(api)
             # One state dir for every host run, its compiled-module cache warmed here: a device compiles a
             # controller once, not at every start (compiling costs the compiling process ~15 MB of heap).
             state = root / "state"

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
+import os
+import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from edgeagent.cli import render
 from edgeagent.cli.context import state
-from edgeagent.errors import ControllerError
 
 log = logging.getLogger("edgeagent.controllers")
 
@@ -40,53 +39,48 @@ def run(
         int,
         typer.Option("--max-active", min=0, help="Most controllers instantiated at once (0: no cap)"),
     ] = 16,
+    configmap: Annotated[
+        str | None,
+        typer.Option(
+            "--configmap",
+            metavar="NAMESPACE/NAME",
+            help="Load controllers from this ConfigMap (manifests in data, modules in binaryData) and reload "
+            "them when it changes; DIR is then only loaded when given",
+        ),
+    ] = None,
 ) -> None:
     """Run the controllers in DIR until SIGINT/SIGTERM; idle ones sleep on disk and wake on events."""
-    from edgeagent.controllers.host import ControllerHost, HostOptions
-    from edgeagent.controllers.kubeapi import KubeApi, connect
-    from edgeagent.controllers.manifest import manifest_paths
-    from edgeagent.controllers.measured import measured_digests
+    from edgeagent.controllers import service
 
-    cfg = state(ctx).config
-    directory = directory or cfg.controllers.dir
-    paths = manifest_paths(directory)  # ManifestError for a missing directory
-    if not paths:
-        raise ControllerError(f"no controller manifests (*.toml, *.controller.json) in {directory}")
-    api = KubeApi(connect(kubeconfig))
-    digests = None if no_verify else measured_digests(cfg)
-    host = ControllerHost(
-        api,
-        HostOptions(
-            state_dir=cfg.state_dir,
-            swap=not no_swap,
-            workers=workers,
-            max_active=max_active,
-            digest_for=digests,
-        ),
+    st = state(ctx)
+    cfg = st.config
+    opts = service.RunOptions(
+        directory=directory,
+        kubeconfig=kubeconfig,
+        configmap=service.parse_configmap_ref(configmap) if configmap is not None else None,
+        swap=not no_swap,
+        verify=not no_verify,
+        workers=workers,
+        max_active=max_active,
     )
-    errors = host.load_directory(directory)
-    if not host.controllers:
-        host.stop()
-        raise ControllerError(f"no controller could be loaded from {directory}: {errors[0]}")
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    try:
-        host.start()
-        render.err_console.print(
-            f"running {len(host.controllers)} controller(s) against {api.host}"
-            + (f"; {len(errors)} failed to load (see `edgeagent controllers list`)" if errors else "")
-            + f"; status in {cfg.state_dir / 'controllers'}",
-            highlight=False,
-        )
-        while not stop.wait(1.0):
-            pass
-    finally:
-        host.stop()
+    service.check(cfg, opts)  # bad input fails here, as one line, before the exec
+    # The host is long-lived: it runs in its own lean process image instead of carrying every command
+    # group's imports (see edgeagent.controllers.service). Same pid, so signals and the status file agree.
+    argv = [sys.executable, "-m", "edgeagent.controllers"]
+    if st.config_path is not None:
+        argv += ["--config", str(st.config_path)]
+    argv += ["--state-dir", str(cfg.state_dir)] + ["-v"] * st.verbose + ["run"]
+    if directory is not None:
+        argv.append(str(directory))
+    if kubeconfig is not None:
+        argv += ["--kubeconfig", str(kubeconfig)]
+    if configmap is not None:
+        argv += ["--configmap", configmap]
+    argv += ["--no-swap"] * no_swap + ["--no-verify"] * no_verify
+    argv += ["--workers", str(workers), "--max-active", str(max_active)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def _size(n: int) -> str:
@@ -127,7 +121,18 @@ def list_controllers(
     render.console.print(
         render.table(
             title,
-            ["name", "state", "memory", "on disk", "events", "wakes", "swaps", "denied", "last error"],
+            [
+                "name",
+                "state",
+                "memory",
+                "on disk",
+                "events",
+                "wakes",
+                "swaps",
+                "denied",
+                "restarts",
+                "last error",
+            ],
             [
                 [
                     escape(c["name"]),
@@ -138,6 +143,7 @@ def list_controllers(
                     c.get("wakes", 0),
                     c.get("swaps", 0),
                     c.get("denied", 0),
+                    c.get("restarts", 0),
                     escape(c.get("last_error") or ""),
                 ]
                 for c in rows

@@ -6,6 +6,11 @@ Life of a controller::
       -> ACTIVE --idle past its timeout--> snapshot to <state>/controllers/snapshots/NAME.snap, drop instance
       -> SWAPPED --event or timer--> new instance without _initialize, restore snapshot, deliver -> ACTIVE
     any trap, loop (compute limit) or ABI violation -> FAILED: instance dropped, reported, events dropped
+      -> after a backoff (doubling, capped) a fresh instance: snapshot discarded, init(config) again, and its
+         watches resynced (every object it watches delivered as ADDED, like a restarted controller's first
+         list) -> ACTIVE; after ``restart_limit`` consecutive failures it stays FAILED
+
+Controllers can be added, replaced and removed while the host runs (a ConfigMap source reloading them).
 
 Everything that touches a controller (events, timer firings, swap-outs) goes through its ``SerialQueue``, so
 they run one at a time in arrival order; an event that arrives while the controller is being restored waits in
@@ -67,6 +72,7 @@ class ControllerStats:
     denied: int = 0
     errors: int = 0  # handler calls that returned non-zero (the controller's own failures, not traps)
     dropped: int = 0  # events that arrived after it failed
+    restarts: int = 0  # fresh instances after failures
     last_error: str = ""
 
 
@@ -82,6 +88,11 @@ class HostOptions:
     call_ms: float = 10_000.0  # wall-clock limit of one handler call, API requests included
     digest_for: DigestLookup | None = None
     wake_samples: int = 5000
+    # A failed controller is restarted after restart_backoff[0] s, doubling up to restart_backoff[1], at most
+    # restart_limit times in a row; a controller that then runs restart_reset s without failing starts over.
+    restart_limit: int = 5
+    restart_backoff: tuple[float, float] = (1.0, 60.0)
+    restart_reset: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +106,16 @@ class _SwapNow:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Restart:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stop:
+    keep_state: bool  # snapshot the instance first, for a successor running the same module
+
+
+@dataclasses.dataclass(frozen=True)
 class _Timer:
     timer_id: int
     generation: int
@@ -105,13 +126,20 @@ class Controller:
     """One controller: its manifest, compiled module, queue, and (while active) its instance."""
 
     def __init__(
-        self, host: ControllerHost, manifest: Manifest, module: wasmtime.Module, sha256: str
+        self,
+        host: ControllerHost,
+        manifest: Manifest,
+        module: wasmtime.Module,
+        sha256: str,
+        *,
+        origin: str = "",
     ) -> None:
         self.host = host
         self.manifest = manifest
         self.name = manifest.name
         self.module = module
         self.sha256 = sha256
+        self.origin = origin  # where it was loaded from: "" for a directory, "configmap NS/NAME" otherwise
         self.state = State.SWAPPED
         self.guest: Guest | None = None
         self.stats = ControllerStats()
@@ -123,6 +151,10 @@ class Controller:
         self._idle_pending = False
         self._timers: dict[int, tuple[int, int]] = {}  # guest timer id -> (generation, Timers id)
         self._generation = 0
+        self._failures = 0  # consecutive: reset once it runs restart_reset s without failing
+        self._started_at = time.monotonic()
+        self.restart_at: float | None = None  # time.time() of the scheduled restart
+        self.removed = False
 
     # ------------------------------------------------------------------ entry points (any thread)
     def post(self, event: Event) -> None:
@@ -142,7 +174,10 @@ class Controller:
             "denied": s.denied,
             "errors": s.errors,
             "dropped": s.dropped,
+            "restarts": s.restarts,
+            "restart_at": self.restart_at,
             "last_error": s.last_error,
+            "origin": self.origin,
             "module": str(self.manifest.module),
             "sha256": self.sha256,
             "watches": [
@@ -156,9 +191,15 @@ class Controller:
         }
 
     # ------------------------------------------------------------------ lifecycle (queue thread)
+    def resume(self) -> None:
+        """Takes over the snapshot a previous instance of the same module left (a reload that kept state)."""
+        self.snapshot_bytes = self.snapshot_path.stat().st_size if self.snapshot_path.exists() else 0
+        self.state = State.SWAPPED
+
     def start(self) -> None:
         """Instantiates, runs ``init(config)``; raises ControllerError if the guest cannot start."""
         self.snapshot_path.unlink(missing_ok=True)  # a previous run's state is not this run's
+        self._started_at = time.monotonic()
         guest = self._instantiate(initialize=True)
         try:
             if "init" in guest.export_names:
@@ -203,6 +244,16 @@ class Controller:
         self.host.mark_dirty()
 
     def _handle(self, item: Any) -> None:
+        if self.removed:
+            return
+        if isinstance(item, _Stop):
+            if item.keep_state and self.guest is not None:
+                self.swap_out()
+            self.stop()
+            return
+        if isinstance(item, _Restart):
+            self._restart()
+            return
         if self.state == State.FAILED:
             if isinstance(item, Event | _Timer):
                 self.stats.dropped += 1
@@ -307,7 +358,6 @@ class Controller:
     def _fail(self, err: EdgeAgentError) -> None:
         self.state = State.FAILED
         self.stats.last_error = str(err)
-        log.error("%s; controller stopped, the others go on", err)
         for _, tid in self._timers.values():
             self.host.timers.cancel(tid)
         self._timers.clear()
@@ -315,6 +365,48 @@ class Controller:
             self.guest.close()
             self.guest = None
         self.memory_bytes = 0
+        self.host.note_inactive(self)
+        opts = self.host.options
+        if time.monotonic() - self._started_at >= opts.restart_reset:
+            self._failures = 0
+        self._failures += 1
+        if self._failures > opts.restart_limit or not self.host.running:
+            self.restart_at = None
+            log.error(
+                "%s; controller stopped after %d restart(s), the others go on", err, self.stats.restarts
+            )
+            return
+        lo, hi = opts.restart_backoff
+        delay = min(lo * 2 ** (self._failures - 1), hi)
+        self.restart_at = time.time() + delay
+        log.error("%s; restarting it in %.1f s, the others go on", err, delay)
+        self.host.timers.call_later(delay, lambda: self.queue.post(_Restart()))
+
+    def _restart(self) -> None:
+        """A fresh instance after a failure: the snapshot is discarded, init runs, its watches resync."""
+        if self.state != State.FAILED or self.restart_at is None:
+            return
+        self.restart_at = None
+        self.stats.restarts += 1
+        log.info("controller %s: restart %d", self.name, self.stats.restarts)
+        try:
+            self.start()
+        except (WasmError, StateError) as e:
+            self._fail(e)
+            return
+        finally:
+            self.host.mark_dirty()
+        if self.host.hub is not None:
+            self.host.hub.resync(self.post)
+
+    def stop(self) -> None:
+        """Ends it for good (removal): timers cancelled, instance dropped (queue thread only)."""
+        self.removed = True
+        for _, tid in self._timers.values():
+            self.host.timers.cancel(tid)
+        self._timers.clear()
+        self.restart_at = None
+        self.close()
         self.host.note_inactive(self)
 
     def close(self) -> None:
@@ -376,18 +468,28 @@ class ControllerHost:
         self._running = False
 
     # ------------------------------------------------------------------ loading
-    def add(self, manifest: Manifest) -> Controller:
-        """Verifies, compiles and starts one controller. Raises ControllerError/ManifestError/WasmError."""
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def add(
+        self, manifest: Manifest, *, data: bytes | None = None, origin: str = "", resume: bool = False
+    ) -> Controller:
+        """Verifies, compiles and starts one controller (before or while the host runs).
+
+        ``data`` is the module when it does not come from ``manifest.module`` on disk (a ConfigMap);
+        ``resume`` takes over the snapshot a previous instance of the same module left instead of running
+        ``init``. Raises ControllerError/ManifestError/WasmError.
+        """
         if manifest.name in self.controllers:
             raise ManifestError(f"manifest {manifest.source}: controller {manifest.name} is already loaded")
-        if self._running:
-            raise RuntimeError("add controllers before start()")
-        try:
-            data = manifest.module.read_bytes()
-        except OSError as e:
-            raise ControllerError(
-                f"controller {manifest.name}: cannot read {manifest.module}: {e.strerror}"
-            ) from None
+        if data is None:
+            try:
+                data = manifest.module.read_bytes()
+            except OSError as e:
+                raise ControllerError(
+                    f"controller {manifest.name}: cannot read {manifest.module}: {e.strerror}"
+                ) from None
         digest = hashlib.sha256(data).hexdigest()
         if self.options.digest_for is not None:
             expected = self.options.digest_for(manifest.module)
@@ -400,10 +502,40 @@ class ControllerHost:
         module = self._modules.get(digest)
         if module is None:
             module = self._modules[digest] = self.cache.load(self.runtime, data, name=manifest.name)
-        ctl = Controller(self, manifest, module, digest)
-        ctl.start()
-        self.controllers[manifest.name] = ctl
+        ctl = Controller(self, manifest, module, digest, origin=origin)
+        if resume:
+            ctl.resume()
+        else:
+            ctl.start()
+        # Replaced, never mutated: the status writer iterates it from the timer thread.
+        self.controllers = {**self.controllers, manifest.name: ctl}
+        if self._running and self.hub is not None:
+            for w in manifest.watches:
+                self.hub.subscribe(w, ctl.post)  # the running watch relists: it gets every object as ADDED
+        self.mark_dirty()
         return ctl
+
+    def remove(self, name: str, *, keep_state: bool = False) -> None:
+        """Stops a controller and forgets it; ``keep_state`` leaves its snapshot for a successor."""
+        ctl = self.controllers.get(name)
+        if ctl is None:
+            return
+        if self.hub is not None:
+            self.hub.unsubscribe(ctl.post)
+        ctl.queue.post(_Stop(keep_state))
+        if not ctl.queue.wait_idle(timeout=self.options.call_ms / 1000 + 5):
+            log.warning("controller %s: still busy after its call limit; removed anyway", name)
+        self.controllers = {k: v for k, v in self.controllers.items() if k != name}
+        self._modules = {c.sha256: c.module for c in self.controllers.values()}
+        if not keep_state:
+            ctl.snapshot_path.unlink(missing_ok=True)
+        self.mark_dirty()
+
+    def set_failed_loads(self, prefix: str, errors: dict[str, str]) -> None:
+        """Replaces the load errors reported under ``prefix`` (one source's last reload)."""
+        kept = {k: v for k, v in self.failed_loads.items() if not k.startswith(prefix)}
+        self.failed_loads = {**kept, **{f"{prefix}: {k}": v for k, v in errors.items()}}
+        self.mark_dirty()
 
     def load_directory(self, directory: Path) -> list[str]:
         """Loads every manifest under ``directory``; one that fails is reported, not fatal. Returns errors."""
@@ -529,8 +661,8 @@ class ControllerHost:
             "updated": time.time(),
             "running": self._running,
             "swap": self.options.swap,
-            "controllers": [c.status() for c in self.controllers.values()],
-            "failed_loads": [{"source": k, "error": v} for k, v in self.failed_loads.items()],
+            "controllers": [c.status() for c in list(self.controllers.values())],
+            "failed_loads": [{"source": k, "error": v} for k, v in dict(self.failed_loads).items()],
             "watches": watches,
             "wake_latency_s": wakes,
         }

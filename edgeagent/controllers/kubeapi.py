@@ -1,8 +1,8 @@
-"""The host's one connection to the API server, on the official kubernetes client's transport.
+"""The host's one connection to the API server: raw JSON requests and watch streams.
 
-Controllers speak JSON, so requests go through ``ApiClient.param_serialize``/``call_api`` with the raw
-response body instead of the typed model layer: the client still owns TLS, authentication, token refresh and
-proxies, and one ``ApiClient`` (one urllib3 pool) serves every controller and every watch.
+Controllers speak JSON, so the host needs no typed model layer: requests go through a ``transport.Transport``
+(urllib3; the official client's connection only for kubeconfigs that need it), one pool serving every
+controller and every watch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from urllib.parse import quote
 
 import urllib3
 
+from edgeagent.controllers import transport
 from edgeagent.controllers.manifest import VERBS, ApiRequestScope
+from edgeagent.controllers.transport import Transport
 from edgeagent.errors import ClusterError, ConfigError, PeerUnreachable
 
 log = logging.getLogger(__name__)
@@ -42,32 +44,19 @@ _METHODS = {
 }
 
 
-def connect(kubeconfig: Path | None = None, *, context: str | None = None) -> Any:
-    """An ``ApiClient`` from ``kubeconfig`` (else $KUBECONFIG / ~/.kube/config, else the in-cluster account).
+def connect(kubeconfig: Path | None = None, *, context: str | None = None) -> Transport:
+    """A transport from ``kubeconfig`` (else $KUBECONFIG / ~/.kube/config, else the in-cluster account).
 
     Raises ConfigError when no usable configuration is found.
     """
-    from kubernetes import config as kconfig
-
-    try:
-        if kubeconfig is not None:
-            if not kubeconfig.is_file():
-                raise ConfigError(f"kubeconfig {kubeconfig} does not exist")
-            return kconfig.new_client_from_config(str(kubeconfig), context=context, persist_config=False)
-        default = Path(os.environ.get("KUBECONFIG", "~/.kube/config")).expanduser()
-        if default.is_file():
-            return kconfig.new_client_from_config(str(default), context=context, persist_config=False)
-        from kubernetes import client as kclient
-
-        cfg = kclient.Configuration()
-        kconfig.load_incluster_config(cfg)
-        return kclient.ApiClient(cfg)
-    except ConfigError:
-        raise
-    except kconfig.ConfigException as e:
-        raise ConfigError(f"no usable Kubernetes configuration: {e}") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read Kubernetes configuration: {e}") from None
+    if kubeconfig is not None:
+        if not kubeconfig.is_file():
+            raise ConfigError(f"kubeconfig {kubeconfig} does not exist")
+        return transport.from_kubeconfig(kubeconfig, context=context)
+    default = Path(os.environ.get("KUBECONFIG", "~/.kube/config")).expanduser()
+    if default.is_file():
+        return transport.from_kubeconfig(default, context=context)
+    return transport.in_cluster()
 
 
 def resource_path(
@@ -165,15 +154,15 @@ class ApiResponse:
 
 
 class KubeApi:
-    """Raw JSON requests and watch streams over one ``ApiClient``."""
+    """Raw JSON requests and watch streams over one transport."""
 
-    def __init__(self, api_client: Any, *, timeout: float = 30.0) -> None:
-        self.client = api_client
+    def __init__(self, transport: Transport, *, timeout: float = 30.0) -> None:
+        self.transport = transport
         self.timeout = timeout
 
     @property
     def host(self) -> str:
-        return str(self.client.configuration.host)
+        return self.transport.host
 
     def call(
         self,
@@ -187,26 +176,25 @@ class KubeApi:
         timeout: float | tuple[float, float] | None = None,
         stream: bool = False,
     ) -> Any:
-        """Sends one request; returns the client's RESTResponse (status + body, or a stream to read).
+        """Sends one request; returns the urllib3 response (``status`` + ``data``, or a stream to read).
 
         Raises PeerUnreachable when the API server cannot be reached or stops answering mid-request.
         """
         header_params = {"Accept": "application/json", **(headers or {})}
+        data = None
         if body is not None:
             header_params["Content-Type"] = content_type
+            data = json.dumps(body, separators=(",", ":")).encode()
         try:
-            req = self.client.param_serialize(
+            return self.transport.request(
                 method,
                 path,
-                query_params=list(query) or None,
-                header_params=header_params,
-                body=body,
-                auth_settings=["BearerToken"],
+                query=query,
+                headers=header_params,
+                body=data,
+                timeout=timeout or self.timeout,
+                stream=stream,
             )
-            resp = self.client.call_api(*req, _request_timeout=timeout or self.timeout)
-            if not stream:
-                resp.read()
-            return resp
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise PeerUnreachable(f"API server {self.host}: {type(e).__name__}: {e}") from None
 
@@ -223,7 +211,6 @@ class KubeApi:
         ``unavailable`` answer well within its call limit, not a stop for running past it.
         """
         headers = {"Impersonate-User": impersonate} if impersonate else None
-        # The client serializes JSON bodies itself (a str would be encoded twice), so bodies stay decoded.
         content_type = PATCH_TYPES[req.patch_type] if req.verb == "patch" else "application/json"
         resp = self.call(
             _METHODS[req.verb],
@@ -250,13 +237,12 @@ class KubeApi:
 
         Raises ClusterError for a refused watch (status in ``.status``), PeerUnreachable if unreachable.
         """
-        resp = self.call("GET", path, query=query, timeout=(10.0, read_timeout), stream=True)
-        if not 200 <= resp.status <= 299:
-            resp.read()
-            err = ClusterError(f"watch {path}: {resp.status} {status_message(resp.data)}")
-            err.status = resp.status  # type: ignore[attr-defined]
+        raw = self.call("GET", path, query=query, timeout=(10.0, read_timeout), stream=True)
+        if not 200 <= raw.status <= 299:
+            err = ClusterError(f"watch {path}: {raw.status} {status_message(raw.data)}")
+            err.status = raw.status  # type: ignore[attr-defined]
+            raw.release_conn()
             raise err
-        raw = resp.response
 
         def lines() -> Iterator[bytes]:
             buf = b""

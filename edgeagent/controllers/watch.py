@@ -7,6 +7,10 @@ server answers 410 Gone (the version fell out of its watch window) it relists an
 what it knew and what it finds into ADDED/MODIFIED/DELETED events, so a controller misses no change of state,
 only intermediate states nobody could see any more.
 
+Subscriptions can come and go while the watch runs (controllers loaded from a ConfigMap, restarted after a
+failure): a new subscriber needs the current state, like an informer's first list, so adding one interrupts
+the stream and relists: new subscribers get every matching object as ADDED, the others only the difference.
+
 Controllers filter by namespace and label selector here, not in the API server, because controllers with
 different filters share the watch. To make that cheap the watch keeps only (resourceVersion, labels) per
 object, never the objects: an event's raw JSON line is what controllers receive, decoded once for routing.
@@ -77,13 +81,17 @@ class SharedWatch:
         plural: str,
         *,
         namespace: str = "",
+        field_selector: str = "",
         timeout_seconds: tuple[int, int] = (240, 360),
         backoff: tuple[float, float] = (0.2, 10.0),
     ) -> None:
         self.api = api
         self.group, self.version, self.plural = group, version, plural
         self.namespace = namespace  # "" watches every namespace
-        self.subscriptions: list[Subscription] = []
+        self.field_selector = field_selector
+        # Replaced, never mutated: the watch thread iterates a snapshot while others add and remove.
+        self.subscriptions: tuple[Subscription, ...] = ()
+        self._fresh: list[Subscription] = []  # added since the last list: they get everything as ADDED
         self.resource_version: str | None = None
         self.stats = WatchStats()
         self.synced = threading.Event()
@@ -103,8 +111,32 @@ class SharedWatch:
     def path(self) -> str:
         return resource_path(self.group, self.version, self.plural, namespace=self.namespace)
 
+    def _selectors(self) -> list[tuple[str, str]]:
+        return [("fieldSelector", self.field_selector)] if self.field_selector else []
+
     def subscribe(self, watch: Watch, sink: Callable[[Event], None]) -> None:
-        self.subscriptions.append(Subscription(watch, sink))
+        self.add([Subscription(watch, sink)])
+
+    def add(self, subs: list[Subscription]) -> None:
+        """Adds subscribers (or re-adds existing ones, to resync them); a running watch relists for them.
+
+        A subscriber outside this watch's namespace widens it to every namespace.
+        """
+        with self._lock:
+            current = [s for s in self.subscriptions if s not in subs]
+            self.subscriptions = (*current, *subs)
+            self._fresh.extend(subs)
+            if self.namespace and any(s.watch.namespace != self.namespace for s in subs):
+                self.namespace = ""
+        if self._thread is not None:
+            self._close_stream()  # the loop sees the fresh subscribers and relists
+
+    def remove(self, sink: Callable[[Event], None]) -> int:
+        """Drops every subscription delivering to ``sink``; returns how many are left."""
+        with self._lock:
+            self.subscriptions = tuple(s for s in self.subscriptions if s.sink != sink)
+            self._fresh = [s for s in self._fresh if s.sink != sink]
+            return len(self.subscriptions)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -136,7 +168,7 @@ class SharedWatch:
         delay = self._backoff[0]
         while not self._stop.is_set():
             try:
-                if self.resource_version is None:
+                if self.resource_version is None or self._fresh:
                     self._list()
                 self._watch_once()
                 delay = self._backoff[0]  # a stream that opened and ended normally: no backoff
@@ -164,7 +196,7 @@ class SharedWatch:
         items: list[dict[str, Any]] = []
         cont = ""
         while True:
-            query = [("limit", "500")] + ([("continue", cont)] if cont else [])
+            query = [("limit", "500"), *self._selectors()] + ([("continue", cont)] if cont else [])
             resp = self.api.call("GET", self.path, query=query)
             if resp.status == 410:
                 # A continue token expired mid-list: start over.
@@ -180,7 +212,10 @@ class SharedWatch:
                 list_rv = str(meta.get("resourceVersion", ""))
                 break
         first = not self.synced.is_set()
-        if not first:
+        with self._lock:
+            fresh, self._fresh = self._fresh, []
+            others = tuple(s for s in self.subscriptions if s not in fresh)
+        if not first and not fresh:
             self.stats.relists += 1
         seen: set[tuple[str, str]] = set()
         now = time.perf_counter()
@@ -190,9 +225,11 @@ class SharedWatch:
             seen.add(key)
             rv = str(meta.get("resourceVersion", ""))
             old = self._known.get(key)
-            if old is not None and old[0] == rv:
-                continue
-            self._emit("ADDED" if old is None else "MODIFIED", obj, now)
+            changed = old is None or old[0] != rv
+            if fresh:
+                self._emit("ADDED", obj, now, subs=fresh, count=not (changed and others))
+            if changed:
+                self._emit("ADDED" if old is None else "MODIFIED", obj, now, subs=others)
         for key in [k for k in self._known if k not in seen]:
             rv, labels = self._known[key]
             gone = {
@@ -202,7 +239,7 @@ class SharedWatch:
                 gone["apiVersion"] = f"{self.group}/{self.version}"
             else:
                 gone["apiVersion"] = self.version
-            self._emit("DELETED", gone, now)
+            self._emit("DELETED", gone, now, subs=others)
         with self._lock:
             self.resource_version = list_rv
         self.synced.set()
@@ -215,6 +252,7 @@ class SharedWatch:
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(timeout)),
             ("resourceVersion", self.resource_version or ""),
+            *self._selectors(),
         ]
         try:
             resp, lines = self.api.watch_lines(self.path, query=query, read_timeout=timeout + 30)
@@ -225,7 +263,7 @@ class SharedWatch:
         with self._lock:
             self._response = resp
         try:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._fresh:
                 return
             for line in lines:
                 now = time.perf_counter()
@@ -246,7 +284,7 @@ class SharedWatch:
                     with self._lock:
                         self.resource_version = rv
         except PeerUnreachable:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._fresh:  # closed under us: stopping, or new subscribers
                 return
             raise
         finally:
@@ -257,7 +295,16 @@ class SharedWatch:
             except Exception:
                 log.debug("releasing watch connection of %s", self.kind, exc_info=True)
 
-    def _emit(self, etype: str, obj: dict[str, Any], received: float, *, raw: bytes | None = None) -> None:
+    def _emit(
+        self,
+        etype: str,
+        obj: dict[str, Any],
+        received: float,
+        *,
+        raw: bytes | None = None,
+        subs: Iterable[Subscription] | None = None,
+        count: bool = True,
+    ) -> None:
         meta = obj.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         labels = meta.get("labels") or {}
@@ -266,9 +313,9 @@ class SharedWatch:
             self._known.pop((ns, name), None)
         else:
             self._known[(ns, name)] = (rv, labels)
-        self.stats.events += 1
+        self.stats.events += count
         event: Event | None = None
-        for sub in self.subscriptions:
+        for sub in self.subscriptions if subs is None else subs:
             if not sub.watch.matches(ns, labels):
                 continue
             if event is None:
@@ -279,37 +326,76 @@ class SharedWatch:
 
 
 class WatchHub:
-    """Groups controllers' watches by kind: one SharedWatch per kind, namespaced when all agree on one."""
+    """Groups controllers' watches by kind: one SharedWatch per kind, namespaced when all agree on one.
+
+    Before ``start`` subscriptions are collected, so each kind's watch opens once with all of them; after it,
+    a subscription joins the running watch for its kind (which relists for it) or opens a new one.
+    """
 
     def __init__(self, api: KubeApi, **watch_options: Any) -> None:
         self.api = api
         self._options = watch_options
         self._pending: dict[tuple[str, str, str], list[Subscription]] = {}
         self.watches: dict[tuple[str, str, str], SharedWatch] = {}
+        self._started = False
+        self._lock = threading.Lock()
 
     def subscribe(self, watch: Watch, sink: Callable[[Event], None]) -> None:
-        if self.watches:
-            raise RuntimeError("subscribe before start")
-        self._pending.setdefault(watch.kind_key, []).append(Subscription(watch, sink))
+        sub = Subscription(watch, sink)
+        with self._lock:
+            if not self._started:
+                self._pending.setdefault(watch.kind_key, []).append(sub)
+                return
+            sw = self.watches.get(watch.kind_key)
+            if sw is None:
+                sw = self.watches[watch.kind_key] = self._open(watch.kind_key, [sub])
+                return
+        sw.add([sub])
+
+    def unsubscribe(self, sink: Callable[[Event], None]) -> None:
+        """Stops delivering to ``sink``; a watch left without subscribers is closed."""
+        with self._lock:
+            for subs in self._pending.values():
+                subs[:] = [s for s in subs if s.sink != sink]
+            idle = [key for key, sw in self.watches.items() if sw.remove(sink) == 0]
+            closing = [self.watches.pop(key) for key in idle]
+        for sw in closing:
+            sw.stop()
+
+    def resync(self, sink: Callable[[Event], None]) -> None:
+        """Delivers every object ``sink`` watches again as ADDED (a restarted controller's fresh start)."""
+        with self._lock:
+            targets = [(sw, [s for s in sw.subscriptions if s.sink == sink]) for sw in self.watches.values()]
+        for sw, subs in targets:
+            if subs:
+                sw.add(subs)
+
+    def _open(self, key: tuple[str, str, str], subs: list[Subscription]) -> SharedWatch:
+        namespaces = {s.watch.namespace for s in subs}
+        ns = next(iter(namespaces)) if len(namespaces) == 1 else ""
+        sw = SharedWatch(self.api, *key, namespace=ns, **self._options)
+        sw.add(subs)
+        sw.start()
+        return sw
 
     def start(self) -> None:
-        for key, subs in self._pending.items():
-            namespaces = {s.watch.namespace for s in subs}
-            ns = next(iter(namespaces)) if len(namespaces) == 1 else ""
-            sw = SharedWatch(self.api, *key, namespace=ns, **self._options)
-            for s in subs:
-                sw.subscribe(s.watch, s.sink)
-            self.watches[key] = sw
-            sw.start()
+        with self._lock:
+            self._started = True
+            for key, subs in self._pending.items():
+                if subs:
+                    self.watches[key] = self._open(key, subs)
+            self._pending.clear()
 
     def wait_synced(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         return all(w.synced.wait(max(0.0, deadline - time.monotonic())) for w in self.watches.values())
 
     def stop(self) -> None:
-        for w in self.watches.values():
+        with self._lock:
+            watches = list(self.watches.values())
+        for w in watches:
             w._stop.set()
-        for w in self.watches.values():
+        for w in watches:
             w.stop()
 
     def __iter__(self) -> Iterable[SharedWatch]:  # type: ignore[override]

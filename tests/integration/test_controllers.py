@@ -7,6 +7,8 @@ reads the controller's own state back through the API server.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import subprocess
@@ -56,12 +58,14 @@ def namespace(core: k8s.CoreV1Api) -> Callable[[], str]:
 def host_factory(kube_cluster: Any, tmp_path: Path) -> Iterator[Callable[..., ControllerHost]]:
     hosts: list[ControllerHost] = []
 
-    def make(*manifests: Manifest, swap: bool = True) -> ControllerHost:
+    def make(
+        *manifests: Manifest, swap: bool = True, watch_options: dict[str, Any] | None = None
+    ) -> ControllerHost:
         api = KubeApi(connect(kube_cluster.kubeconfig))
         h = ControllerHost(
             api,
             HostOptions(state_dir=tmp_path / f"state{len(hosts)}", swap=swap, status_interval=0.2),
-            watch_options={"backoff": (0.1, 1.0)},
+            watch_options=watch_options or {"backoff": (0.1, 1.0)},
         )
         hosts.append(h)
         for m in manifests:
@@ -335,63 +339,173 @@ def test_trapping_and_looping_controllers_are_stopped_and_the_others_go_on(
 
 
 # ------------------------------------------------------------ shipped controllers
-def test_ring_carries_a_nonce_around(core, namespace, host_factory) -> None:
-    # The ring runs over ConfigMaps here: the test cluster's kube-apiserver (1.20.2 built with Go 1.19 and
-    # the vendored reflect2 1.0.1) crashes on the first custom-resource write: the Ring CRD path cannot run.
-    names = [namespace() for _ in range(3)]
-    for ns in names:
-        core.create_namespaced_config_map(
-            ns, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="ring"), data={"nonce": ""})
-        )
-    manifests = []
+# ------------------------------------------------------------ the ring over its custom resource
+RING_GROUP, RING_VERSION, RING_PLURAL = "edgeagent.io", "v1alpha1", "rings"
+
+
+@pytest.fixture(scope="module")
+def ring_crd(kube_cluster: Any) -> None:
+    """Installs controllers/ring/ring-crd.json and waits until the API server serves Rings."""
+    client = kube_cluster.client()
+    ext = k8s.ApiextensionsV1Api(client)
+    crd = json.loads((CONTROLLERS / "ring" / "ring-crd.json").read_text())
+    try:
+        ext.create_custom_resource_definition(crd)
+    except k8s.ApiException as e:
+        if e.status != 409:
+            raise
+    custom = k8s.CustomObjectsApi(client)
+
+    def served() -> bool:
+        conds = ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []
+        if not any(c.type == "Established" and c.status == "True" for c in conds):
+            return False
+        try:
+            custom.list_cluster_custom_object(RING_GROUP, RING_VERSION, RING_PLURAL, limit=1)
+        except k8s.ApiException:
+            return False
+        return True
+
+    procs.wait_for(served, timeout=30, what="the Ring CRD established")
+
+
+@pytest.fixture
+def custom(kube_cluster: Any, ring_crd: None) -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi(kube_cluster.client())
+
+
+def create_ring(custom: k8s.CustomObjectsApi, ns: str, nonce: str = "") -> None:
+    body = {
+        "apiVersion": f"{RING_GROUP}/{RING_VERSION}",
+        "kind": "Ring",
+        "metadata": {"name": "ring"},
+        "spec": {"nonce": nonce} if nonce else {},  # the client sends "" as null: refused
+    }
+    custom.create_namespaced_custom_object(RING_GROUP, RING_VERSION, ns, RING_PLURAL, body)
+
+
+def ring_nonce(custom: k8s.CustomObjectsApi, ns: str) -> str:
+    obj = custom.get_namespaced_custom_object(RING_GROUP, RING_VERSION, ns, RING_PLURAL, "ring")
+    return str((obj.get("spec") or {}).get("nonce", ""))
+
+
+def set_ring_nonce(custom: k8s.CustomObjectsApi, ns: str, nonce: str) -> None:
+    custom.patch_namespaced_custom_object(
+        RING_GROUP, RING_VERSION, ns, RING_PLURAL, "ring", {"spec": {"nonce": nonce}}
+    )
+
+
+def ring_manifests(names: list[str], *, idle: float = 0.1) -> list[Manifest]:
+    """The shipped ring.toml per stop: controller i watches the Ring in names[i], patches names[i+1]."""
+    shipped = load_manifest(CONTROLLERS / "ring" / "ring.toml")
+    (watch,) = shipped.watches
+    (grant,) = shipped.grants
+    out = []
     for i, ns in enumerate(names):
         nxt = names[(i + 1) % len(names)]
-        manifests.append(
+        out.append(
             parse_manifest(
                 {
                     "name": f"ring-{i}",
-                    "module": str(RING),
-                    "idle_timeout": 0.1,
-                    "config": {
-                        "next": nxt,
-                        "group": "",
-                        "version": "v1",
-                        "resource": "configmaps",
-                        "field": "data",
-                    },
+                    "module": str(shipped.module),
+                    "idle_timeout": idle,
+                    "config": {**shipped.config, "next": nxt},
                     "watches": [
-                        {"version": "v1", "kind": "ConfigMap", "plural": "configmaps", "namespace": ns}
+                        {
+                            "group": watch.group,
+                            "version": watch.version,
+                            "kind": watch.kind,
+                            "plural": watch.plural,
+                            "namespace": ns,
+                        }
                     ],
                     "grants": [
                         {
-                            "verbs": ["patch"],
-                            "resources": ["configmaps"],
-                            "resource_names": ["ring"],
+                            "verbs": sorted(grant.verbs),
+                            "api_groups": sorted(grant.api_groups),
+                            "resources": sorted(grant.resources),
+                            "resource_names": sorted(grant.resource_names),
                             "namespaces": [nxt],
                         }
                     ],
                 }
             )
         )
-    host = host_factory(*manifests)
-    assert len(host.hub.watches) == 1  # one shared watch for the kind, across namespaces
+    return out
+
+
+def test_ring_carries_a_nonce_around_its_custom_resource(custom, namespace, host_factory) -> None:
+    names = [namespace() for _ in range(3)]
+    for ns in names:
+        create_ring(custom, ns)
+    host = host_factory(*ring_manifests(names))
+    assert [w.kind for w in host.hub.watches.values()] == ["rings.edgeagent.io"]  # one shared watch
     for round_ in range(1, 4):
         procs.wait_for(
             lambda: all(c.state == State.SWAPPED for c in host.controllers.values()),
             timeout=10,
             what="the ring asleep",
         )
-        core.patch_namespaced_config_map("ring", names[0], {"data": {"nonce": f"n-{round_}"}})
+        set_ring_nonce(custom, names[0], f"n-{round_}")
         procs.wait_for(
-            lambda r=round_: (
-                [core.read_namespaced_config_map("ring", ns).data["nonce"] for ns in names] == [f"n-{r}"] * 3
-            ),
+            lambda r=round_: [ring_nonce(custom, ns) for ns in names] == [f"n-{r}"] * 3,
             timeout=20,
             what="a round",
         )
         host.wait_idle()
-    assert all(c.stats.errors == 0 for c in host.controllers.values())
+    assert all(c.stats.errors == 0 and c.stats.denied == 0 for c in host.controllers.values())
     assert all(c.stats.wakes >= 1 for c in host.controllers.values())
+    # Each controller forwarded each nonce once: the round ends where it started, no ping-pong.
+    assert all(c.stats.events <= 2 * 3 + 1 for c in host.controllers.values())
+
+
+def test_custom_resource_watch_survives_410(
+    core, custom, namespace, host_factory, kube_cluster
+) -> None:
+    ns, elsewhere = namespace(), namespace()
+    create_ring(custom, ns)
+    create_ring(custom, elsewhere)
+    manifest = parse_manifest(
+        {
+            "name": "ring-solo",
+            "module": str(RING),
+            "idle_timeout": 0.1,
+            "config": {"next": elsewhere},
+            "watches": [
+                {
+                    "group": RING_GROUP,
+                    "version": RING_VERSION,
+                    "kind": "Ring",
+                    "plural": RING_PLURAL,
+                    "namespace": ns,
+                }
+            ],
+            "grants": [
+                {
+                    "verbs": ["patch"],
+                    "api_groups": [RING_GROUP],
+                    "resources": [RING_PLURAL],
+                    "namespaces": [elsewhere],
+                }
+            ],
+        }
+    )
+    host = host_factory(manifest)
+    (watch,) = host.hub.watches.values()
+    assert watch.kind == "rings.edgeagent.io" and watch.namespace == ns
+    set_ring_nonce(custom, ns, "before")
+    procs.wait_for(lambda: ring_nonce(custom, elsewhere) == "before", timeout=20, what="forwarded")
+    # Writes this namespaced watch does not see move the revision on; the restarted API server's watch cache
+    # starts at the current revision, so resuming from the watch's resourceVersion is answered 410 Gone.
+    core.create_namespaced_config_map(elsewhere, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="bump")))
+    restart_apiserver(kube_cluster, core)
+    custom.api_client.rest_client.pool_manager.clear()
+    procs.wait_for(
+        lambda: watch.stats.gone >= 1 and watch.stats.relists >= 1, timeout=30, what="410 + relist"
+    )
+    set_ring_nonce(custom, ns, "after")
+    procs.wait_for(lambda: ring_nonce(custom, elsewhere) == "after", timeout=20, what="forwarded after 410")
+    assert host.controllers["ring-solo"].stats.errors == 0
 
 
 def test_node_labeler_publishes_and_removes_labels(core, kube_cluster, host_factory) -> None:
@@ -489,3 +603,96 @@ def test_cli_run_and_list(core, namespace, kube_cluster, tmp_path) -> None:
         procs.stop(proc)
     assert proc.returncode == 0, (tmp_path / "run.log").read_text()
     assert listed()["host_running"] is False
+
+
+def test_cli_runs_controllers_from_a_configmap_and_reloads_them(
+    core, namespace, kube_cluster, tmp_path
+) -> None:
+    ns = namespace()
+    state = tmp_path / "state"
+
+    def bundle(out_name: str, module: bytes) -> k8s.V1ConfigMap:
+        manifest = {
+            "name": "cm-probe",
+            "module": "probe.wasm",
+            "config": {"namespace": ns, "out": out_name},
+            "watches": [
+                {
+                    "version": "v1",
+                    "kind": "ConfigMap",
+                    "plural": "configmaps",
+                    "namespace": ns,
+                    "label_selector": "probe-in=true",
+                }
+            ],
+            "grants": [{"verbs": ["create", "patch"], "resources": ["configmaps"], "namespaces": [ns]}],
+        }
+        return k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name="controllers"),
+            data={"probe.controller.json": json.dumps(manifest)},
+            binary_data={"probe.wasm": base64.b64encode(module).decode()},
+        )
+
+    core.create_namespaced_config_map(ns, bundle("out-cm-probe", PROBE.read_bytes()))
+    base = [sys.executable, "-m", "edgeagent.cli.main", "--state-dir", str(state), "controllers"]
+
+    def listed() -> dict[str, Any]:
+        r = subprocess.run([*base, "list", "--json"], capture_output=True, text=True, timeout=60)
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+
+    proc = procs.start(
+        [*base, "run", "--configmap", f"{ns}/controllers", "--kubeconfig", str(kube_cluster.kubeconfig)],
+        log=tmp_path / "run.log",
+    )
+    try:
+        procs.wait_for(lambda: listed().get("host_running", False), timeout=30, what="the host's status")
+        put_input(core, ns, probe_seq="0")
+        wait_out(core, ns, "cm-probe", lambda d: d["count"] == "1")
+        annotate(core, ns, probe_seq="1")
+        wait_out(core, ns, "cm-probe", lambda d: d["seq"] == "0,1")
+        (c,) = listed()["controllers"]
+        assert c["origin"] == f"configmap {ns}/controllers" and c["module"] == "controllers/probe.wasm"
+
+        # A new config: a fresh instance, which gets the current input as ADDED (its first list).
+        core.replace_namespaced_config_map("controllers", ns, bundle("out-cm-probe2", PROBE.read_bytes()))
+        data = wait_out(core, ns, "cm-probe2", lambda d: d["count"] == "1")
+        assert data["seq"] == "1"
+        # A new module (same code plus a custom section): fresh again, under its new digest.
+        patched = PROBE.read_bytes() + b"\0\x05\x04note"
+        core.replace_namespaced_config_map("controllers", ns, bundle("out-cm-probe", patched))
+        procs.wait_for(
+            lambda: [x["sha256"] for x in listed()["controllers"]] == [hashlib.sha256(patched).hexdigest()],
+            timeout=30,
+            what="the reloaded module",
+        )
+        annotate(core, ns, probe_seq="2")
+        # Fresh state: "1,2" (the resync's ADDED, then the change) or "2" (the resync saw it), never "0,1,2".
+        wait_out(core, ns, "cm-probe", lambda d: d["seq"] in ("1,2", "2"))
+        # Deleting the ConfigMap stops its controllers; the host goes on.
+        core.delete_namespaced_config_map("controllers", ns)
+        procs.wait_for(lambda: listed()["controllers"] == [], timeout=30, what="the controllers removed")
+    finally:
+        procs.stop(proc)
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()
+
+
+def test_cli_refuses_a_missing_configmap(namespace, kube_cluster, tmp_path) -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeagent.cli.main",
+            "--state-dir",
+            str(tmp_path),
+            "controllers",
+            "run",
+            "--configmap",
+            f"{namespace()}/absent",
+            "--kubeconfig",
+            str(kube_cluster.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -143,7 +143,7 @@ def test_impersonation_header(make_host) -> None:
 
 
 def test_trap_and_loop_stop_only_that_controller(make_host) -> None:
-    host, _ = make_host(probe("a"), probe("b"), probe("ok"))
+    host, _ = make_host(probe("a"), probe("b"), probe("ok"), restart_limit=0)
     host.controllers["a"].post(event(action="trap"))
     host.controllers["b"].post(event(action="loop"))
     host.controllers["ok"].post(event("1"))
@@ -248,3 +248,55 @@ def test_max_active_caps_instances_without_losing_state(make_host) -> None:
         ]
         assert mine[-1]["count"] == "3" and mine[-1]["seq"] == f"{c.name}-1,{c.name}-2,{c.name}-3"
     assert sum(c.stats.swaps for c in ctls) >= 12
+
+
+def wait(pred: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_failed_controller_restarts_fresh_with_backoff_up_to_a_limit(make_host) -> None:
+    host, api = make_host(probe("a"), probe("ok"), restart_backoff=(0.05, 0.1), restart_limit=2)
+    a = host.controllers["a"]
+    for seq in ("1", "2"):
+        a.post(event(seq))
+    assert host.wait_idle(10)
+    host.swap_all()  # a snapshot on disk holding count=2: the restart must not resume it
+    assert host.wait_idle(10) and a.snapshot_path.exists()
+    a.post(event(action="trap"))
+    wait(lambda: a.stats.restarts == 1 and a.state == State.ACTIVE)
+    assert a.status()["restarts"] == 1 and "unreachable" in a.status()["last_error"]
+    a.post(event("3"))
+    assert host.wait_idle(10)
+    published = api.published()
+    assert (published["count"], published["seq"]) == ("1", "3")  # a fresh instance, not the snapshot's
+    a.post(event(action="loop"))
+    wait(lambda: a.stats.restarts == 2 and a.state == State.ACTIVE)
+    a.post(event(action="loop"))  # the third consecutive failure exceeds the limit of 2 restarts
+    wait(lambda: a.state == State.FAILED and a.restart_at is None)
+    assert a.state == State.FAILED and a.restart_at is None and a.stats.restarts == 2
+    assert "compute limit" in a.stats.last_error
+    a.post(event("4"))
+    assert host.wait_idle(10)
+    assert a.stats.dropped == 1
+    assert host.controllers["ok"].state != State.FAILED
+    host.write_status()
+    (row,) = [c for c in read_status(host.options.state_dir)["controllers"] if c["name"] == "a"]
+    assert row["state"] == "failed" and row["restarts"] == 2 and "compute limit" in row["last_error"]
+
+
+def test_controllers_come_and_go_while_the_host_runs(make_host) -> None:
+    host, api = make_host(probe("first"))
+    late = host.add(probe("late"))
+    late.post(event("1"))
+    assert host.wait_idle(10)
+    assert api.published()["seq"] == "1"
+    host.swap_all()
+    assert host.wait_idle(10) and late.snapshot_path.exists()
+    host.remove("late")
+    assert "late" not in host.controllers and not late.snapshot_path.exists()
+    late.post(event("2"))  # a straggler event for a removed controller does nothing
+    assert host.wait_idle(10) and late.stats.events == 1
+    assert list(host.controllers) == ["first"]
