@@ -94,6 +94,12 @@ class EnrollConfig:
     certificate_timeout: float = 600.0
     # Requested lifetime of the node's client certificate (spec.expirationSeconds; honoured by k8s >= 1.22).
     certificate_seconds: int = 86400
+    # While serving, the node certificate is renewed once this fraction of its lifetime (from when it was
+    # stored to its expiry) has passed.
+    renew_fraction: float = 0.667
+    # Seconds before retrying a refused or failed renewal (doubled per failure up to 300); also the least
+    # time between two renewals.
+    renew_retry: float = 10.0
 
 
 @dataclasses.dataclass

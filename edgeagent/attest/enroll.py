@@ -11,7 +11,23 @@ Steps, in order (each timed; `EnrollState` records which are done):
     certificate  wait until the CSR is approved and signed; store the certificate
     kubeconfig   the kubelet's kubeconfig (0600, atomic)
 
-then keep serving attestation (the verifier keeps polling) until told to stop, unless ``once``.
+then keep serving attestation (the verifier keeps polling) until told to stop, unless ``once``. While serving:
+
+    renewal      at ``renew_fraction`` of the certificate's lifetime (counted from when it was stored), a new
+                 CSR for the SAME node key with a fresh AK-signed binding quote, authenticated with the
+                 current client certificate; the new certificate and the kubeconfig replace the old ones.
+                 Same key by design: the kubeconfig names a key file and a certificate file the kubelet may
+                 read at any moment, and two files cannot be replaced in one atomic step, so a new key would
+                 leave a window where key and certificate do not match; the key never leaves the device and
+                 each renewal re-proves with a fresh quote that it still sits next to the attested TPM.
+                 A refusal (the device is not attested: RBAC or the approver deny) or an unreachable API
+                 server is logged in one line and retried with backoff (``renew_retry``, doubling, <= 300 s)
+                 while attestation keeps being served.
+    revocation   a revocation notification signed with this enrollment's revocation key (its certificate
+                 comes in the payload, stored 0600 as agent/revocation.crt) naming this agent: the node
+                 certificate and the kubeconfig are deleted at once, so the certificate's remaining lifetime
+                 cannot be used from this device. The agent keeps serving; a new payload (the controller
+                 sends one once attestation is good again) starts a new CSR with the same key.
 
 Resuming: every start re-runs provision and measure (both idempotent, and the TPM connection and PCR 23 are
 needed anyway), skips a registration recorded for the same AK, address and TLS certificate, skips waiting for
@@ -65,6 +81,8 @@ NODE_DIR = "node"
 AGENT_DIR = "agent"
 CERT_FILE = "node.crt"
 CA_FILE = "cluster-ca.crt"
+REVOCATION_CERT_FILE = "revocation.crt"
+RENEW_RETRY_MAX = 300.0
 
 
 # ---------------------------------------------------------------- persisted state
@@ -78,6 +96,8 @@ class EnrollState:
     registration: dict[str, Any] | None = None
     """{"ak_name", "ip", "port", "tls_sha256", "registrar"} of the last registration + activation."""
     csr_name: str | None = None
+    api_server: str | None = None
+    """The API server of the join material (renewals go there after the payload's tmpfs is gone)."""
     steps: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """step -> {"seconds", "finished" (ISO time), "detail"} for steps done at least once."""
 
@@ -153,11 +173,35 @@ def _certificate_valid(path: Path, *, margin: float = 60.0) -> bool:
     return cert.not_valid_after_utc.timestamp() > time.time() + margin
 
 
-def _load_revocation_key(path: Path | None) -> Any:
+def renewal_due(cert_pem: bytes, stored_at: float, fraction: float) -> float:
+    """Unix time to renew: ``fraction`` of the way from when the certificate was stored to its expiry.
+
+    Counted from the later of notBefore and the time it was stored, because signers backdate notBefore
+    (kube-controller-manager by 5 minutes) and the device can only use the certificate from when it has it.
+    """
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    start = max(cert.not_valid_before_utc.timestamp(), stored_at)
+    end = cert.not_valid_after_utc.timestamp()
+    return start + max(0.0, min(fraction, 1.0)) * max(0.0, end - start)
+
+
+def _kubeconfig_server(path: Path) -> str | None:
+    """The API server URL of the kubeconfig `enroll` wrote (JSON), or None."""
+    try:
+        raw = read_private(path)
+        server = json.loads(raw)["clusters"][0]["cluster"]["server"] if raw else None
+    except (ValueError, KeyError, IndexError, TypeError, StateError):
+        return None
+    return server if isinstance(server, str) else None
+
+
+def _load_revocation_key(path: Path | None, *, configured: bool = True) -> Any:
     if path is None:
         return None
     raw = read_private(path)
     if raw is None:
+        if not configured:
+            return None
         raise ConfigError(f"revocation certificate {path} does not exist (enroll.revocation_cert)")
     try:
         return x509.load_pem_x509_certificate(raw).public_key()
@@ -193,6 +237,14 @@ class Enrollment:
         self.api: AgentApi | None = None
         self.state = EnrollState()
         self._payload_dir: Path | None = None
+        self.ident: tpm_identity.Identity | None = None
+        self._credential_lock = threading.RLock()
+        self.renewals = 0
+        """Certificates renewed while serving (for views and tests)."""
+        self.renewal_failures = 0
+        self.last_renewal_error: str | None = None
+        self.revoked = threading.Event()
+        """Set when a verified revocation for this agent dropped the node credential."""
 
     # ------------------------------------------------------------ control
     def stop(self) -> None:
@@ -245,6 +297,7 @@ class Enrollment:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = EnrollState.load(self.state_path)
         ident = self._provision()
+        self.ident = ident
         self._measure()
         self._register(ident)
         material = self._attest()
@@ -253,10 +306,122 @@ class Enrollment:
         return self._result(ident)
 
     def serve(self) -> None:
-        """Keeps answering the verifier until `stop()`."""
+        """Keeps answering the verifier until `stop()`, renewing the node certificate while attested."""
         address = f"{self.enroll.agent_host}:{self.server.port if self.server else '-'}"
         self._emit("serve", "waiting", detail=f"serving attestation on {address}")
-        self._stop.wait()
+        retry = self.enroll.renew_retry
+        last_attempt = -float("inf")
+        if self.state.api_server is None:  # enrolled by a version that did not record it
+            self.state.api_server = _kubeconfig_server(self.enroll.kubeconfig)
+        while not self._stop.is_set():
+            cert = read_private(self.cert_path)
+            if cert is None or self.state.api_server is None:
+                self._await_new_payload()
+                continue
+            try:
+                due = renewal_due(cert, self.cert_path.stat().st_mtime, self.enroll.renew_fraction)
+            except (ValueError, OSError):
+                due = 0.0
+            # never sooner than `renew_retry` after the last attempt: a tiny fraction cannot spin
+            wait = max(due - time.time(), last_attempt + self.enroll.renew_retry - time.monotonic(), 0.0)
+            if self._stop.wait(min(wait, 1.0)):  # wakes up to notice a revocation or a new payload
+                return
+            if wait > 1.0 or self.revoked.is_set() or not self.cert_path.exists():
+                continue
+            last_attempt = time.monotonic()
+            try:
+                self.renew()
+                retry = self.enroll.renew_retry
+            except (EdgeAgentError, ClusterError) as e:
+                self.renewal_failures += 1
+                self.last_renewal_error = str(e)
+                log.warning("certificate renewal failed: %s; next attempt in %.0f s", e, retry)
+                if self._stop.wait(retry):
+                    return
+                retry = min(retry * 2, RENEW_RETRY_MAX)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.node_dir / CERT_FILE
+
+    def renew(self) -> Path:
+        """A new certificate for the same node key, asked for with the current one (see the module doc)."""
+        assert self.tpm is not None and self.ident is not None
+        assert self.state.uuid is not None and self.state.node_name is not None
+        api_server = self.state.api_server
+        if api_server is None:
+            raise StateError("no API server recorded for renewal; enroll again")
+        key_path = self.node_dir / nodekey.KEY_FILE
+        ca_path = self.node_dir / CA_FILE
+        ca_pem = read_private(ca_path)
+        if ca_pem is None:
+            raise StateError(f"{ca_path} is missing; enroll again")
+        t0 = time.monotonic()
+        key = nodekey.load_or_create(self.node_dir)
+        binding = nodekey.tpm_binding(self.tpm, self.ident, agent_uuid=self.state.uuid,
+                                      public_key=key.public_key())
+        name = nodekey.csr_name(self.state.node_name)
+        body = nodekey.csr_body(name=name, csr_pem=nodekey.build_csr(key, self.state.node_name),
+                                binding=binding, expiration_seconds=self.enroll.certificate_seconds)
+        cluster = kubecsr.Cluster(api_server, ca_path, cert_file=self.cert_path, key_file=key_path)
+        kubecsr.submit(cluster, body)
+        cert = kubecsr.wait_certificate(cluster, name, timeout=self.enroll.certificate_timeout,
+                                        sleep=self._wait)
+        with self._credential_lock:
+            if self.revoked.is_set():
+                raise AttestationError(f"revoked while CSR {name} was pending; certificate discarded")
+            write_private(self.cert_path, cert)
+            kubecsr.write_kubelet_kubeconfig(self.enroll.kubeconfig, api_server=api_server, ca_pem=ca_pem,
+                                             cert_file=self.cert_path, key_file=key_path,
+                                             node_name=self.state.node_name)
+            self.state.record("renewal", time.monotonic() - t0, f"CSR {name}")
+            self._save()
+        self.renewals += 1
+        log.info("node certificate renewed through CSR %s", name)
+        return self.cert_path
+
+    def _await_new_payload(self) -> None:
+        """No credential (dropped on revocation): the next payload's join material enrolls the key again."""
+        if not self._delivered.wait(0.5) or self._stop.is_set():
+            return
+        assert self.ident is not None and self._payload_dir is not None
+        data = payload.stored(self._payload_dir)
+        self._delivered.clear()
+        if data is None:
+            return
+        try:
+            material = self._parse_material(data)
+            self.revoked.clear()
+            self._credential(self.ident, material)
+        except (EdgeAgentError, ClusterError) as e:
+            log.warning("re-enrollment with the new payload failed: %s", e)
+            self.state.steps.pop("csr", None)  # a new payload brings a new token: make a new CSR
+
+    # ------------------------------------------------------------ revocation
+    def _on_revocation(self, rev: protocol.Revocation) -> None:
+        """A verified revocation: for this agent, delete the node credential (one log line either way)."""
+        what = rev.msg.get("event_id") or rev.msg.get("type") or "revocation"
+        if rev.agent_id != self.state.uuid:
+            log.info("verifier revoked another agent (%s): %s", rev.agent_id, what)
+            return
+        with self._credential_lock:
+            self.revoked.set()
+            dropped = []
+            for path in (self.cert_path, self.enroll.kubeconfig):
+                try:
+                    path.unlink()
+                    dropped.append(str(path))
+                except FileNotFoundError:
+                    pass
+            if self._payload_dir is not None:  # its bootstrap token is spent; a new payload must come
+                (self._payload_dir / payload.PAYLOAD_FILE).unlink(missing_ok=True)
+            self._delivered.clear()
+            for step in ("attest", "csr", "certificate", "kubeconfig"):
+                self.state.steps.pop(step, None)
+            self.state.csr_name = None
+            self._save()
+        log.warning("verifier revoked this agent (%s): dropped the node credential %s", what,
+                    ", ".join(dropped) or "(none stored)")
 
     def close(self) -> None:
         if self.server is not None:
@@ -347,8 +512,9 @@ class Enrollment:
         self.api = AgentApi(
             tpm=self.tpm, identity=ident, uuid=self.state.uuid, nk=key, shares=shares,
             firmware_log=firmware_log,
-            revocation_key=_load_revocation_key(self.enroll.revocation_cert),
-            on_revocation=lambda rev: log.warning("verifier revoked this agent: %s", rev.msg),
+            revocation_key=(_load_revocation_key(self.enroll.revocation_cert)
+                            or _load_revocation_key(self.agent_dir / REVOCATION_CERT_FILE, configured=False)),
+            on_revocation=self._on_revocation,
         )
         context = tls.server_context(server_id, self.enroll.keylime_ca)
         try:
@@ -366,7 +532,21 @@ class Enrollment:
             log.info("bootstrap key K derived; the U share carried no payload")
             return
         payload.store(self._payload_dir, delivery.payload)
+        self._store_revocation_cert(delivery.payload)
         self._delivered.set()
+
+    def _store_revocation_cert(self, data: bytes) -> None:
+        """Keeps the payload's revocation certificate (0600); later notifications are checked with it."""
+        try:
+            material = payload.parse_join_material(data)
+        except ProtocolError as e:
+            log.warning("payload is not join material: %s", e)
+            return
+        if material.revocation_cert is None or self.enroll.revocation_cert is not None:
+            return  # a configured certificate wins over one sent by the cloud side
+        write_private(self.agent_dir / REVOCATION_CERT_FILE, material.revocation_cert)
+        if self.api is not None:
+            self.api.revocation_key = x509.load_pem_x509_certificate(material.revocation_cert).public_key()
 
     def _attest(self) -> payload.JoinMaterial | None:
         assert self._payload_dir is not None
@@ -415,6 +595,7 @@ class Enrollment:
             return
         assert self.tpm is not None and self.state.uuid is not None and self.state.node_name is not None
         ca_path = kubecsr.write_ca(self.node_dir / CA_FILE, material.ca_cert)
+        self.state.api_server = material.api_server
         cluster = kubecsr.Cluster(material.api_server, ca_path, token=material.bootstrap_token)
         if _certificate_valid(cert_path) and "certificate" in self.state.steps:
             self._emit("csr", "skipped", detail="certificate already issued")
@@ -441,7 +622,8 @@ class Enrollment:
                            detail=f"waiting for CSR {name} to be approved and signed")
                 cert = self._retrying("certificate", "certificate", lambda: kubecsr.wait_certificate(
                     cluster, name, timeout=self.enroll.certificate_timeout, sleep=self._wait))
-                write_private(cert_path, cert)
+                with self._credential_lock:
+                    write_private(cert_path, cert)
                 t.detail = f"certificate in {cert_path}"
         with self._timed("kubeconfig") as t:
             kubecsr.write_kubelet_kubeconfig(self.enroll.kubeconfig, api_server=material.api_server,

@@ -8,7 +8,9 @@ XOR matches an auth_tag wins.
 
 The payload is treated as data: stock Keylime may unzip it and run ``autorun.sh``; this agent never executes
 anything from it. It is written 0600 to ``enroll.payload_dir`` (a tmpfs by default, so it is gone at the next
-boot) and parsed as join material: JSON {"apiServer", "caCert", "bootstrapToken", "nodeName"}.
+boot) and parsed as join material: JSON {"apiServer", "caCert", "bootstrapToken", "nodeName"} and optionally
+"revocationCert": the PEM certificate of this enrollment's revocation key, with which the verifier signs the
+revocation notifications the agent then acts on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edgeagent.attest import protocol
 from edgeagent.attest.secrets import read_private, write_private
@@ -122,6 +125,8 @@ class JoinMaterial:
     ca_cert: bytes
     bootstrap_token: str = dataclasses.field(repr=False)
     node_name: str
+    revocation_cert: bytes | None = None
+    """PEM certificate of the verifier's revocation key for this enrollment (None: not sent)."""
 
 
 def parse_join_material(data: bytes) -> JoinMaterial:
@@ -144,8 +149,18 @@ def parse_join_material(data: bytes) -> JoinMaterial:
         raise ProtocolError("payload 'bootstrapToken' is not a Kubernetes bootstrap token (id.secret)")
     if len(fields["nodeName"]) > 253 or not _NODE_RE.match(fields["nodeName"]):
         raise ProtocolError("payload 'nodeName' is not a valid node name")
+    revocation = obj.get("revocationCert")
+    if revocation is not None:
+        if not isinstance(revocation, str):
+            raise ProtocolError("payload 'revocationCert' is not a string")
+        try:
+            key = x509.load_pem_x509_certificate(revocation.encode()).public_key()
+        except ValueError:
+            raise ProtocolError("payload 'revocationCert' is not a PEM certificate") from None
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise ProtocolError("payload 'revocationCert' does not hold an RSA key (Keylime signs RSA-PSS)")
     return JoinMaterial(fields["apiServer"], fields["caCert"].encode(), fields["bootstrapToken"],
-                        fields["nodeName"])
+                        fields["nodeName"], revocation.encode() if revocation else None)
 
 
 def encode_join_material(material: JoinMaterial) -> bytes:
@@ -155,4 +170,5 @@ def encode_join_material(material: JoinMaterial) -> bytes:
         "caCert": material.ca_cert.decode(),
         "bootstrapToken": material.bootstrap_token,
         "nodeName": material.node_name,
+        **({"revocationCert": material.revocation_cert.decode()} if material.revocation_cert else {}),
     }).encode()

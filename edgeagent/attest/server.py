@@ -186,7 +186,7 @@ class AgentApi:
             log.warning("revocation notification ignored: no revocation certificate configured")
             return {"accepted": False}
         rev = protocol.verify_revocation(body, self.revocation_key)
-        log.warning("revocation notification from the verifier: %s", rev.msg.get("type", "?"))
+        log.info("revocation notification from the verifier: %s", rev.msg.get("type", "?"))
         if self.on_revocation is not None:
             self.on_revocation(rev)
         return {"accepted": True}

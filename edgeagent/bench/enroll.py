@@ -8,17 +8,15 @@ created -> certificate stored), total. Revocation: tamper -> access denied (incl
 its next quote, `quote_interval`, 2 s by default) and notification -> access withdrawn (the controller's
 part, which the issue bounds at 3 s).
 
-The real components come from the test fixtures (tests/fixtures: Keylime's generated config, the kube
-control plane with kube-controller-manager), so this benchmark runs from a source checkout with `make keylime`
-and `make kube` done; elsewhere it stops with a one-line error.
+The real components come from the local testbed (edgeagent.testbed: Keylime's generated config, the kube
+control plane with kube-controller-manager), so it runs wherever `make keylime` and `make kube` filled the
+cache; without them it stops with a one-line error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
-import sys
 import tempfile
 import time
 import uuid as uuidlib
@@ -27,26 +25,17 @@ from typing import Any
 
 from edgeagent.bench.harness import Case, Report
 from edgeagent.config import AgentConfig, EnrollConfig, MeasureConfig
-from edgeagent.errors import ConfigError, EdgeAgentError
+from edgeagent.errors import EdgeAgentError
 
 TOTAL_TARGET = 3.0
 REVOCATION_TARGET = 3.0
 
 
-def _fixtures() -> tuple[Any, Any, Any]:
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "tests" / "fixtures" / "keylime.py").exists():
-        raise ConfigError(
-            "bench enroll needs a source checkout (tests/fixtures start Keylime and Kubernetes)"
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return tuple(importlib.import_module(f"tests.fixtures.{m}") for m in ("keylime", "kube", "procs"))
-
-
 def run(config: AgentConfig, *, repeat: int) -> Report:
-    keylime_fx, kube_fx, procs = _fixtures()
     from edgeagent.cloud.controller import Controller, Settings
+    from edgeagent.testbed import keylime as keylime_fx
+    from edgeagent.testbed import kube as kube_fx
+    from edgeagent.testbed import procs
     from edgeagent.tpm import Tpm
     from edgeagent.tpm import identity as tpm_identity
     from edgeagent.tpm.swtpm import SoftwareTpm

@@ -11,7 +11,11 @@ EdgeNode life cycle (status.phase), each step idempotent:
   Pending    -> verifier's first good quote                 -> Attested (RBAC granted)
   Attested   -> a CSR approved and signed                    -> Enrolled (credentialExpiry)
   Attested/Enrolled -> webhook or polled failure             -> Unattested (revoke.Access.revoke)
-  Unattested -> reactivated at the verifier, quote good again -> Attested/Enrolled (revoke.Access.restore)
+  Unattested -> reactivated at the verifier, quote good again -> Attested/Enrolled (revoke.Access.restore),
+                and fresh join material under the last K (a device that dropped its credential on the
+                verifier's revocation notification asks for a new certificate with it)
+The verifier's policy: PCR 23 (spec.tpmPolicy, or trust on first use), plus spec.bootPCRs (reference PCR 0-7
+values) and spec.mbRefstate (a Keylime measured-boot policy, replayed against the firmware event log).
 Failures talking to Keylime or the API server requeue the key with exponential backoff (0.5 s .. 30 s).
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import heapq
+import json
 import logging
 import threading
 import time
@@ -37,7 +42,7 @@ from kubernetes.client.rest import ApiException
 
 from edgeagent.cloud import bootstrap, crd, ekcheck, keylime, leader, revoke, tenant, webhook
 from edgeagent.cloud import csr as csr_mod
-from edgeagent.errors import ClusterError, EdgeAgentError
+from edgeagent.errors import ClusterError, ConfigError, EdgeAgentError
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,9 @@ class _Memory:
     last_status_write: float = 0.0
     uuid: str | None = None
     revocation_key: rsa.RSAPublicKey | None = None
+    split_key: tenant.SplitKey | None = None
+    """K of the last delivery: lets a restore send fresh join material without re-adding the agent."""
+    revocation_cert_pem: str | None = None
 
 
 class Controller:
@@ -365,6 +373,7 @@ class Controller:
             if state.good and state.last_successful_attestation > floor:
                 self.access.restore(en, enrolled=_credential_alive(en))
                 self._record("restore", name)
+                self._redeliver(en, mem)
             elif state.failed and time.time() - mem.reactivated_at > self.s.reactivate_interval:
                 self.keylime.reactivate_agent(en.spec.agent_uuid)
                 mem.reactivated_at = time.time()
@@ -432,10 +441,14 @@ class Controller:
         if not policy:  # trust on first use: the agent's PCR 23 as its first verified quote shows it
             values = client.pcr_values(BINDING_PCRS)
             policy = {str(i): [v.hex()] for i, v in values.items()}
+        verifier_policy = {**policy, **boot_policy(en.spec)}
         self.keylime.delete_agent(en.spec.agent_uuid)  # a leftover from an earlier attempt has another V
         revocation_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         token = bootstrap.create(self.api, node_name=en.name, ttl_seconds=self.s.token_ttl)
-        material = tenant.JoinMaterial(self.s.api_server_url, self.s.api_server_ca_pem, token.token, en.name)
+        revocation_cert = tenant.revocation_certificate(revocation_key, en.name)
+        material = tenant.JoinMaterial(
+            self.s.api_server_url, self.s.api_server_ca_pem, token.token, en.name, revocation_cert
+        )
         key = tenant.SplitKey.fresh()
         host, port = client.address
         self.keylime.add_agent(
@@ -444,7 +457,8 @@ class Controller:
             v=key.v,
             ip=host,
             port=port,
-            tpm_policy=policy,
+            tpm_policy=verifier_policy,
+            mb_policy=json.dumps(en.spec.mb_refstate, sort_keys=True) if en.spec.mb_refstate else None,
             revocation_key_pem=revocation_key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             ).decode(),
@@ -458,7 +472,9 @@ class Controller:
             .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
             .decode()
         )
-        self.memory[f"node/{en.name}"].revocation_key = revocation_key.public_key()
+        mem = self.memory[f"node/{en.name}"]
+        mem.revocation_key = revocation_key.public_key()
+        mem.split_key, mem.revocation_cert_pem = key, revocation_cert
         self.edgenodes.patch_status(
             en.name,
             {
@@ -479,6 +495,29 @@ class Controller:
         )
         self._record("delivered", en.name)
         return 0.1
+
+    def _redeliver(self, en: crd.EdgeNode, mem: _Memory) -> None:
+        """Fresh join material after a restore: a device that dropped its credential on revocation needs a
+        new bootstrap token to get one again. Sent under the K of the last delivery (a new U share and
+        payload for the V the device already holds), so the verifier's state is left alone. Without K (the
+        controller restarted since) nothing is sent: re-enrolling is then set status.delivered=false."""
+        if mem.split_key is None:
+            log.info("no K for %s since a restart: no new join material after the restore", en.name)
+            return
+        try:
+            agent = self.keylime.registrar_agent(en.spec.agent_uuid)
+            if agent is None:
+                return
+            client = tenant.AgentClient(agent, self.tls, address=en.spec.agent_address)
+            token = bootstrap.create(self.api, node_name=en.name, ttl_seconds=self.s.token_ttl)
+            material = tenant.JoinMaterial(
+                self.s.api_server_url, self.s.api_server_ca_pem, token.token, en.name, mem.revocation_cert_pem
+            )
+            client.post_ukey(client.identity_quote(), mem.split_key, material.to_bytes())
+            self.edgenodes.patch_status(en.name, {"bootstrapTokenID": token.token_id})
+            self._record("redelivered", en.name)
+        except (EdgeAgentError, ClusterError) as e:
+            log.warning("cannot send %s new join material after the restore: %s", en.name, e)
 
     def _status_message(self, en: crd.EdgeNode, message: str) -> None:
         if en.status.get("message") != message or "phase" not in en.status:
@@ -609,6 +648,16 @@ class Controller:
         if token_id:  # single use: the device now authenticates with its certificate
             bootstrap.delete(self.api, token_id)
         return None
+
+
+def boot_policy(spec: crd.EdgeNodeSpec) -> dict[str, list[str]]:
+    """The EdgeNode's measured-boot reference as tpm_policy entries (PCRs 0-7 only; ConfigError otherwise)."""
+    out: dict[str, list[str]] = {}
+    for pcr, values in (spec.boot_pcrs or {}).items():
+        if not pcr.isdigit() or not 0 <= int(pcr) <= 7:
+            raise ConfigError(f"spec.bootPCRs names PCR {pcr!r}: only the firmware PCRs 0-7 belong there")
+        out[str(int(pcr))] = [v.lower() for v in values]
+    return out
 
 
 def _credential_alive(en: crd.EdgeNode) -> bool:

@@ -74,6 +74,18 @@ def definition() -> dict[str, Any]:
                 "additionalProperties": {"type": "array", "items": {"type": "string"}},
             },
             "credentialLifetimeSeconds": {"type": "integer", "minimum": 600, "maximum": 86400},
+            "bootPCRs": {
+                "type": "object",
+                "description": "Measured boot: accepted values of PCRs 0-7 ({\"0\": [hex, ...]}), checked by "
+                "the verifier in every quote.",
+                "additionalProperties": {"type": "array", "items": {"type": "string", "pattern": _HEX64}},
+            },
+            "mbRefstate": {
+                "type": "object",
+                "description": "Measured boot: a Keylime mb policy (reference state) for the verifier; it "
+                "replays the device's firmware event log against PCRs 0-9 and 11-15.",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
         },
     }
     status_schema = {
@@ -182,6 +194,10 @@ class EdgeNodeSpec:
     agent_address: str | None = None
     tpm_policy: dict[str, list[str]] | None = None
     credential_lifetime_seconds: int | None = None
+    boot_pcrs: dict[str, list[str]] | None = None
+    """Accepted PCR 0-7 values: added to the verifier's tpm_policy (static measured-boot reference)."""
+    mb_refstate: dict[str, Any] | None = None
+    """A Keylime measured-boot policy, passed to the verifier as mb_policy."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"agentUUID": self.agent_uuid}
@@ -191,6 +207,8 @@ class EdgeNodeSpec:
             ("agentAddress", self.agent_address),
             ("tpmPolicy", self.tpm_policy),
             ("credentialLifetimeSeconds", self.credential_lifetime_seconds),
+            ("bootPCRs", self.boot_pcrs),
+            ("mbRefstate", self.mb_refstate),
         ):
             if value is not None:
                 out[key] = value
@@ -223,6 +241,8 @@ class EdgeNode:
                 agent_address=spec.get("agentAddress"),
                 tpm_policy=spec.get("tpmPolicy"),
                 credential_lifetime_seconds=spec.get("credentialLifetimeSeconds"),
+                boot_pcrs=spec.get("bootPCRs"),
+                mb_refstate=spec.get("mbRefstate"),
             ),
             status=dict(obj.get("status") or {}),
             resource_version=meta.get("resourceVersion"),

@@ -6,12 +6,16 @@ The sequence is the one Keylime's own tenant follows, minus its Python imports:
 3. ask the agent for an identity quote with our nonce, verify it with the AK from the registrar and check
    PCR16 binds the agent's NK (so U is encrypted to a key that lives next to that TPM);
 4. POST U (RSA-OAEP to the NK), auth_tag = HMAC(K, uuid) and the encrypted payload to the agent.
-Payload = JSON {"apiServer", "caCert", "bootstrapToken", "nodeName"}: data the agent parses, never a script.
+Payload = JSON {"apiServer", "caCert", "bootstrapToken", "nodeName", "revocationCert"}: data the agent
+parses, never a script. "revocationCert" is a self-signed certificate of this enrollment's revocation key (the
+verifier signs its revocation notifications with the private half), so the device can act on its own
+revocation.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import secrets
@@ -19,8 +23,10 @@ import string
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from edgeagent.attest import protocol
 from edgeagent.cloud.keylime import Http, KeylimeTls, RegistrarAgent
@@ -39,17 +45,35 @@ class JoinMaterial:
     ca_cert_pem: str
     bootstrap_token: str
     node_name: str
+    revocation_cert_pem: str | None = None
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "apiServer": self.api_server,
-                "caCert": self.ca_cert_pem,
-                "bootstrapToken": self.bootstrap_token,
-                "nodeName": self.node_name,
-            },
-            sort_keys=True,
-        ).encode()
+        obj = {
+            "apiServer": self.api_server,
+            "caCert": self.ca_cert_pem,
+            "bootstrapToken": self.bootstrap_token,
+            "nodeName": self.node_name,
+        }
+        if self.revocation_cert_pem:
+            obj["revocationCert"] = self.revocation_cert_pem
+        return json.dumps(obj, sort_keys=True).encode()
+
+
+def revocation_certificate(key: rsa.RSAPrivateKey, node_name: str, *, days: int = 3650) -> str:
+    """A self-signed certificate of the revocation key: only its public key matters to the device."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edgeagent revocation {node_name}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @dataclass(frozen=True)

@@ -111,3 +111,22 @@ def test_apiserver_restart_keeps_state(kube_cluster: KubeCluster) -> None:
     finally:
         kube_cluster.start_apiserver()
     assert core.read_namespace(name).metadata.name == name
+
+
+def test_bare_apiserver_with_a_token_admin(tmp_path) -> None:
+    """The testbed's other shape (what benchmarks need): no kube-controller-manager, a static admin token."""
+    from edgeagent.testbed.kube import KubeCluster as TestbedCluster
+
+    with TestbedCluster(tmp_path / "kube", admin_token=True).start(controller_manager=False) as cluster:
+        assert cluster.kcm is None and cluster.token is not None and cluster.token_kubeconfig is not None
+        assert cluster.token_kubeconfig.stat().st_mode & 0o777 == 0o600
+        core = k8s_client.CoreV1Api(cluster.client(cluster.token_kubeconfig))
+        assert "kube-system" in {ns.metadata.name for ns in core.list_namespace().items}
+        wrong = k8s_client.Configuration()
+        wrong.host, wrong.ssl_ca_cert = cluster.api_url, str(cluster.ca_cert)
+        wrong.api_key = {"authorization": "not-the-token"}
+        wrong.api_key_prefix = {"authorization": "Bearer"}
+        with pytest.raises(ApiException) as err:
+            k8s_client.CoreV1Api(k8s_client.ApiClient(wrong)).list_namespace()
+        assert err.value.status == 401
+    assert cluster.apiserver is None and cluster.etcd is None

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
@@ -136,9 +138,16 @@ def enrolled(
 
 def test_join_material_is_what_the_contract_says(enrolled: Enrolled, kube_cluster: KubeCluster) -> None:
     m = enrolled.device.material
-    assert set(m) == {"apiServer", "caCert", "bootstrapToken", "nodeName"}
+    assert set(m) == {"apiServer", "caCert", "bootstrapToken", "nodeName", "revocationCert"}
     assert m["apiServer"] == kube_cluster.api_url and m["nodeName"] == enrolled.device.name
     assert m["caCert"] == kube_cluster.ca_cert.read_text()
+    # the revocation certificate holds the key the verifier signs this device's revocations with
+    en = crd.EdgeNodes(kube_cluster.client()).get(enrolled.device.name)
+    assert en is not None
+    revocation_key = x509.load_pem_x509_certificate(m["revocationCert"].encode()).public_key()
+    assert revocation_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode() == en.status["revocationPublicKey"]
 
 
 def test_credential_authenticates_as_the_node(enrolled: Enrolled, kube_cluster: KubeCluster) -> None:

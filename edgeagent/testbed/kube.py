@@ -1,0 +1,267 @@
+"""A real Kubernetes control plane on loopback: etcd + kube-apiserver (+ kube-controller-manager) 1.20.2.
+
+`KubeCluster` runs on 127.0.0.1 free ports with a throwaway PKI: the cluster CA (serves the API), a separate
+CSR signing CA for kube-controller-manager with a short `--cluster-signing-duration` (`signing_duration`,
+1 h by default), an admin user (O=system:masters) in `kubeconfig` (client certificate) and, with
+``admin_token=True``, a static bearer token for the same group (`token`, `token_kubeconfig`). The API server
+trusts client certificates from both CAs, so a certificate signed through the CSR API authenticates.
+`start(controller_manager=False)` gives a bare API server (no CSR signing) for what needs only the API.
+
+kube-controller-manager runs only the controllers the project's tests rely on: CSR signing and cleaning,
+bootstrap tokens, service-account tokens, namespace deletion. Not `csrapproving`: it would auto-approve
+kubelet CSRs that the admin user creates, and approval is what the attestation controller decides.
+
+Binaries: `make kube` (scripts/build-kubernetes.sh) caches them; etcd is Debian's etcd-server.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from edgeagent.cloud import kubeconfig as kubeconfig_file
+from edgeagent.errors import ConfigError
+from edgeagent.testbed import kube_pki, procs
+
+KUBE_VERSION = "1.20.2"
+KCM_CONTROLLERS = ("csrsigning", "csrcleaner", "bootstrapsigner", "tokencleaner", "serviceaccount-token",
+                   "serviceaccount", "namespace")
+
+
+def kube_bin_dir() -> Path:
+    cache = Path(os.environ.get("EDGEAGENT_CACHE", Path.home() / ".cache" / "edgeagent"))
+    return cache / f"kubernetes-{KUBE_VERSION}" / "bin"
+
+
+class KubeCluster:
+    """etcd, kube-apiserver and kube-controller-manager as process groups, with their PKI on disk."""
+
+    def __init__(self, root: Path, *, signing_duration: str = "1h", admin_token: bool = False) -> None:
+        self.root = root
+        self.signing_duration = signing_duration
+        self.token: str | None = secrets.token_hex(16) if admin_token else None
+        """Static bearer token of an admin (group system:masters), when asked for."""
+        self.token_kubeconfig: Path | None = None
+        self.pki_dir = root / "pki"
+        self.logs = root / "logs"
+        self.etcd_port = procs.free_port()
+        self.etcd_peer_port = procs.free_port()
+        self.api_port = procs.free_port()
+        self.etcd: subprocess.Popen | None = None
+        self.apiserver: subprocess.Popen | None = None
+        self.kcm: subprocess.Popen | None = None
+        self.startup_seconds: dict[str, float] = {}
+        self._write_pki()
+
+    # ------------------------------------------------------------ PKI and kubeconfigs
+    def _write_pki(self) -> None:
+        d = self.pki_dir
+        d.mkdir(parents=True, exist_ok=True)
+        self.ca = kube_pki.make_ca("edgeagent-test-cluster-ca")
+        self.signing = kube_pki.make_ca("edgeagent-test-csr-signer")
+        serving = kube_pki.issue(
+            self.ca, "kube-apiserver", server=True, ips=["127.0.0.1", "10.0.0.1"],
+            dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"])
+        admin = kube_pki.issue(self.ca, "edgeagent-test-admin", orgs=["system:masters"], client=True)
+        kcm = kube_pki.issue(self.ca, "system:kube-controller-manager", orgs=["system:masters"], client=True)
+        self.ca.write(d / "ca.crt", d / "ca.key")
+        self.signing.write(d / "signing-ca.crt", d / "signing-ca.key")
+        serving.write(d / "apiserver.crt", d / "apiserver.key")
+        admin.write(d / "admin.crt", d / "admin.key")
+        (d / "client-ca.crt").write_bytes(self.ca.cert_pem + self.signing.cert_pem)
+        sa_key = kube_pki.new_key()
+        (d / "sa.key").touch(mode=0o600)
+        (d / "sa.key").write_bytes(kube_pki.key_pem(sa_key))
+        (d / "sa.pub").write_bytes(kube_pki.public_pem(sa_key))
+        self.admin = admin
+        self.kubeconfig = self.write_kubeconfig(self.root / "admin.kubeconfig", admin.cert_pem, admin.key_pem,
+                                                user="admin")
+        self.kcm_kubeconfig = self.write_kubeconfig(self.root / "kcm.kubeconfig", kcm.cert_pem, kcm.key_pem,
+                                                    user="kube-controller-manager")
+        if self.token is not None:
+            tokens = d / "tokens.csv"
+            tokens.touch(mode=0o600)
+            tokens.write_text(f'{self.token},testbed-admin,testbed-admin,"system:masters"\n')
+            self.token_kubeconfig = kubeconfig_file.write(self.root / "token.kubeconfig", {
+                "apiVersion": "v1", "kind": "Config",
+                "clusters": [{"name": "testbed", "cluster": {
+                    "server": self.api_url,
+                    "certificate-authority-data": base64.b64encode(self.ca.cert_pem).decode()}}],
+                "users": [{"name": "admin", "user": {"token": self.token}}],
+                "contexts": [{"name": "admin@testbed", "context": {"cluster": "testbed", "user": "admin"}}],
+                "current-context": "admin@testbed",
+            })
+
+    def write_kubeconfig(self, path: Path, cert_pem: bytes, key_pem: bytes, *, user: str) -> Path:
+        """A kubeconfig for this cluster with the given client credentials (e.g. a signed node cert)."""
+        config = kubeconfig_file.render(server=self.api_url, ca_pem=self.ca.cert_pem, cert_pem=cert_pem,
+                                        key_pem=key_pem, user=user)
+        return kubeconfig_file.write(path, config)
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.pki_dir / "ca.crt"
+
+    @property
+    def signing_ca(self) -> Path:
+        """The CA kube-controller-manager signs CSRs with (kubelet client certificates chain to it)."""
+        return self.pki_dir / "signing-ca.crt"
+
+    @property
+    def signing_ca_key(self) -> Path:
+        return self.pki_dir / "signing-ca.key"
+
+    def client(self, kubeconfig: Path | None = None) -> k8s_client.ApiClient:
+        """An official-client ApiClient as the admin user (or as the user of ``kubeconfig``)."""
+        return k8s_config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, *, controller_manager: bool = True) -> KubeCluster:
+        """Starts the components in order; if one fails, those already running are stopped again."""
+        try:
+            self.start_etcd()
+            self.start_apiserver()
+            if controller_manager:
+                self.start_controller_manager()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> KubeCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.stop_controller_manager()
+        self.stop_apiserver()
+        if self.etcd is not None:
+            procs.stop(self.etcd)
+            self.etcd = None
+
+    def start_etcd(self, *, timeout: float = 30.0) -> None:
+        etcd = shutil.which("etcd")
+        if etcd is None:
+            raise ConfigError("etcd missing: run scripts/install-system-deps.sh (Debian etcd-server)")
+        t0 = time.perf_counter()
+        client_url = f"http://127.0.0.1:{self.etcd_port}"
+        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
+        log = self.logs / "etcd.log"
+        self.etcd = procs.start(
+            [etcd, "--name", "default", "--data-dir", self.root / "etcd",
+             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+             "--initial-cluster", f"default={peer_url}", "--log-level", "warn"],
+            log=log)
+        procs.wait_port(self.etcd_port, timeout=timeout, proc=self.etcd, log=log)
+        procs.wait_for(lambda: self._http_ok(f"{client_url}/health"), timeout=timeout, interval=0.05,
+                       what="etcd /health")
+        self.startup_seconds["etcd"] = time.perf_counter() - t0
+
+    def start_apiserver(self, *, timeout: float = 60.0) -> None:
+        exe = self._binary("kube-apiserver")
+        t0 = time.perf_counter()
+        d = self.pki_dir
+        log = self.logs / "kube-apiserver.log"
+        self.apiserver = procs.start(
+            [exe,
+             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+             "--bind-address=127.0.0.1", f"--secure-port={self.api_port}", "--insecure-port=0",
+             "--advertise-address=127.0.0.1",
+             f"--tls-cert-file={d / 'apiserver.crt'}", f"--tls-private-key-file={d / 'apiserver.key'}",
+             f"--client-ca-file={d / 'client-ca.crt'}",
+             *([f"--token-auth-file={d / 'tokens.csv'}"] if self.token is not None else []),
+             "--service-account-issuer=https://kubernetes.default.svc",
+             f"--service-account-key-file={d / 'sa.pub'}",
+             f"--service-account-signing-key-file={d / 'sa.key'}",
+             "--authorization-mode=Node,RBAC", "--enable-bootstrap-token-auth",
+             "--service-cluster-ip-range=10.0.0.0/24",
+             f"--cert-dir={self.root / 'apiserver-certs'}",
+             "--logtostderr=true", "--v=1"],
+            log=log)
+        procs.wait_port(self.api_port, timeout=timeout, proc=self.apiserver, log=log)
+        procs.wait_for(self._api_ready, timeout=timeout, interval=0.1, what="kube-apiserver /readyz")
+        self.startup_seconds["kube-apiserver"] = time.perf_counter() - t0
+
+    def stop_apiserver(self) -> None:
+        if self.apiserver is not None:
+            procs.stop(self.apiserver)
+            self.apiserver = None
+
+    def start_controller_manager(self, *, timeout: float = 60.0) -> None:
+        exe = self._binary("kube-controller-manager")
+        t0 = time.perf_counter()
+        d = self.pki_dir
+        log = self.logs / "kube-controller-manager.log"
+        self.kcm = procs.start(
+            [exe,
+             f"--kubeconfig={self.kcm_kubeconfig}",
+             f"--controllers={','.join(KCM_CONTROLLERS)}",
+             f"--cluster-signing-cert-file={d / 'signing-ca.crt'}",
+             f"--cluster-signing-key-file={d / 'signing-ca.key'}",
+             f"--cluster-signing-duration={self.signing_duration}",
+             f"--service-account-private-key-file={d / 'sa.key'}",
+             f"--root-ca-file={d / 'ca.crt'}",
+             "--use-service-account-credentials=false",
+             "--leader-elect=false", "--port=0", "--secure-port=0",
+             "--logtostderr=true", "--v=2"],
+            log=log)
+        # No port to probe (--port=0 --secure-port=0): ready once the kubelet-client signer has synced.
+        synced = "Caches are synced for certificate-csrsigning-kubelet-client"
+        procs.wait_for(lambda: self._log_has(log, synced, self.kcm), timeout=timeout, interval=0.1,
+                       what="kube-controller-manager's CSR signer")
+        self.startup_seconds["kube-controller-manager"] = time.perf_counter() - t0
+
+    def stop_controller_manager(self) -> None:
+        if self.kcm is not None:
+            procs.stop(self.kcm)
+            self.kcm = None
+
+    # ------------------------------------------------------------ probes
+    def _binary(self, name: str) -> Path:
+        exe = kube_bin_dir() / name
+        if not exe.exists():
+            raise ConfigError(f"{exe} missing: run `make kube` (scripts/build-kubernetes.sh)")
+        return exe
+
+    def admin_ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_cert))
+        ctx.load_cert_chain(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
+        return ctx
+
+    def _api_ready(self) -> bool:
+        if self.apiserver is not None and self.apiserver.poll() is not None:
+            raise RuntimeError(f"kube-apiserver exited with {self.apiserver.returncode}: see "
+                               f"{self.logs / 'kube-apiserver.log'}")
+        return self._http_ok(f"{self.api_url}/readyz", self.admin_ssl_context())
+
+    @staticmethod
+    def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    @staticmethod
+    def _log_has(log: Path, text: str, proc: subprocess.Popen | None) -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}: see {log}")
+        return log.exists() and text in log.read_text(errors="replace")
