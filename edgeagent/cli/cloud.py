@@ -6,20 +6,25 @@ import contextlib
 import signal
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.config.config_exception import ConfigException
 
 from edgeagent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kubernetes import client as k8s
 
 MAX_LIFETIME = 86400
 
 
 def load_api(kubeconfig: Path | None) -> k8s.ApiClient:
     """The official client from a kubeconfig, or in-cluster (service account) when none is given."""
+    # Imported here: every other `edgeagent` command would otherwise pay for the Kubernetes client.
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+    from kubernetes.config.config_exception import ConfigException
+
     try:
         if kubeconfig is not None:
             return k8s_config.new_client_from_config(config_file=str(kubeconfig))

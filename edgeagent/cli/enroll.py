@@ -6,18 +6,20 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from edgeagent.attest import enroll
 from edgeagent.cli import render
 from edgeagent.cli.context import state
 from edgeagent.config import AgentConfig
 from edgeagent.errors import ConfigError
+
+if TYPE_CHECKING:  # the enrollment pulls in the Kubernetes client: imported when the command runs
+    from edgeagent.attest import enroll
 
 _STATUS_STYLE = {"start": "yellow", "waiting": "cyan", "retry": "magenta", "done": "green", "skipped": "dim"}
 
@@ -26,6 +28,8 @@ class _Progress:
     """A live table, one row per step: status, duration, detail."""
 
     def __init__(self) -> None:
+        from edgeagent.attest import enroll
+
         self.rows: dict[str, tuple[str, str, str]] = {s: ("pending", "", "") for s in enroll.STEPS}
         self.live: Live | None = None
 
@@ -97,6 +101,8 @@ def enroll_command(
     cfg = state(ctx).config
     _apply_options(cfg, registrar_url=registrar, agent_host=host, agent_port=port, node_name=node_name,
                    uuid=uuid, keylime_ca=keylime_ca, kubeconfig=kubeconfig, payload_dir=payload_dir)
+    from edgeagent.attest import enroll
+
     progress = None if json_ else _Progress()
     run = enroll.Enrollment(cfg, on_event=progress)
 
