@@ -80,7 +80,7 @@ def install_ring_crd(api: KubeApi, *, timeout: float = 30.0) -> None:
     while time.monotonic() < deadline:
         status = api.get_json(f"{CRDS}/{crd['metadata']['name']}").get("status") or {}
         established = any(
-            c.get("type") == "Established" and c.get("status") == "True" for c in status.get("conditions", [])
+            c.get("type") == "Established" and c.get("status") == "True" for c in status.get("conditions") or []
         )
         if established and api.call("GET", RINGS, query=[("limit", "1")]).status == 200:
             return
