@@ -79,9 +79,8 @@ def install_ring_crd(api: KubeApi, *, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = api.get_json(f"{CRDS}/{crd['metadata']['name']}").get("status") or {}
-        established = any(
-            c.get("type") == "Established" and c.get("status") == "True" for c in status.get("conditions") or []
-        )
+        conditions = status.get("conditions") or []
+        established = any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
         if established and api.call("GET", RINGS, query=[("limit", "1")]).status == 200:
             return
         time.sleep(0.1)
