@@ -36,10 +36,10 @@ from typing import Any
 
 import edgeagent
 from edgeagent.bench.harness import Case, Report
-from edgeagent.bench.kubecluster import LocalCluster
 from edgeagent.config import AgentConfig
 from edgeagent.controllers.kubeapi import KubeApi, connect
 from edgeagent.errors import EdgeAgentError, PeerUnreachable
+from edgeagent.testbed.kube import KubeCluster
 from edgeagent.wasm import ModuleCache, Runtime
 
 SIZES = (10, 50, 100)
@@ -438,7 +438,9 @@ def run(config: AgentConfig, *, repeat: int) -> Report:
     tag = uuid.uuid4().hex[:6]
     with tempfile.TemporaryDirectory(prefix="edgeagent-bench-controllers-") as tmp:
         root = Path(tmp)
-        with LocalCluster(root / "cluster") as cluster:
+        # A bare API server (no kube-controller-manager: the ring needs none) from the shared testbed.
+        with KubeCluster(root / "cluster") as cluster:
+            cluster.start(controller_manager=False)
             api = KubeApi(connect(cluster.kubeconfig))
             install_ring_crd(api)
             # One state dir for every host run, its compiled-module cache warmed here: a device compiles a
