@@ -8,7 +8,7 @@ anything else into the agent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import wasmtime
@@ -205,6 +205,28 @@ class Guest:
         except RawCallError as e:
             self._armed_full = False  # a stopped guest used its deadline up: arm afresh next time
             raise self._call_error(export, e) from self._take_exc()
+
+    def bind(self, export: str) -> Callable[..., int | float | None]:
+        """``call`` for one export, resolved once: for a driver's per-reading export (a frame and a lookup
+        less per call). Raises like ``call``; calling it after ``close`` raises WasmError."""
+        raw = self.func(export).call
+        runtime, ctx, ticks = self.runtime, self._ctx, self._compute_ticks
+
+        def call(*args: int | float) -> int | float | None:
+            if self._closed:
+                raise self._error("is closed")
+            epoch = self._start = runtime.epoch
+            if epoch != self.armed_epoch or not self._armed_full:
+                self.armed_epoch = epoch
+                self._armed_full = True
+                set_epoch_deadline(ctx, ticks)
+            try:
+                return raw(*args)
+            except RawCallError as e:
+                self._armed_full = False
+                raise self._call_error(export, e) from self._take_exc()
+
+        return call
 
     def _take_exc(self) -> BaseException | None:
         exc, self._exc = self._exc, None

@@ -304,3 +304,84 @@ def test_fast_path_values_cross_unsigned_and_wide(runtime):
         g.call("boom")
     with pytest.raises(TypeError):
         g.call("run", 1)
+
+
+class Words(HostModule):
+    """All-i32 host functions: the word-view callback path every project host module uses."""
+
+    interface = "test:words/words"
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+
+    @hostfunc("sub", params=(I32, I32), results=(I32,))
+    def sub(self, a: int, b: int) -> int:
+        self.seen.append((a, b))
+        return a - b  # may be negative or above 2**31: the guest gets it modulo 2**32
+
+    @hostfunc("poke", params=(I32,))
+    def poke(self, ptr: int) -> None:
+        self.memory.write_u32(ptr, 0xDEADBEEF)
+
+
+WORDS_WAT = """
+(module
+  (import "test:words/words" "sub" (func $sub (param i32 i32) (result i32)))
+  (import "test:words/words" "poke" (func $poke (param i32)))
+  (memory (export "memory") 1)
+  (func (export "sub") (param i32 i32) (result i32) (call $sub (local.get 0) (local.get 1)))
+  (func (export "poke") (param i32) (result i32) (call $poke (local.get 0)) (i32.load (local.get 0)))
+  (func (export "nothing")))
+"""
+
+
+def test_all_i32_host_functions_cross_as_unsigned_words(runtime):
+    import wasmtime
+
+    words = Words()
+    g = Guest(
+        runtime, wasmtime.Module(runtime.engine, wasmtime.wat2wasm(WORDS_WAT)), name="words", hosts=[words]
+    )
+    assert g.call("sub", 1, 9) == -8  # the host's -8 reaches the guest as the i32 -8
+    assert g.call("sub", -1, 0) == -1
+    assert g.call("sub", 7, 2) == 5
+    assert words.seen == [(1, 9), (0xFFFFFFFF, 0), (7, 2)]  # unsigned on the host side
+    assert g.call("poke", 64) == signed32(0xDEADBEEF)
+    assert g.call("nothing") is None
+    sub = g.bind("sub")
+    assert sub(10, 3) == 7 and sub(0, 1) == -1
+    with pytest.raises(DriverError, match="trapped in poke: guest buffer 0x10000\\+4 is outside its memory"):
+        g.call("poke", 65536)
+    g.close()
+    with pytest.raises(DriverError, match="is closed"):
+        sub(1, 2)
+
+
+def test_guest_memory_bounds_and_helpers(runtime, module):
+    g, *_ = misbehave(runtime, module)
+    mem = g.memory
+    assert mem is not None
+    top = mem.size
+    mem.write(100, b"abcdef")
+    assert mem.read(100, 6) == b"abcdef" and mem.read(100, 0) == b""
+    mem.write_at_most(200, b"0123456789", 4)  # a 4-byte guest buffer receives 4 bytes, not 10
+    assert mem.read(200, 6) == b"0123\x00\x00"
+    assert mem.read_checking(100, 3, 200, 4) == b"abc"
+    with pytest.raises(HostTrap, match="outside its memory"):
+        mem.read_checking(100, 3, top - 2, 4)  # the output buffer is checked too
+    with pytest.raises(HostTrap, match="negative"):
+        mem.read(-1, 2)
+    with pytest.raises(HostTrap, match="outside its memory"):
+        mem.write(top - 1, b"xy")
+    mem.write_u32(300, -2)
+    assert mem.read_u32(300) == 0xFFFFFFFE
+    mem.write_u64(308, 1 << 40)
+    assert mem.read_u64(308) == 1 << 40
+    import struct
+
+    mem.write(400, struct.pack("<3d", 1.5, -2.0, 1e300))
+    assert mem.read_f64_array(400, 3) == [1.5, -2.0, 1e300]
+    assert mem.read_f64_array(400, 0) == []
+    with pytest.raises(HostTrap, match="outside its memory"):
+        mem.read_f64_array(top - 8, 2)

@@ -20,7 +20,6 @@ Core ABI of each import (all i32; lists are guest (ptr, len); results are writte
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import logging
 import struct
@@ -56,7 +55,6 @@ ERR_NAMES: dict[int, str] = {v: k.value for k, v in CODE_TO_ERR.items()} | {
 }
 
 _OP = struct.Struct("<III")  # struct ea_i2c_op
-_memmove = ctypes.memmove
 OP_READ = 0
 OP_WRITE = 1
 OP_SIZE = 12
@@ -152,7 +150,8 @@ class I2cHost(HostModule):
                 return ERR_OTHER
             if kind == OP_READ:
                 # Checked before the bus moves: a bad buffer must not half-run a transaction.
-                reads.append((mem.address(ptr, length), length))
+                mem.check(ptr, length)
+                reads.append((ptr, length))
                 ops.append(Read(length))
             elif kind == OP_WRITE:
                 ops.append(Write(mem.read(ptr, length)))
@@ -161,20 +160,20 @@ class I2cHost(HostModule):
         result = self._run(handle, address, ops)
         if result.__class__ is int:
             return result  # type: ignore[return-value]
-        for (addr, length), data in zip(reads, result, strict=True):  # type: ignore[arg-type]
-            _memmove(addr, data, min(len(data), length))
+        for (ptr, length), data in zip(reads, result, strict=True):  # type: ignore[arg-type]
+            mem.write_at_most(ptr, data, length)
         return 0
 
     @hostfunc("[method]i2c.read", params=(I32, I32, I32, I32), results=(I32,), blocking=True)
     def read(self, handle: int, address: int, buf: int, length: int) -> int:
         if length > MAX_TRANSFER:
             return ERR_OTHER
-        addr = (self._memory or self.memory).address(buf, length)
+        mem = self._memory or self.memory
+        mem.check(buf, length)
         result = self._run(handle, address, [Read(length)])
         if result.__class__ is int:
             return result  # type: ignore[return-value]
-        data = result[0]  # type: ignore[index]
-        _memmove(addr, data, min(len(data), length))
+        mem.write_at_most(buf, result[0], length)  # type: ignore[index]
         return 0
 
     @hostfunc("[method]i2c.write", params=(I32, I32, I32, I32), results=(I32,), blocking=True)
@@ -204,17 +203,17 @@ class I2cHost(HostModule):
         if wlen + rlen > MAX_TRANSFER:
             return ERR_OTHER
         mem = self._memory or self.memory
-        raddr = mem.address(rbuf, rlen)
+        wdata = mem.read_checking(wbuf, wlen, rbuf, rlen)  # both buffers checked before the bus moves
         fast = self._write_read.get(handle)
         try:
             if fast is not None:
-                data = fast(address, mem.read(wbuf, wlen), rlen)
+                data = fast(address, wdata, rlen)
             else:
-                data = grant.bus.transaction(address, [Write(mem.read(wbuf, wlen)), Read(rlen)])[0]
+                data = grant.bus.transaction(address, [Write(wdata), Read(rlen)])[0]
         except I2cError as e:
             self.last_error = e
             return CODE_TO_ERR[e.code]
-        _memmove(raddr, data, min(len(data), rlen))
+        mem.write_at_most(rbuf, data, rlen)
         return 0
 
     @hostfunc("[resource-drop]i2c", params=(I32,))
