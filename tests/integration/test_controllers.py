@@ -696,3 +696,39 @@ def test_cli_refuses_a_missing_configmap(namespace, kube_cluster, tmp_path) -> N
         timeout=60,
     )
     assert r.returncode != 0 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_custom_resource_watch_gets_bookmarks_and_follows_their_resource_version(
+    custom, namespace, kube_cluster
+) -> None:
+    """1.20's watch cache sends a BOOKMARK 2 s before a watch's timeoutSeconds (custom resources included):
+    the shared watch counts it and resumes from its resourceVersion, not from its last object's."""
+    from edgeagent.controllers.watch import SharedWatch, Subscription
+
+    ns, other = namespace(), namespace()
+    create_ring(custom, ns)
+    (watch,) = ring_manifests([ns])[0].watches
+    seen: list[str] = []
+    sw = SharedWatch(
+        KubeApi(connect(kube_cluster.kubeconfig)),
+        RING_GROUP,
+        RING_VERSION,
+        RING_PLURAL,
+        namespace=ns,
+        timeout_seconds=(4, 4),
+        backoff=(0.1, 0.5),
+    )
+    sw.add([Subscription(watch, lambda ev: seen.append(ev.type))])
+    sw.start()
+    try:
+        assert sw.synced.wait(20)
+        procs.wait_for(lambda: seen == ["ADDED"], timeout=10, what="the Ring listed")
+        listed = int(sw.resource_version or 0)
+        create_ring(custom, other)  # moves the store's resourceVersion; this watch sees no object for it
+        procs.wait_for(lambda: sw.stats.bookmarks >= 1, timeout=15, what="a BOOKMARK")
+        procs.wait_for(
+            lambda: int(sw.resource_version or 0) > listed, timeout=15, what="a bookmark's resourceVersion"
+        )
+        assert seen == ["ADDED"] and sw.stats.errors == 0 and sw.stats.relists == 0
+    finally:
+        sw.stop()
