@@ -203,8 +203,8 @@ class Guest:
         try:
             return f.call(*args)
         except RawCallError as e:
-            self._armed_full = False  # a stopped guest used its deadline up: arm afresh next time
-            raise self._call_error(export, e) from self._take_exc()
+            capped, self._armed_full = not self._armed_full, False  # stopped: arm afresh next time
+            raise self._call_error(export, e, capped) from self._take_exc()
 
     def bind(self, export: str) -> Callable[..., int | float | None]:
         """``call`` for one export, resolved once: for a driver's per-reading export (a frame and a lookup
@@ -223,8 +223,8 @@ class Guest:
             try:
                 return raw(*args)
             except RawCallError as e:
-                self._armed_full = False
-                raise self._call_error(export, e) from self._take_exc()
+                capped, self._armed_full = not self._armed_full, False
+                raise self._call_error(export, e, capped) from self._take_exc()
 
         return call
 
@@ -232,7 +232,10 @@ class Guest:
         exc, self._exc = self._exc, None
         return exc if exc is not None and not isinstance(exc, HostTrap) else None
 
-    def _call_error(self, export: str, e: RawCallError) -> WasmError:
+    def _call_error(self, export: str, e: RawCallError, capped: bool = False) -> WasmError:
+        """``capped``: the deadline that stopped the guest was the end of its call budget (set by _rearm),
+        not a compute budget. Decided from what was armed rather than from the epoch mirror, which the ticker
+        advances just after the engine's epoch: a guest stopped in between would be misreported."""
         exc = self._exc
         if isinstance(exc, HostTrap):
             return self._error(f"trapped in {export}: {exc}")
@@ -240,7 +243,7 @@ class Guest:
             return self._error(f"trapped in {export}: host function failed: {type(exc).__name__}: {exc}")
         if e.trap_code == wasmtime.TrapCode.INTERRUPT:
             spent = (self.runtime.epoch - self._start) * self.runtime.tick * 1000
-            if self.runtime.epoch - self._start >= self._call_ticks:
+            if capped or self.runtime.epoch - self._start >= self._call_ticks:
                 return self._error(f"stopped in {export}: ran past its {self.limits.call_ms:g} ms call limit")
             return self._error(
                 f"stopped in {export}: ran past its {self.limits.compute_ms:g} ms compute limit "
