@@ -16,9 +16,9 @@ from tests.fixtures.kube import KubeCluster
 pytestmark = pytest.mark.integration
 
 
-def _pair(cluster: KubeCluster) -> tuple[LeaseElector, LeaseElector, str]:
+def _pair(cluster: KubeCluster, lease_duration: float = 3.0) -> tuple[LeaseElector, LeaseElector, str]:
     name = f"lease-{uuid.uuid4().hex[:6]}"
-    timing = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3}
+    timing = {"lease_duration": lease_duration, "renew_deadline": lease_duration - 1.0, "retry_period": 0.3}
     a = LeaseElector(cluster.client(), name=name, namespace="kube-system", identity="a", **timing)
     b = LeaseElector(cluster.client(), name=name, namespace="kube-system", identity="b", **timing)
     return a, b, name
@@ -44,7 +44,9 @@ class _Overlap:
 
 
 def test_exactly_one_leader_and_takeover_after_expiry(kube_cluster: KubeCluster) -> None:
-    a, b, name = _pair(kube_cluster)
+    # an 8 s lease: b watches a renew for 4 s below, and a renewal late by a lease duration on a busy
+    # machine would rightly hand b the lease
+    a, b, name = _pair(kube_cluster, lease_duration=8.0)
     a.start()
     procs.wait_for(a.is_leader, timeout=10, what="a to lead")
     b.start()
@@ -56,7 +58,7 @@ def test_exactly_one_leader_and_takeover_after_expiry(kube_cluster: KubeCluster)
         assert lease.spec.holder_identity == "a"
         # a "crashes" (stops renewing, keeps the lease): b takes over only after it expired
         a.stop(release=False)
-        procs.wait_for(b.is_leader, timeout=15, what="b to take over the expired lease")
+        procs.wait_for(b.is_leader, timeout=30, what="b to take over the expired lease")
         lease = k8s.CoordinationV1Api(kube_cluster.client()).read_namespaced_lease(name, "kube-system")
         assert lease.spec.holder_identity == "b"
         assert lease.spec.lease_transitions == 1
