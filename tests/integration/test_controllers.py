@@ -725,7 +725,10 @@ def test_custom_resource_watch_gets_bookmarks_and_follows_their_resource_version
         procs.wait_for(lambda: seen == ["ADDED"], timeout=10, what="the Ring listed")
         listed = int(sw.resource_version or 0)
         create_ring(custom, other)  # moves the store's resourceVersion; this watch sees no object for it
-        procs.wait_for(lambda: sw.stats.bookmarks >= 1, timeout=15, what="a BOOKMARK")
+        try:
+            procs.wait_for(lambda: sw.stats.bookmarks >= 1, timeout=40, what="a BOOKMARK")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}; {sw.stats}") from None
         procs.wait_for(
             lambda: int(sw.resource_version or 0) > listed, timeout=15, what="a bookmark's resourceVersion"
         )
