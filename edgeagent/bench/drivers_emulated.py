@@ -13,7 +13,11 @@ usually answers from the other CPU while the driver's CPU idles. Forcing both pr
 emulator (a Python process) run between every ioctl and its round trips, evicting the driver's caches each
 time: the Wasm path's extra ~3 us of work then costs ~13 us (TMP102 1.04, BME280 1.03 measured that way),
 an artefact of the emulation a kernel driver waiting on an interrupt does not have.
-Cases: sensor read per I2C driver; USB echo ping (bulk, interrupt, control) at 8, 64 and 512 bytes.
+Cases: sensor read per I2C driver; USB echo ping (bulk, interrupt, control) at 8, 64 and 512 bytes; mass
+storage sequential and random read and write in MB/s (64 KiB commands over 1 MiB, 4 KiB commands at random
+LBAs over 256 KiB: smaller volumes than in-process, every bulk transfer here is a round trip to the emulator).
+Both storage drivers leave read data where their transfer put it (pyusb's array, the guest's buffer), as a
+driver handing blocks to a file system would; writes start from bytes on both sides.
 """
 
 from __future__ import annotations
@@ -28,16 +32,21 @@ from edgeagent.bench.harness import Case, Report
 from edgeagent.drivers import registry
 
 SENSORS = ("tmp102", "hts221", "bme280")
+STORAGE_WORKLOADS = ("sequential read", "sequential write", "random read", "random write")
 PING_SIZES = (8, 64, 512)
 KINDS = ("bulk", "interrupt", "control")
 # Calls per repetition. Every call is its own sample, alternating sides call by call: on a loaded machine a
 # preemption then spoils one sample of one side, which the median ignores, instead of skewing a whole mean.
 I2C_CALLS, USB_CALLS = 20, 10
+STORAGE_SEQ, STORAGE_RANDOM = (1 << 20, 64 << 10), (256 << 10, 4 << 10)
+STORAGE_NOTES = {"sequential": "64 KiB commands", "random": "4 KiB commands, random LBAs"}
 TARGET_RATIO = 1.03
 SPEC: dict[str, Any] = {
     "usb": [
         {"name": "echo-native", "model": "echo"},
         {"name": "echo-wasm", "model": "echo", "serial": "ECHO0002"},
+        {"name": "disk-native", "model": "storage", "size": 4 << 20},
+        {"name": "disk-wasm", "model": "storage", "size": 4 << 20, "serial": "DISK0002"},
     ],
     "i2c": [{"bus": 1, "parts": [{"model": "tmp102"}, {"model": "hts221"}, {"model": "bme280"}]}],
 }
@@ -52,7 +61,13 @@ def add_cases(report: Report, *, repeat: int) -> None:
     ):
         code = "import sys; from edgeagent.bench.drivers_emulated import child; child(sys.argv[1:])"
         proc = emu.spawn_python(
-            code, [str(registry.BUILD_DIR), str(repeat), str(emu.usb["echo-wasm"]["address"])]
+            code,
+            [
+                str(registry.BUILD_DIR),
+                str(repeat),
+                str(emu.usb["echo-wasm"]["address"]),
+                str(emu.usb["disk-wasm"]["address"]),
+            ],
         )
         results: dict[str, list[float]] = emu.result(proc, timeout=1800)
     for name in SENSORS:
@@ -87,6 +102,25 @@ def add_cases(report: Report, *, repeat: int) -> None:
                     target_is_ratio=True,
                 )
             )
+    for name in STORAGE_WORKLOADS:
+        base = report.add(
+            Case(
+                f"usb storage {name}, native (emulated, libusb)",
+                results[f"storage {name} native"],
+                unit="MB/s",
+                higher_is_better=True,
+            )
+        )
+        report.add(
+            Case(
+                f"usb storage {name}, Wasm (emulated, libusb)",
+                results[f"storage {name} wasm"],
+                unit="MB/s",
+                higher_is_better=True,
+                baseline=base.name,
+                note=STORAGE_NOTES[name.split()[0]],
+            )
+        )
 
 
 def child(argv: list[str]) -> None:
@@ -95,18 +129,20 @@ def child(argv: list[str]) -> None:
     from smbus2 import SMBus
 
     from edgeagent.bench.drivers import interleaved
+    from edgeagent.bench.drivers_usb import mbps, storage_work
     from edgeagent.drivers.native import NATIVE_DRIVERS
     from edgeagent.drivers.native.usb_echo import NativeUsbEcho
+    from edgeagent.drivers.native.usb_storage import NativeMassStorage
     from edgeagent.drivers.runner import I2cDriver
-    from edgeagent.drivers.usb_driver import UsbEchoWasm
+    from edgeagent.drivers.usb_driver import UsbEchoWasm, UsbStorageWasm
     from edgeagent.drivers.usb_session import OnlyDevices
     from edgeagent.hw.pyusb_backend import PyUsbBackend
-    from edgeagent.hw.sim import usb_echo
+    from edgeagent.hw.sim import usb_echo, usb_storage
     from edgeagent.hw.smbus2_bus import Smbus2Bus
     from edgeagent.wasm import ModuleCache, Runtime
     from edgeagent.wasm.hosts.usb import UsbGrant
 
-    build, repeat, wasm_address = Path(argv[0]), int(argv[1]), int(argv[2])
+    build, repeat, wasm_address, wasm_disk_address = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     runtime = Runtime.default()
     cache = ModuleCache(None)
     out: dict[str, list[float]] = {}
@@ -166,6 +202,30 @@ def child(argv: list[str]) -> None:
             out[f"{kind} {size} native"], out[f"{kind} {size} wasm"] = got["native"], got["wasm"]
     native_echo.close()
     wasm_echo.close()
+
+    disk = next(
+        d
+        for d in usb.core.find(
+            find_all=True, idVendor=usb_storage.VENDOR_ID, idProduct=usb_storage.PRODUCT_ID
+        )
+        if d.address != wasm_disk_address
+    )
+    native_disk = NativeMassStorage(disk)
+    wasm_disk = UsbStorageWasm(
+        cache.load_file(runtime, build / "usb_storage.wasm"),
+        runtime=runtime,
+        backend=OnlyDevices(PyUsbBackend(), lambda i: i.address == wasm_disk_address),
+        grants=[UsbGrant(usb_storage.VENDOR_ID, usb_storage.PRODUCT_ID, 0)],
+    )
+    wasm_disk.init()
+    sizes = {"seq": STORAGE_SEQ, "rnd": STORAGE_RANDOM}
+    native_work = storage_work(native_disk.read, native_disk.write, native_disk.blocks, **sizes)
+    wasm_work = storage_work(wasm_disk.read_blocks, wasm_disk.write, wasm_disk.blocks, **sizes)
+    for name in STORAGE_WORKLOADS:
+        got = mbps({"native": native_work[name], "wasm": wasm_work[name]}, max(3, repeat // 3))
+        out[f"storage {name} native"], out[f"storage {name} wasm"] = got["native"], got["wasm"]
+    native_disk.close()
+    wasm_disk.close()
     print(json.dumps(out))
 
 

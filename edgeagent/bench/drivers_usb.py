@@ -61,7 +61,7 @@ def _modules(runtime: Runtime) -> dict[str, object]:
     }
 
 
-def _mbps(fns: dict[str, Callable[[], int]], repeat: int) -> dict[str, list[float]]:
+def mbps(fns: dict[str, Callable[[], int]], repeat: int) -> dict[str, list[float]]:
     """Interleaved samples in MB/s (10^6 bytes/s) of each `fn`, which returns the bytes it moved."""
     for fn in fns.values():
         fn()
@@ -75,33 +75,41 @@ def _mbps(fns: dict[str, Callable[[], int]], repeat: int) -> dict[str, list[floa
     return out
 
 
-def _storage_work(
-    read: Callable[[int, int], object], write: Callable[[int, bytes], object], blocks: int
+def storage_work(
+    read: Callable[[int, int], object],
+    write: Callable[[int, bytes], object],
+    blocks: int,
+    *,
+    seq: tuple[int, int] = (SEQ_BYTES, SEQ_CHUNK),
+    rnd: tuple[int, int] = (RANDOM_BYTES, RANDOM_CHUNK),
 ) -> dict[str, Callable[[], int]]:
+    """The four mass-storage workloads over ``read(lba, count)``/``write(lba, data)``; each returns the bytes
+    it moved. ``seq``/``rnd`` are (total bytes, bytes per command). Same LBAs and data for every caller."""
+    (seq_bytes, seq_chunk), (rnd_bytes, rnd_chunk) = seq, rnd
     rng = random.Random(1)
-    seq_count, rnd_count = SEQ_CHUNK // BLOCK, RANDOM_CHUNK // BLOCK
-    seq_data, rnd_data = rng.randbytes(SEQ_CHUNK), rng.randbytes(RANDOM_CHUNK)
-    lbas = [rng.randrange(0, blocks - rnd_count) for _ in range(RANDOM_BYTES // RANDOM_CHUNK)]
+    seq_count, rnd_count = seq_chunk // BLOCK, rnd_chunk // BLOCK
+    seq_data, rnd_data = rng.randbytes(seq_chunk), rng.randbytes(rnd_chunk)
+    lbas = [rng.randrange(0, blocks - rnd_count) for _ in range(rnd_bytes // rnd_chunk)]
 
     def seq_read() -> int:
-        for lba in range(0, SEQ_BYTES // BLOCK, seq_count):
+        for lba in range(0, seq_bytes // BLOCK, seq_count):
             read(lba, seq_count)
-        return SEQ_BYTES
+        return seq_bytes
 
     def seq_write() -> int:
-        for lba in range(0, SEQ_BYTES // BLOCK, seq_count):
+        for lba in range(0, seq_bytes // BLOCK, seq_count):
             write(lba, seq_data)
-        return SEQ_BYTES
+        return seq_bytes
 
     def random_read() -> int:
         for lba in lbas:
             read(lba, rnd_count)
-        return RANDOM_BYTES
+        return rnd_bytes
 
     def random_write() -> int:
         for lba in lbas:
             write(lba, rnd_data)
-        return RANDOM_BYTES
+        return rnd_bytes
 
     return {
         "sequential read": seq_read,
@@ -175,10 +183,10 @@ def add_cases(report: Report, *, repeat: int) -> None:
         grants=[DISK],
     )
     wasm_disk.init()
-    native_work = _storage_work(native_disk.read, native_disk.write, native_disk.blocks)
-    wasm_work = _storage_work(wasm_disk.read_blocks, wasm_disk.write, wasm_disk.blocks)
+    native_work = storage_work(native_disk.read, native_disk.write, native_disk.blocks)
+    wasm_work = storage_work(wasm_disk.read_blocks, wasm_disk.write, wasm_disk.blocks)
     for name, fn in native_work.items():
-        got = _mbps({"native": fn, "wasm": wasm_work[name]}, max(3, repeat // 3))
+        got = mbps({"native": fn, "wasm": wasm_work[name]}, max(3, repeat // 3))
         base = report.add(
             Case(
                 f"usb storage {name}, native (pyusb on sim)",
