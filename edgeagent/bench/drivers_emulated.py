@@ -16,8 +16,9 @@ an artefact of the emulation a kernel driver waiting on an interrupt does not ha
 Cases: sensor read per I2C driver; USB echo ping (bulk, interrupt, control) at 8, 64 and 512 bytes; mass
 storage sequential and random read and write in MB/s (64 KiB commands over 1 MiB, 4 KiB commands at random
 LBAs over 256 KiB: smaller volumes than in-process, every bulk transfer here is a round trip to the emulator).
-Both storage drivers leave read data where their transfer put it (pyusb's array, the guest's buffer), as a
-driver handing blocks to a file system would; writes start from bytes on both sides.
+Reads: the native twin returns bytes (one copy out of pyusb's array), the Wasm driver leaves the blocks in its
+buffer, as a driver handing them on inside the guest would; the copy costs microseconds against milliseconds
+of transfers. Writes start from bytes on both sides.
 """
 
 from __future__ import annotations
