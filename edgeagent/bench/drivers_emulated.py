@@ -1,18 +1,22 @@
 """Emulated-device cases of `edgeagent bench drivers`: Wasm vs native via the real smbus2 and pyusb/libusb.
 
-The devices are umockdev-emulated (/dev/i2c-1 with a TMP102, an HTS221 and a BME280; two USB echo devices)
-with the simulated parts behind the kernel interfaces, so every operation crosses the real libraries, a real
-ioctl and the emulator process, like on hardware. The measurement runs in a child process under umockdev's
-preload library (``python -m edgeagent.bench.drivers_emulated BUILD_DIR REPEAT``) and prints its samples as
-JSON; native and Wasm samples are taken alternately so a load change on the machine hits both alike.
-Same kernel operations on both sides: the I2C twins issue the I2C_RDWR transactions the Wasm host issues
-(edgeagent.drivers.native.base), and both USB drivers end in libusb's synchronous transfers on usbdevfs.
-Targets: Wasm within +3% of native (the WASI-USB paper measured up to +8%).
-Scheduling is left to the kernel, as for a driver waiting on a real bus: the emulator plays the device and
-usually answers from the other CPU while the driver's CPU idles. Forcing both processes onto one CPU makes the
-emulator (a Python process) run between every ioctl and its round trips, evicting the driver's caches each
-time: the Wasm path's extra ~3 us of work then costs ~13 us (TMP102 1.04, BME280 1.03 measured that way),
-an artefact of the emulation a kernel driver waiting on an interrupt does not have.
+The devices are umockdev-emulated (/dev/i2c-1 with a TMP102, an HTS221 and a BME280; two USB echo devices
+and two mass-storage devices) with the simulated parts behind the kernel interfaces, so every operation
+crosses the real libraries, a real ioctl and the emulator process, like on hardware. The measurement runs in
+a child process under umockdev's preload library (``python -m edgeagent.bench.drivers_emulated BUILD_DIR
+REPEAT ...``) and prints its samples as JSON; native and Wasm samples are taken alternately so a load change
+on the machine hits both alike. Same kernel operations on both sides: the I2C twins issue the I2C_RDWR
+transactions the Wasm host issues (edgeagent.drivers.native.base), and both USB drivers end in libusb's
+synchronous transfers on usbdevfs. Targets: Wasm within +3% of native (the WASI-USB paper measured up to
++8%).
+Where the I2C gap comes from: each transaction blocks on ~5 socket round trips to the emulator, after which
+the reader's caches are cold, and a cold export call plus host call costs ~5 us instead of 1.4 us hot. A
+Wasm read therefore costs ~10 us more CPU per transaction than its twin here (in a hot loop without the
+emulator: 3-4 us per read); the blocking syscalls themselves cost the same inside a host call as outside
+(measured with a socket round trip in both places). Scheduling is left to the kernel, as for a driver
+waiting on a real bus. Pinning the emulator and the reader to the same CPU makes reads faster (~330 us for a
+TMP102 instead of ~540: no cross-CPU wake-ups) while the gap stays, so the ratio rises (TMP102 1.035-1.04);
+pinning them to different CPUs changes nothing measurable.
 Cases: sensor read per I2C driver; USB echo ping (bulk, interrupt, control) at 8, 64 and 512 bytes; mass
 storage sequential and random read and write in MB/s (64 KiB commands over 1 MiB, 4 KiB commands at random
 LBAs over 256 KiB: smaller volumes than in-process, every bulk transfer here is a round trip to the emulator).
