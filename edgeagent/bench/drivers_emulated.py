@@ -176,19 +176,23 @@ def child(argv: list[str]) -> None:
         out[f"{name} native"], out[f"{name} wasm"] = got["native"], got["wasm"]
         wasm.close()
 
-    dev = next(
-        d
-        for d in usb.core.find(find_all=True, idVendor=usb_echo.VENDOR_ID, idProduct=usb_echo.PRODUCT_ID)
-        if d.address != wasm_address
-    )
+    def usb_pair(driver: str, wasm_class: Any, vid: int, pid: int, wasm_at: int) -> tuple[Any, Any]:
+        """The native side's pyusb device (the one not at ``wasm_at``) and the Wasm driver, granted only the
+        device at ``wasm_at`` and initialised."""
+        native_dev = next(
+            d for d in usb.core.find(find_all=True, idVendor=vid, idProduct=pid) if d.address != wasm_at
+        )
+        wasm_driver = wasm_class(
+            cache.load_file(runtime, build / f"{driver}.wasm"),
+            runtime=runtime,
+            backend=OnlyDevices(PyUsbBackend(), lambda i: i.address == wasm_at),
+            grants=[UsbGrant(vid, pid, 0)],
+        )
+        wasm_driver.init()
+        return native_dev, wasm_driver
+
+    dev, wasm_echo = usb_pair("usb_echo", UsbEchoWasm, usb_echo.VENDOR_ID, usb_echo.PRODUCT_ID, wasm_address)
     native_echo = NativeUsbEcho(dev)
-    wasm_echo = UsbEchoWasm(
-        cache.load_file(runtime, build / "usb_echo.wasm"),
-        runtime=runtime,
-        backend=OnlyDevices(PyUsbBackend(), lambda i: i.address == wasm_address),
-        grants=[UsbGrant(usb_echo.VENDOR_ID, usb_echo.PRODUCT_ID, 0)],
-    )
-    wasm_echo.init()
     pings = {
         "bulk": native_echo.ping_bulk,
         "interrupt": native_echo.ping_interrupt,
@@ -208,21 +212,10 @@ def child(argv: list[str]) -> None:
     native_echo.close()
     wasm_echo.close()
 
-    disk = next(
-        d
-        for d in usb.core.find(
-            find_all=True, idVendor=usb_storage.VENDOR_ID, idProduct=usb_storage.PRODUCT_ID
-        )
-        if d.address != wasm_disk_address
+    disk, wasm_disk = usb_pair(
+        "usb_storage", UsbStorageWasm, usb_storage.VENDOR_ID, usb_storage.PRODUCT_ID, wasm_disk_address
     )
     native_disk = NativeMassStorage(disk)
-    wasm_disk = UsbStorageWasm(
-        cache.load_file(runtime, build / "usb_storage.wasm"),
-        runtime=runtime,
-        backend=OnlyDevices(PyUsbBackend(), lambda i: i.address == wasm_disk_address),
-        grants=[UsbGrant(usb_storage.VENDOR_ID, usb_storage.PRODUCT_ID, 0)],
-    )
-    wasm_disk.init()
     sizes = {"seq": STORAGE_SEQ, "rnd": STORAGE_RANDOM}
     native_work = storage_work(native_disk.read, native_disk.write, native_disk.blocks, **sizes)
     wasm_work = storage_work(wasm_disk.read_blocks, wasm_disk.write, wasm_disk.blocks, **sizes)
