@@ -48,8 +48,12 @@ sed -i 's|^# github.com/modern-go/reflect2 v1.0.1$|# github.com/modern-go/reflec
 sed -i 's|github.com/modern-go/reflect2 v1.0.1$|github.com/modern-go/reflect2 v1.0.2|' go.mod
 mkdir -p .go/src/k8s.io
 [ -e .go/src/k8s.io/kubernetes ] || ln -s ../../.. .go/src/k8s.io/kubernetes
-echo "building kube-apiserver + kube-controller-manager (once per machine, ~6 min)" >&2
-env GOPATH="$PWD/.go" CGO_ENABLED=0 HOME="$(mktemp -d)" \
+# Kubernetes 1.20's build expects Debian's Go 1.19; a machine may have a newer Go first on PATH (polyglot: 1.26),
+# which this tree does not build with, so Debian's toolchain is called explicitly.
+GO119=/usr/lib/go-1.19/bin
+[ -x "$GO119/go" ] || { echo "missing $GO119/go (apt: golang-go on bookworm)" >&2; exit 1; }
+echo "building kube-apiserver + kube-controller-manager with $("$GO119/go" version | cut -d' ' -f3) (once per machine, ~6 min)" >&2
+env PATH="$GO119:$PATH" GOTOOLCHAIN=local GOPATH="$PWD/.go" CGO_ENABLED=0 HOME="$(mktemp -d)" \
   make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$WORK/build.log" 2>&1 \
   || { tail -30 "$WORK/build.log" >&2; exit 1; }
 mkdir -p "$OUT.tmp"
