@@ -52,18 +52,73 @@ class TpmConfig:
 
 
 @dataclasses.dataclass
+class DriverInstance:
+    """One driver the agent service runs: a module bound to one device, read on a schedule.
+
+    ``[[drivers.instances]]`` tables; ``name`` and ``driver`` are required, ``name`` unique.
+    """
+
+    # The instance's name: metrics labels, `edgeagent status`, the local API's /v1/drivers/NAME.
+    name: str = ""
+    # A bundled driver name (`edgeagent drivers list`) or a path to a .wasm module.
+    driver: str = ""
+    # The capability grant; empty: the bundled driver's own policy (a module given by path needs one).
+    policy: Path | None = None
+    # I2C: BUS:ADDRESS (e.g. "1:0x76"); USB: VID:PID. Empty: the first the policy grants.
+    device: str = ""
+    # Seconds between two readings of a sensor (output drivers are only written to).
+    interval: float = 1.0
+    # "auto": the simulated part when the machine has no such bus or device; "true" / "false" to force.
+    sim: str = "auto"
+    # Optional JSON-lines file every reading is appended to (relative: under the state dir).
+    readings_log: Path | None = None
+
+
+@dataclasses.dataclass
 class DriversConfig:
-    """Where Wasm drivers and their policies come from."""
+    """Where Wasm drivers and their policies come from, and which ones the agent service runs."""
 
     modules_dir: Path = Path("/usr/lib/edgeagent/drivers")
     modules: list[Path] = dataclasses.field(default_factory=list)
+    instances: list[DriverInstance] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
 class ControllersConfig:
-    """Where Wasm controllers come from."""
+    """Where Wasm controllers come from and how their host runs them (`controllers run` and the agent)."""
 
     dir: Path = Path("/usr/lib/edgeagent/controllers")
+    # NAMESPACE/NAME of a ConfigMap holding manifests and modules (reloaded when it changes); empty: none.
+    configmap: str = ""
+    # The API server credential; empty: the node's kubeconfig from enrollment (enroll.kubeconfig).
+    kubeconfig: Path | None = None
+    # Snapshot idle controllers to disk and drop their instances.
+    swap: bool = True
+    # Refuse a module whose digest differs from the one `edgeagent measure` extended into the TPM.
+    verify: bool = True
+    # Threads that run controller calls.
+    workers: int = 2
+    # At most this many controllers instantiated at once (the least recently used is swapped out).
+    max_active: int = 16
+
+
+@dataclasses.dataclass
+class AgentSection:
+    """The agent service (`edgeagent agent`): what it runs and where it reports."""
+
+    # Attest with Keylime and keep the node credential. false: a device with drivers/controllers only.
+    enroll: bool = True
+    # The local API (Unix socket, HTTP/JSON): `edgeagent status` and programs on the device use it.
+    socket: Path = Path("/run/edgeagent/agent.sock")
+    # The socket is 0660 and owned by this group (if it exists); its members may read and write outputs.
+    socket_group: str = "edgeagent"
+    # The Prometheus endpoint; port 0: none. Keep it on loopback: readings are the device's data.
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9102
+    # A crashed driver, controller host or enrollment is restarted after this many seconds, doubled per
+    # consecutive failure up to restart_backoff_max.
+    restart_backoff: float = 1.0
+    restart_backoff_max: float = 60.0
 
 
 @dataclasses.dataclass
@@ -114,6 +169,7 @@ class AgentConfig:
     drivers: DriversConfig = dataclasses.field(default_factory=DriversConfig)
     controllers: ControllersConfig = dataclasses.field(default_factory=ControllersConfig)
     enroll: EnrollConfig = dataclasses.field(default_factory=EnrollConfig)
+    agent: AgentSection = dataclasses.field(default_factory=AgentSection)
     # The file this configuration was read from, if any (it is measured too).
     source: Path | None = None
 
@@ -126,9 +182,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value == "" and len(args) < len(typing.get_args(tp)):
+            return None  # an optional path left empty, e.g. `policy = ""`: not set
         return _coerce(value, args[0], where)
     if origin is list:
         (item,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item):  # an array of tables: [[section.key]]
+            if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+                raise ConfigError(f"{where}: expected an array of tables ([[...]])")
+            out = []
+            for i, table in enumerate(value):
+                obj = item()  # type: ignore[operator]  # item is a dataclass type with defaults
+                _apply(obj, table, f"{where}[{i}]")
+                out.append(obj)
+            return out
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list):
@@ -229,4 +296,38 @@ def load_config(
     _env_overrides(cfg, env)
     if overrides:
         _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    validate(cfg, str(path) if cfg.source is not None else "configuration")
     return cfg
+
+
+SIM_CHOICES = ("auto", "true", "false")
+
+
+def validate(cfg: AgentConfig, where: str) -> None:
+    """Checks what a type cannot say (required keys, unique names, ranges); ConfigError names the key."""
+    seen: set[str] = set()
+    for i, inst in enumerate(cfg.drivers.instances):
+        at = f"{where}: drivers.instances[{i}]"
+        if not inst.name:
+            raise ConfigError(f"{at}: name is required")
+        if not inst.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{at}: name {inst.name!r} may hold only letters, digits, '-' and '_'")
+        if inst.name in seen:
+            raise ConfigError(f"{at}: name {inst.name!r} is used twice")
+        seen.add(inst.name)
+        if not inst.driver:
+            raise ConfigError(f"{at} ({inst.name}): driver is required")
+        if not inst.interval > 0:
+            raise ConfigError(f"{at} ({inst.name}): interval must be > 0 seconds, got {inst.interval}")
+        if inst.sim not in SIM_CHOICES:
+            choices = ", ".join(SIM_CHOICES)
+            raise ConfigError(f"{at} ({inst.name}): sim must be one of {choices}, got {inst.sim!r}")
+    ctl = cfg.controllers
+    if ctl.configmap and ctl.configmap.count("/") != 1:
+        raise ConfigError(f"{where}: controllers.configmap must be NAMESPACE/NAME, got {ctl.configmap!r}")
+    if ctl.workers < 1 or ctl.max_active < 1:
+        raise ConfigError(f"{where}: controllers.workers and controllers.max_active must be >= 1")
+    if not 0 <= cfg.agent.metrics_port < 65536:
+        raise ConfigError(f"{where}: agent.metrics_port {cfg.agent.metrics_port} is not a TCP port (0: none)")
+    if not 0 < cfg.agent.restart_backoff <= cfg.agent.restart_backoff_max:
+        raise ConfigError(f"{where}: agent.restart_backoff must be > 0 and <= agent.restart_backoff_max")

@@ -219,7 +219,11 @@ class Enrollment:
         *,
         on_event: Callable[[StepEvent], None] | None = None,
         registrar_retry: RetryPolicy | None = None,
+        tpm: Tpm | None = None,
     ) -> None:
+        """``tpm``: an open connection the caller owns (the agent service shares its one connection: a TPM
+        without a resource manager takes one client at a time); None: opened at provision, closed by
+        close()."""
         self.config = config
         self.enroll = config.enroll
         self.state_dir = config.state_dir
@@ -232,7 +236,8 @@ class Enrollment:
         self.figures: dict[str, float] = {}
         self._stop = threading.Event()
         self._delivered = threading.Event()
-        self.tpm: Tpm | None = None
+        self.tpm: Tpm | None = tpm
+        self._owns_tpm = tpm is None
         self.server: AgentServer | None = None
         self.api: AgentApi | None = None
         self.state = EnrollState()
@@ -427,7 +432,7 @@ class Enrollment:
         if self.server is not None:
             self.server.stop()
             self.server = None
-        if self.tpm is not None:
+        if self.tpm is not None and self._owns_tpm:
             self.tpm.close()
             self.tpm = None
 
@@ -448,7 +453,8 @@ class Enrollment:
     # ------------------------------------------------------------ steps
     def _provision(self) -> tpm_identity.Identity:
         with self._timed("provision") as t:
-            self.tpm = Tpm.open(self.config.tpm_tcti)
+            if self.tpm is None:
+                self.tpm = Tpm.open(self.config.tpm_tcti)
             ident = tpm_identity.provision(self.tpm, self.state_dir, ek_type=self.config.tpm.ek_type,
                                            ak_type=self.config.tpm.ak_type)
             uuid = agent_uuid(self.enroll.uuid, ident.ek_public)

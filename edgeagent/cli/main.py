@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "edgeagent.cli.cloud",
     "edgeagent.cli.drivers",
     "edgeagent.cli.controllers",
+    "edgeagent.cli.agent",
 ]
 
 

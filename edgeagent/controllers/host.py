@@ -93,6 +93,9 @@ class HostOptions:
     restart_limit: int = 5
     restart_backoff: tuple[float, float] = (1.0, 60.0)
     restart_reset: float = 600.0
+    # Take over the snapshot a previous host left for the same module (graceful stop, or the last swap before
+    # a crash) instead of running init: the agent service's controllers keep their state across restarts.
+    resume_saved: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +351,7 @@ class Controller:
             self._schedule_idle()
             return
         self.snapshot_bytes = len(snap.memory)
+        _write_small(self.module_marker, self.sha256.encode())  # whose state this is, for a later host
         guest.close()
         self.guest = None
         self.state = State.SWAPPED
@@ -413,6 +417,17 @@ class Controller:
         if self.guest is not None:
             self.guest.close()
             self.guest = None
+
+    @property
+    def module_marker(self) -> Path:
+        """Beside the snapshot: the sha256 of the module that wrote it (a snapshot fits only its module)."""
+        return self.snapshot_path.with_name(self.snapshot_path.name + ".module")
+
+    def saved_state_fits(self) -> bool:
+        try:
+            return self.snapshot_path.is_file() and self.module_marker.read_bytes().decode() == self.sha256
+        except (OSError, UnicodeDecodeError):
+            return False
 
     # ------------------------------------------------------------------ timers (guest thread -> timer thread)
     def _set_timer(self, timer_id: int, delay: float) -> None:
@@ -503,6 +518,9 @@ class ControllerHost:
         if module is None:
             module = self._modules[digest] = self.cache.load(self.runtime, data, name=manifest.name)
         ctl = Controller(self, manifest, module, digest, origin=origin)
+        if not resume and self.options.resume_saved and self.options.swap and ctl.saved_state_fits():
+            resume = True
+            log.info("controller %s: resuming from its saved snapshot", manifest.name)
         if resume:
             ctl.resume()
         else:
@@ -566,10 +584,15 @@ class ControllerHost:
                 log.warning("not every watch has listed after %.0f s; continuing", sync_timeout)
             self.write_status()
 
-    def stop(self) -> None:
-        """Stops watches and timers, finishes queued work, drops every instance, writes the final status."""
+    def stop(self, *, save: bool = False) -> None:
+        """Stops watches and timers, finishes queued work, drops every instance, writes the final status.
+
+        ``save``: every active controller is swapped out first, so its state is on disk for the next host.
+        """
         if self.hub is not None:
             self.hub.stop()
+        if save and self.options.swap:
+            self.swap_all()
         self.timers.stop()
         for ctl in self.controllers.values():
             ctl.queue.wait_idle(timeout=5.0)
@@ -682,6 +705,16 @@ class ControllerHost:
                 os.replace(tmp, path)
             except OSError as e:
                 log.warning("cannot write %s: %s", path, e.strerror)
+
+
+def _write_small(path: Path, data: bytes) -> None:
+    """Atomic small-file write (tmp + rename); a failure is logged: the state is then merely not resumable."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot write %s: %s", path, e.strerror)
 
 
 def release_free_memory() -> None:

@@ -83,6 +83,19 @@ def collect(config: AgentConfig) -> list[Target]:
         except ValueError:
             name = str(path)
         out.append(dataclasses.replace(target, name=name))
+    # What the agent service will load is measured before it loads, once (a file also found in a measured
+    # directory keeps that directory's portable name).
+    seen = {t.path.resolve() for t in out}
+    for inst in config.drivers.instances:
+        files = []
+        if inst.driver.endswith(".wasm") or "/" in inst.driver:
+            files.append(("driver", Path(inst.driver), f"driver {inst.name}'s module"))
+        if inst.policy is not None:
+            files.append(("policies", inst.policy, f"driver {inst.name}'s policy"))
+        for component, path, what in files:
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                out.append(_required_file(component, path.resolve(), what))
     if config.controllers.dir.is_dir():
         out += _tree("controller", "controllers", config.controllers.dir)
     for extra in config.measure.extra_paths:

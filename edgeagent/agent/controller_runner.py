@@ -1,0 +1,253 @@
+"""The Wasm controllers host inside the agent, tied to the node credential.
+
+Why in the agent's process and not a child: the host's fixed cost is the Python interpreter plus wasmtime
+(~26 MiB measured for `controllers run` alone), which the agent already pays; a controller adds ~30 KiB.
+A child process would pay the fixed cost twice (figures: `edgeagent bench agent`).
+
+Thread ``controllers`` owns the host's life: it waits until the node credential exists (controllers talk to
+the API server as the attested node, so they lose access with it), starts the host, and checks once a second
+whether the credential changed (a renewal or a re-enrollment: the host restarts on the new certificate, the
+controllers' state carried over in their snapshots) or vanished (a revocation: the host stops, snapshots
+saved, until the credential is back). The host's own threads (its pool, timers, watches) are described in
+``edgeagent.controllers.host``.
+
+A reload (SIGHUP) re-reads the controllers directory and reconciles by name: new manifests are added,
+removed ones stopped, changed ones (manifest or module) restarted; unchanged ones keep running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from edgeagent.agent.backoff import Backoff
+from edgeagent.config import AgentConfig
+from edgeagent.errors import EdgeAgentError
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((str(p), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(p), 0, -1))
+    return tuple(out)
+
+
+def _manifest_digest(path: Path, module: Path) -> str:
+    h = hashlib.sha256()
+    for p in (path, module):
+        try:
+            h.update(p.read_bytes())
+        except OSError:
+            h.update(b"missing")
+    return h.hexdigest()
+
+
+class ControllersRunner:
+    def __init__(self, config: AgentConfig, *, backoff: Backoff, credential_files: list[Path]) -> None:
+        self.config = config
+        self.backoff = backoff
+        self.credential_files = credential_files
+        self.state = "starting"
+        self.last_error = ""
+        self.host: Any = None
+        self._source: Any = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loaded: dict[str, str] = {}  # controller name -> manifest+module digest
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.config.controllers.kubeconfig or self.config.enroll.kubeconfig
+
+    def configured(self) -> bool:
+        from edgeagent.controllers.manifest import manifest_paths
+
+        if self.config.controllers.configmap:
+            return True
+        try:
+            return bool(manifest_paths(self.config.controllers.dir))
+        except EdgeAgentError:
+            return False
+
+    # ------------------------------------------------------------ control (supervisor thread)
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="controllers", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stops the host with every controller's state saved to its snapshot."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.state = "stopped"
+
+    def reload(self, config: AgentConfig) -> None:
+        self.config = config
+        self._reload.set()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def restart_controller(self, name: str) -> None:
+        """Restarts one controller (a stopped one comes back too); EdgeAgentError if there is no such one."""
+        from edgeagent.errors import ControllerError
+
+        host = self.host
+        if host is None or name not in host.controllers:
+            raise ControllerError(f"no controller {name!r} is loaded")
+        ctl = host.controllers[name]
+        manifest, origin = ctl.manifest, ctl.origin
+        host.remove(name, keep_state=False)
+        host.add(manifest, origin=origin)  # a running host subscribes it: it gets every object as ADDED
+
+    # ------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._cycle()
+            except EdgeAgentError as e:
+                self.last_error = str(e)
+                log.error("controllers: %s", e)
+            except Exception as e:  # a bug: reported and restarted, never a silent dead thread
+                log.exception("controllers: internal error")
+                self.last_error = f"{type(e).__name__}: {e}"
+            finally:
+                self._stop_host()
+            if self._stop.is_set():
+                break
+            delay = self.backoff.failed()
+            self.state = "backoff"
+            self._stop.wait(delay)
+
+    def _cycle(self) -> None:
+        """Waits for the credential, runs the host until the credential changes, then returns normally."""
+        if not self.configured():
+            self.state = "none configured"
+            while not self._stop.is_set() and not self._reload.is_set():
+                self._stop.wait(1.0)
+            self._reload.clear()
+            return
+        self.state = "waiting for credential"
+        while not self.kubeconfig.is_file():
+            if self._stop.wait(0.5):
+                return
+        seen = _fingerprint([self.kubeconfig, *self.credential_files])
+        self._start_host()
+        self.backoff.started()
+        self.state = "running"
+        self.last_error = ""
+        while not self._stop.wait(1.0):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reconcile()
+            if not self.kubeconfig.is_file():
+                self.state = "waiting for credential"
+                log.warning("controllers: the node credential is gone (revoked?): stopping them, state saved")
+                return
+            if _fingerprint([self.kubeconfig, *self.credential_files]) != seen:
+                log.info("controllers: the node credential changed: restarting the host on it")
+                return
+
+    def _start_host(self) -> None:
+        from edgeagent.controllers.host import ControllerHost, HostOptions
+        from edgeagent.controllers.kubeapi import KubeApi, connect
+        from edgeagent.controllers.measured import measured_digests
+        from edgeagent.controllers.source import ConfigMapSource
+
+        cc = self.config.controllers
+        api = KubeApi(connect(self.kubeconfig))
+        host = ControllerHost(
+            api,
+            HostOptions(
+                state_dir=self.config.state_dir,
+                swap=cc.swap,
+                workers=cc.workers,
+                max_active=cc.max_active,
+                digest_for=measured_digests(self.config) if cc.verify else None,
+                resume_saved=True,
+            ),
+        )
+        self.host = host
+        self._loaded = {}
+        self._reconcile(start=False)
+        if cc.configmap:
+            ns, name = cc.configmap.split("/")
+            self._source = ConfigMapSource(host, api, ns, name)
+            self._source.load()
+        host.start(sync_timeout=10.0)
+        if self._source is not None:
+            self._source.start()
+
+    def _reconcile(self, *, start: bool = True) -> None:
+        """Directory manifests -> the host, by name (see the module docstring)."""
+        from edgeagent.controllers.manifest import load_manifest, manifest_paths
+
+        host = self.host
+        if host is None:
+            return
+        wanted: dict[str, tuple[Any, str]] = {}
+        errors: dict[str, str] = {}
+        try:
+            paths = manifest_paths(self.config.controllers.dir)
+        except EdgeAgentError as e:
+            paths, errors[str(self.config.controllers.dir)] = [], str(e)
+        for path in paths:
+            try:
+                m = load_manifest(path)
+                wanted[m.name] = (m, _manifest_digest(path, m.module))
+            except EdgeAgentError as e:
+                errors[str(path)] = str(e)
+        for name in [n for n in self._loaded if n not in wanted or wanted[n][1] != self._loaded[n]]:
+            host.remove(name, keep_state=False)
+            del self._loaded[name]
+            log.info("controllers: %s stopped (removed or changed)", name)
+        for name, (m, digest) in wanted.items():
+            if name in self._loaded:
+                continue
+            try:
+                host.add(m)
+                self._loaded[name] = digest
+                if start:
+                    log.info("controllers: %s started", name)
+            except EdgeAgentError as e:
+                errors[str(m.source)] = str(e)
+                log.error("%s", e)
+        host.set_failed_loads("dir", errors)
+
+    def _stop_host(self) -> None:
+        source, self._source = self._source, None
+        if source is not None:
+            source.stop()
+        host, self.host = self.host, None
+        if host is not None:
+            host.stop(save=True)
+
+    def status(self) -> dict[str, Any]:
+        host = self.host
+        out: dict[str, Any] = {
+            "state": self.state,
+            "last_error": self.last_error,
+            "restarts": self.backoff.restarts,
+            "kubeconfig": str(self.kubeconfig),
+        }
+        if host is not None:
+            s = host.status()
+            out.update(
+                controllers=s["controllers"],
+                failed_loads=s["failed_loads"],
+                watches=s["watches"],
+                wake_latency_s=s["wake_latency_s"][-100:],
+            )
+        else:
+            out.update(controllers=[], failed_loads=[], watches=[], wake_latency_s=[])
+        return out
