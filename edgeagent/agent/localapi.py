@@ -26,6 +26,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     routes: Routes
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request that broke its handler is logged (not printed to stderr); the server goes on."""
+        log.exception("local API: request failed")
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -70,6 +75,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("local API: " + format, *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """JSON like every other answer, with a status line even for a request that had none (HTTP/0.9)."""
+        self.close_connection = True
+        phrase = HTTPStatus(code).phrase
+        data = json.dumps({"error": message or phrase}).encode()
+        self.wfile.write(
+            f"HTTP/1.1 {code} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"Connection: close\r\n\r\n".encode() + data
+        )
 
     def _answer(self, code: int, body: dict[str, Any]) -> None:
         data = json.dumps(body, default=str).encode()

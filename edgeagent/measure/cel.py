@@ -247,15 +247,28 @@ class CelLog:
         return parse(b"".join(chunks), name=str(self.path))
 
     def append(self, records: Sequence[Record]) -> None:
-        """Appends ``records`` in one write and fsyncs: when this returns they survive a crash."""
+        """Appends ``records`` in one write and fsyncs: when this returns they survive a crash.
+
+        A write that fails part way (a full disk) is undone: the log is cut back to where it ended, so it
+        never keeps half a record for the next reader to trip over (this process holds the log's lock).
+        """
         data = "".join(r.to_json() + "\n" for r in records).encode()
         view = memoryview(data)
+        try:
+            end = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError as e:
+            raise EventLogError(f"cannot append to event log {self.path}: {e.strerror}") from None
         try:
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
             os.fsync(self._fd)
         except OSError as e:
+            try:
+                os.ftruncate(self._fd, end)
+                os.fsync(self._fd)
+            except OSError:
+                pass  # the torn tail is then detected by the next read, and left for a person to judge
             raise EventLogError(f"cannot append to event log {self.path}: {e.strerror}") from None
 
 
