@@ -1,0 +1,1 @@
+"""``edgeagent agent``: the long-running service (measure, enroll, attest, renew, drivers, controllers)."""
