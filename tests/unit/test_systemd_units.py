@@ -21,8 +21,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 HOST_UNITS = Path("/lib/systemd/system")
-# Ceilings for `systemd-analyze security --offline=yes` (0 safe .. 10 exposed); before hardening: 7.6 and 7.3.
-EXPOSURE_CEILING = {"edgeagent.service": 2.5, "edgeagent-measure.service": 1.5}
+# Ceilings for `systemd-analyze security --offline=yes` (0 safe .. 10 exposed). Before hardening 7.6 and 7.3;
+# the targets were 2.5 and 1.5; reached (systemd 252) 1.3 and 0.4. The ceilings sit just above what is reached
+# so that dropping any one directive of weight >= 0.2 fails here.
+EXPOSURE_CEILING = {"edgeagent.service": 1.4, "edgeagent-measure.service": 0.5}
 
 
 def tool(name: str) -> str:
@@ -32,8 +34,8 @@ def tool(name: str) -> str:
     return path
 
 
-def run(*cmd: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+def run(*cmd: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False)
 
 
 def make_install_files(destdir: Path, *args: str) -> None:
@@ -83,6 +85,12 @@ def test_agent_unit_keeps_what_its_function_needs() -> None:
     assert "PrivateDevices" not in d and "PrivateNetwork" not in d
     assert d["DeviceAllow"] == ["/dev/tpmrm0 rw", "char-i2c rw", "char-usb_device rw"]
     assert d["RuntimeDirectoryMode"] == ["0750"]
+
+
+def test_measure_unit_has_no_network_and_only_the_tpm() -> None:
+    d = directives("edgeagent-measure.service")
+    assert d["PrivateNetwork"] == ["yes"] and d["RestrictAddressFamilies"] == ["none"]
+    assert d["DeviceAllow"] == ["/dev/tpmrm0 rw"] and d["DevicePolicy"] == ["closed"]
 
 
 def test_wasmtime_cannot_run_under_wx() -> None:
@@ -171,14 +179,21 @@ def test_install_tree_and_modes(installed: Path) -> None:
     assert mode(wrapper) == 0o755
     assert "exec /usr/lib/edgeagent/venv/bin/python -m edgeagent.cli.main" in wrapper.read_text()
     units = installed / "usr/lib/systemd/system"
-    for name in ("edgeagent.service", "edgeagent-measure.service", "edgeagent-kubelet.path",
-                 "kubelet.service.d/edgeagent.conf"):
+    for name in (
+        "edgeagent.service",
+        "edgeagent-measure.service",
+        "edgeagent-kubelet.path",
+        "kubelet.service.d/edgeagent.conf",
+    ):
         assert mode(units / name) == 0o644, name
     assert (units / "edgeagent.service").read_text() == (UNITS / "edgeagent.service").read_text()
     for name in ("sysusers.d/edgeagent.conf", "tmpfiles.d/edgeagent.conf"):
         assert mode(installed / "usr/lib" / name) == 0o644
     drivers = sorted(p.name for p in (lib / "drivers").iterdir())
-    assert drivers == sorted(p.name for p in (REPO / "drivers/build").glob("*.wasm")) and "tmp102.wasm" in drivers
+    assert (
+        drivers == sorted(p.name for p in (REPO / "drivers/build").glob("*.wasm"))
+        and "tmp102.wasm" in drivers
+    )
     assert all(mode(p) == 0o644 for p in (lib / "drivers").iterdir())
     manifests = sorted((lib / "controllers").glob("*.toml"))
     assert manifests, "no controller manifests installed"
@@ -189,7 +204,9 @@ def test_install_tree_and_modes(installed: Path) -> None:
     assert not list((lib / "controllers").glob("probe*")), "test controllers are not installed"
     policies = installed / "etc/edgeagent/policies"
     assert mode(policies / "drivers/tmp102.toml") == 0o644
-    assert (policies / "drivers/tmp102.toml").read_text() == (REPO / "policies/drivers/tmp102.toml").read_text()
+    assert (policies / "drivers/tmp102.toml").read_text() == (
+        REPO / "policies/drivers/tmp102.toml"
+    ).read_text()
 
 
 def test_install_with_prefix(tmp_path: Path) -> None:
