@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/edgeagent
 export EDGEAGENT_CACHE := $(CACHE)
 
-.PHONY: all setup system-deps venv guests kube keylime test test-unit lint run clean
+.PHONY: all setup system-deps venv guests kube keylime test test-unit lint run clean \
+	install install-files install-python wasm
 
 all: setup
 
@@ -50,6 +51,75 @@ lint: venv
 
 run: setup
 	./scripts/run-embedded.sh
+
+# ---------------------------------------------------------------- install
+# `make install` (as root; DESTDIR for staging, PREFIX=/usr by default) puts the agent where its units and its
+# default config expect it:
+#   $(PREFIX)/lib/edgeagent/venv        the package and its PyPI deps, in a venv of the system Python 3.11:
+#                                       Debian 12's Python is externally managed (PEP 668), and apt's python3-*
+#                                       versions do not match ours (wasmtime 50, kubernetes>=29), so a private
+#                                       venv rather than `pip install --prefix` into the system site.
+#   $(PREFIX)/bin/edgeagent             a wrapper running `python -m edgeagent.cli.main` in that venv (the venv
+#                                       is built under DESTDIR and moved: only its console scripts would carry
+#                                       the staging path, and the wrapper does not use them)
+#   $(PREFIX)/lib/edgeagent/drivers     drivers/build/*.wasm        (config drivers.modules_dir)
+#   $(PREFIX)/lib/edgeagent/controllers controllers/build/*.wasm + manifests, module = "<name>.wasm"
+#   $(UNITDIR)                          systemd/*.service, *.path; kubelet.service.d/edgeagent.conf
+#   $(PREFIX)/lib/{sysusers,tmpfiles}.d edgeagent.conf
+#   /etc/edgeagent/agent.toml           etc/agent.toml, only if absent (never overwrites a site config)
+#   /etc/edgeagent/policies             policies/, file by file, only those absent (site edits survive)
+# `install-files` is everything but the venv (fast, offline: what the tests run); `install-python` the venv
+# (needs PyPI). Afterwards: systemd-sysusers; systemd-tmpfiles --create; systemctl daemon-reload.
+PREFIX ?= /usr
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib/edgeagent
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+PIP_INSTALL_FLAGS ?= --no-cache-dir --quiet
+CONFIG_SRC ?= etc/agent.toml
+CONFDIR := $(SYSCONFDIR)/edgeagent
+UNITS := $(wildcard systemd/*.service systemd/*.path)
+CONTROLLER_MANIFESTS := $(filter-out controllers/testing/%,$(wildcard controllers/*/*.toml))
+
+install: install-files install-python
+
+wasm:
+	$(MAKE) -C drivers
+	$(MAKE) -C controllers
+
+install-files: wasm
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/drivers $(DESTDIR)$(LIBDIR)/controllers \
+		$(DESTDIR)$(UNITDIR)/kubelet.service.d $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
+		$(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/policies
+	printf '#!/bin/sh\n# edgeagent, installed by make install: the package lives in its own venv.\nexec %s -m edgeagent.cli.main "$$@"\n' \
+		'$(LIBDIR)/venv/bin/python' > $(DESTDIR)$(BINDIR)/edgeagent
+	chmod 0755 $(DESTDIR)$(BINDIR)/edgeagent
+	install -m 0644 drivers/build/*.wasm $(DESTDIR)$(LIBDIR)/drivers/
+	install -m 0644 $(filter-out controllers/build/testing%,$(wildcard controllers/build/*.wasm)) \
+		$(DESTDIR)$(LIBDIR)/controllers/
+	for m in $(CONTROLLER_MANIFESTS); do \
+		sed -E 's|^module = "([^"]*/)?([^"/]+)"|module = "\2"|' $$m > $(DESTDIR)$(LIBDIR)/controllers/$$(basename $$m) && \
+		chmod 0644 $(DESTDIR)$(LIBDIR)/controllers/$$(basename $$m) || exit 1; \
+	done
+	for u in $(UNITS); do \
+		sed 's|/usr/bin/edgeagent|$(BINDIR)/edgeagent|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u) && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u) || exit 1; \
+	done
+	install -m 0644 systemd/edgeagent-kubelet.conf $(DESTDIR)$(UNITDIR)/kubelet.service.d/edgeagent.conf
+	install -m 0644 systemd/edgeagent.sysusers $(DESTDIR)$(SYSUSERSDIR)/edgeagent.conf
+	install -m 0644 systemd/edgeagent.tmpfiles $(DESTDIR)$(TMPFILESDIR)/edgeagent.conf
+	if [ -f $(CONFIG_SRC) ] && [ ! -e $(DESTDIR)$(CONFDIR)/agent.toml ]; then \
+		install -m 0644 $(CONFIG_SRC) $(DESTDIR)$(CONFDIR)/agent.toml; fi
+	cd policies && find . -type d -exec install -d -m 0755 $(DESTDIR)$(CONFDIR)/policies/{} \; && \
+		find . -type f -exec sh -c '[ -e "$$1/$$2" ] || install -m 0644 "$$2" "$$1/$$2"' _ $(DESTDIR)$(CONFDIR)/policies {} \;
+
+install-python:
+	install -d -m 0755 $(DESTDIR)$(LIBDIR)
+	$(PY_SYSTEM) -m venv --clear $(DESTDIR)$(LIBDIR)/venv
+	$(DESTDIR)$(LIBDIR)/venv/bin/python -m pip install $(PIP_INSTALL_FLAGS) .
 
 clean:
 	$(MAKE) -C drivers clean

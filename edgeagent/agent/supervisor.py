@@ -88,6 +88,12 @@ class Supervisor:
         self._wake = threading.Event()
         self._status_line = ""
         self.reload_error = ""
+        try:
+            interval = sdnotify.watchdog_interval()  # half systemd's WatchdogSec
+        except sdnotify.NotifyError as e:
+            log.warning("%s: no watchdog pings", e)
+            interval = None
+        self._tick_seconds = min(1.0, interval / 2) if interval else 1.0
 
     # ------------------------------------------------------------ signals -> flags (main thread)
     def request_stop(self) -> None:
@@ -117,8 +123,7 @@ class Supervisor:
             self._start()
             while not self._stop.is_set():
                 self._tick()
-                interval = sdnotify.watchdog_interval()
-                self._wake.wait(min(1.0, interval / 3) if interval else 1.0)
+                self._wake.wait(self._tick_seconds)
                 self._wake.clear()
                 if self._reload.is_set() and not self._stop.is_set():
                     self._reload.clear()
@@ -166,7 +171,7 @@ class Supervisor:
                 if self._reload.is_set():
                     self._reload.clear()  # nothing else is loaded yet: the next start reads the new config
         self.ready.set()
-        sdnotify.ready()
+        self._sd(sdnotify.ready)
         for inst in cfg.drivers.instances:
             self._start_driver(inst)
         self.controllers = ControllersRunner(
@@ -218,12 +223,19 @@ class Supervisor:
         if self.controllers is not None and not self.controllers.alive() and not self._stop.is_set():
             self.controllers.start()
         self._notify_status(self.summary())
-        sdnotify.watchdog()
+        self._sd(sdnotify.watchdog)
+
+    def _sd(self, fn: Callable[..., bool], *args: Any) -> None:
+        """systemd notify; a failed send is logged, never fatal (the service manager may be restarting)."""
+        try:
+            fn(*args)
+        except sdnotify.NotifyError as e:
+            log.warning("%s", e)
 
     def _notify_status(self, line: str) -> None:
         if line != self._status_line:
             self._status_line = line
-            sdnotify.status(line)
+            self._sd(sdnotify.status, line)
 
     def summary(self) -> str:
         parts = [
@@ -242,14 +254,14 @@ class Supervisor:
 
     # ------------------------------------------------------------ reload (main thread)
     def reload(self) -> None:
-        sdnotify.reloading()
+        self._sd(sdnotify.reloading)
         try:
             new = self._reload_config()
             self._measure(new)  # before anything it names is loaded
         except EdgeAgentError as e:
             self.reload_error = str(e)
             log.error("reload refused, the running configuration stays: %s", e)
-            sdnotify.ready()
+            self._sd(sdnotify.ready)
             return
         old, self.config = self.config, new
         self.reload_error = ""
@@ -273,7 +285,7 @@ class Supervisor:
                 log.info("reload: driver %s started", name)
         if self.controllers is not None:
             self.controllers.reload(new)
-        sdnotify.ready()
+        self._sd(sdnotify.ready)
         log.info("reloaded %s", new.source or "the configuration")
 
     def _driver_files_changed(self, worker: DriverWorker) -> bool:
@@ -334,7 +346,7 @@ class Supervisor:
     # ------------------------------------------------------------ stop (main thread)
     def shutdown(self) -> None:
         """Graceful stop, in reverse start order; safe to call twice."""
-        sdnotify.stopping()
+        self._sd(sdnotify.stopping)
         if self.controllers is not None:
             self.controllers.stop()
         for worker in self.drivers.values():

@@ -74,7 +74,9 @@ class NotifyListener:
 
 
 class AgentProcess:
-    def __init__(self, config: Path, tcti: str, socket_path: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, tcti: str, socket_path: Path, *, env: dict[str, str] | None = None
+    ) -> None:
         self.config = config
         self.tcti = tcti
         self.socket = socket_path
@@ -89,7 +91,11 @@ class AgentProcess:
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
                 [str(EDGEAGENT), "--config", str(self.config), "--tpm", self.tcti, "agent"],
-                stdout=out, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                start_new_session=True,
             )
         if wait_ready:
             self.wait_ready(timeout=timeout)
@@ -130,13 +136,24 @@ class AgentProcess:
         try:
             return wait_for(check, timeout=timeout, what=what)
         except AssertionError as e:
-            raise AssertionError(f"{e}; last status: {last}\nagent output:\n{self.output()[-3000:]}") from None
+            raise AssertionError(
+                f"{e}; last status: {last}\nagent output:\n{self.output()[-3000:]}"
+            ) from None
 
     def driver(self, s: dict[str, Any], name: str) -> dict[str, Any]:
         """The named driver's status; an empty one (no readings, no errors) while it is not listed yet."""
-        return next((d for d in s["drivers"] if d["name"] == name),
-                    {"name": name, "state": "absent", "readings": 0, "errors": 0, "restarts": 0,
-                     "last_error": "", "latest": None})
+        return next(
+            (d for d in s["drivers"] if d["name"] == name),
+            {
+                "name": name,
+                "state": "absent",
+                "readings": 0,
+                "errors": 0,
+                "restarts": 0,
+                "last_error": "",
+                "latest": None,
+            },
+        )
 
     def send(self, sig: int) -> None:
         assert self.proc is not None

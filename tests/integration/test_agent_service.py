@@ -84,16 +84,24 @@ def agent_factory(tmp_path: Path, fresh_swtpm, wasm_build):
 
 def cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEAGENT_")}
-    return subprocess.run([str(EDGEAGENT), "--config", str(tmp_path / "agent.toml"), *args],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [str(EDGEAGENT), "--config", str(tmp_path / "agent.toml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_drivers_read_through_the_agent_and_status_metrics_and_outputs_show_it(agent_factory, tmp_path):
     port = procs.free_port()
     agent = agent_factory(base_config(tmp_path, metrics_port=port)).start()
-    s = agent.wait_status(lambda s: len(s["drivers"]) == 3 and all(
-        d["readings"] >= 2 for d in s["drivers"] if d["name"] != "lcd"),
-                          what="two readings from each sensor")
+    s = agent.wait_status(
+        lambda s: (
+            len(s["drivers"]) == 3 and all(d["readings"] >= 2 for d in s["drivers"] if d["name"] != "lcd")
+        ),
+        what="two readings from each sensor",
+    )
     climate = agent.driver(s, "climate")
     assert climate["state"] == "running" and climate["device"] == "sim:/dev/i2c-1:0x76"
     assert climate["latest"]["values"]["temperature"] == pytest.approx(21.5, abs=0.05)
@@ -113,7 +121,8 @@ def test_drivers_read_through_the_agent_and_status_metrics_and_outputs_show_it(a
     # writing to a sensor or to no driver: one line, non-zero, the agent keeps going
     p = cli("output", "climate", "x", tmp_path=tmp_path)
     assert p.returncode != 0 and p.stderr.strip() == (
-        "edgeagent: error: driver climate is a sensor driver: it takes no output")
+        "edgeagent: error: driver climate is a sensor driver: it takes no output"
+    )
     p = cli("output", "nope", "x", tmp_path=tmp_path)
     assert p.returncode != 0 and p.stderr.strip() == "edgeagent: error: no driver instance 'nope'"
     # Prometheus: readings as gauges labelled by driver, channel and unit; phase states
@@ -161,17 +170,26 @@ def test_sighup_measures_first_then_adds_removes_and_restarts_only_what_changed(
     text = text.replace('name = "climate"\ndriver = "bme280"', 'name = "humid"\ndriver = "hts221"')
     cfg.write_text(text)
     agent.send(signal.SIGHUP)
-    s = agent.wait_status(lambda s: s["measure"]["reloads"] == 1 and any(
-        d["name"] == "humid" and d["readings"] > 0 for d in s["drivers"]), what="the reload")
+    s = agent.wait_status(
+        lambda s: (
+            s["measure"]["reloads"] == 1
+            and any(d["name"] == "humid" and d["readings"] > 0 for d in s["drivers"])
+        ),
+        what="the reload",
+    )
     assert {d["name"] for d in s["drivers"]} == {"humid", "temp", "lcd"}
     # "temp" was neither stopped nor restarted: the same worker goes on counting
-    s = agent.wait_status(lambda s: agent.driver(s, "temp")["readings"] > before["readings"] + 2,
-                          what="temp to go on reading")
+    s = agent.wait_status(
+        lambda s: agent.driver(s, "temp")["readings"] > before["readings"] + 2, what="temp to go on reading"
+    )
     assert agent.driver(s, "temp")["restarts"] == 0
     # the new config was measured (its new digest logged) before the new driver could load
     records = cel.read_log(tmp_path / "state" / "measurements.cel.jsonl")
-    config_digests = [r.content.get("sha256") for r in records
-                      if r.kind == cel.FILE and r.content.get("path") == str(cfg.resolve())]
+    config_digests = [
+        r.content.get("sha256")
+        for r in records
+        if r.kind == cel.FILE and r.content.get("path") == str(cfg.resolve())
+    ]
     import hashlib
 
     assert config_digests[-1] == hashlib.sha256(cfg.read_bytes()).hexdigest()
@@ -199,20 +217,26 @@ def test_a_trapping_driver_backs_off_a_tampered_module_is_refused_and_a_reload_m
     module = tmp_path / "drivers" / "tmp102.wasm"
     shutil.copyfile(wasm_build / "tests" / "looping_driver.wasm", module)
     agent.start()
-    s = agent.wait_status(lambda s: agent.driver(s, "custom")["restarts"] >= 2, timeout=60,
-                          what="the looping driver to be stopped and restarted twice")
+    s = agent.wait_status(
+        lambda s: agent.driver(s, "custom")["restarts"] >= 2,
+        timeout=60,
+        what="the looping driver to be stopped and restarted twice",
+    )
     assert "compute limit" in agent.driver(s, "custom")["last_error"]
     assert agent.driver(s, "climate")["state"] == "running"  # the rest runs
     # the module is replaced on disk without a reload: its next start is refused (not what was measured)
     shutil.copyfile(wasm_build / "tmp102.wasm", module)
     s = agent.wait_status(
         lambda s: "does not match its measured digest" in agent.driver(s, "custom")["last_error"],
-        timeout=60, what="the changed module to be refused")
+        timeout=60,
+        what="the changed module to be refused",
+    )
     assert agent.driver(s, "climate")["state"] == "running"
     # a reload measures the new module into PCR 23 first, then it loads and reads
     agent.send(signal.SIGHUP)
-    s = agent.wait_status(lambda s: agent.driver(s, "custom")["readings"] > 0, timeout=60,
-                          what="the measured module to read")
+    s = agent.wait_status(
+        lambda s: agent.driver(s, "custom")["readings"] > 0, timeout=60, what="the measured module to read"
+    )
     assert agent.driver(s, "custom")["latest"]["values"]["temperature"] == pytest.approx(23.5, abs=0.1)
 
 
@@ -237,7 +261,9 @@ def test_status_without_an_agent_is_one_line(tmp_path):
     (tmp_path / "agent.toml").write_text("")
     p = cli("status", "--socket", str(tmp_path / "none.sock"), tmp_path=tmp_path)
     assert p.returncode == 69
-    assert p.stderr.strip() == f"edgeagent: error: no agent is running (no socket at {tmp_path / 'none.sock'})"
+    assert (
+        p.stderr.strip() == f"edgeagent: error: no agent is running (no socket at {tmp_path / 'none.sock'})"
+    )
     stale = tmp_path / "stale.sock"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(stale))
@@ -266,7 +292,7 @@ def _raw(path: Path, data: bytes) -> bytes:
         (b"DELETE /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
         (b"POST /v1/drivers/lcd/write HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{nope", b"400"),
         (b"POST /v1/drivers/lcd/write HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]", b"400"),
-        (b"POST /v1/drivers/lcd/write HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\n{\"text\": 42}", b"400"),
+        (b'POST /v1/drivers/lcd/write HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\n{"text": 42}', b"400"),
         (b"POST /v1/drivers/lcd/write HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", b"413"),
         (b"POST /v1/drivers/lcd/write HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", b"400"),
         (b"POST /v1/controllers/none/restart HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", b"409"),
@@ -283,7 +309,9 @@ def test_malformed_local_api_requests_get_4xx_and_the_agent_keeps_serving(
 
 
 def test_bad_config_at_start_is_one_line_naming_the_key(agent_factory, tmp_path):
-    agent = agent_factory(base_config(tmp_path) + '\n[[drivers.instances]]\nname = "temp"\ndriver = "tmp102"\n')
+    agent = agent_factory(
+        base_config(tmp_path) + '\n[[drivers.instances]]\nname = "temp"\ndriver = "tmp102"\n'
+    )
     # the duplicate name is in an array of tables after [agent]: TOML puts it under drivers.instances
     p = cli("agent", tmp_path=tmp_path)
     assert p.returncode == 78, p.stderr
@@ -315,8 +343,11 @@ def test_a_full_state_dir_fails_in_one_line_and_loses_nothing(agent_factory, tmp
         agent = agent_factory()
         agent.start(wait_ready=False)
         assert agent.proc is not None
-        wait_for(lambda: agent.proc.poll() is not None or agent.try_status(), timeout=60,
-                 what="the agent to start or fail")
+        wait_for(
+            lambda: agent.proc.poll() is not None or agent.try_status(),
+            timeout=60,
+            what="the agent to start or fail",
+        )
         if agent.proc.poll() is None:
             # it fit: fill the rest, then a reload that must log a new measurement cannot
             try:
