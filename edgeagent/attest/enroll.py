@@ -539,6 +539,10 @@ class Enrollment:
             return
         payload.store(self._payload_dir, delivery.payload)
         self._store_revocation_cert(delivery.payload)
+        with self._credential_lock:
+            # Join material sent after a revocation is the cloud side's answer to a device attested again:
+            # the revocation (perhaps re-sent by the verifier while it still judged the old state) is over.
+            self.revoked.clear()
         self._delivered.set()
 
     def _store_revocation_cert(self, data: bytes) -> None:
