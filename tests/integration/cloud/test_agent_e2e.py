@@ -128,45 +128,67 @@ restart_backoff_max = 2.0
         # the cluster side as an operator sets it up: the Node (as a kubelet registers it), the EdgeNode
         # pinning this device's EK, and the ConfigMap the device's controller mirrors into Node labels
         core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=name)))
-        crd.EdgeNodes(admin).create(name, crd.EdgeNodeSpec(
-            agent_uuid=agent_uuid, ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
-            agent_address=f"127.0.0.1:{port}"))
+        crd.EdgeNodes(admin).create(
+            name,
+            crd.EdgeNodeSpec(
+                agent_uuid=agent_uuid,
+                ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
+                agent_address=f"127.0.0.1:{port}",
+            ),
+        )
         try:
             core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
         except k8s.exceptions.ApiException as e:
             if e.status != 409:
                 raise
         labels_cm = f"labels-{name}"
-        core.create_namespaced_config_map(NAMESPACE, k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(name=labels_cm, labels={"edgeagent.io/node-labels": "true"}),
-            data={"zone": "lab"}))
+        core.create_namespaced_config_map(
+            NAMESPACE,
+            k8s.V1ConfigMap(
+                metadata=k8s.V1ObjectMeta(name=labels_cm, labels={"edgeagent.io/node-labels": "true"}),
+                data={"zone": "lab"},
+            ),
+        )
 
         agent = AgentProcess(cfg, tpm.tcti, tmp_path / "agent.sock")
         agent.start(timeout=60)
-        s = agent.wait_status(lambda s: s["attestation"]["credential_expiry"], timeout=120,
-                              what="the node credential")
+        s = agent.wait_status(
+            lambda s: s["attestation"]["credential_expiry"], timeout=120, what="the node credential"
+        )
         ak_name = s["attestation"]["ak_name"]
         assert s["attestation"]["phase"] == "serving" and s["attestation"]["node_name"] == name
         assert 0 < s["attestation"]["credential_seconds_left"] <= 3600
         assert agent.driver(s, "climate")["state"] in ("running", "starting")
         wait_edgenode(admin, name, lambda en: en.phase == "Enrolled", what="to be enrolled")
         # the controller runs as the attested node and labels it; a change wakes it again
-        procs.wait_for(lambda: _labels(core, name) == {"device.edgeagent.io/zone": "lab"}, timeout=60,
-                       what="the node-labeler to label the Node")
-        agent.wait_status(lambda s: any(c["name"] == "node-labeler" and c["swaps"] >= 1
-                                        for c in s["controllers"]["controllers"]),
-                          what="the controller to sleep on disk")
+        procs.wait_for(
+            lambda: _labels(core, name) == {"device.edgeagent.io/zone": "lab"},
+            timeout=60,
+            what="the node-labeler to label the Node",
+        )
+        agent.wait_status(
+            lambda s: any(
+                c["name"] == "node-labeler" and c["swaps"] >= 1 for c in s["controllers"]["controllers"]
+            ),
+            what="the controller to sleep on disk",
+        )
         core.patch_namespaced_config_map(labels_cm, NAMESPACE, {"data": {"zone": "lab", "rack": "r7"}})
-        procs.wait_for(lambda: _labels(core, name).get("device.edgeagent.io/rack") == "r7", timeout=30,
-                       what="the woken controller to add the new label")
+        procs.wait_for(
+            lambda: _labels(core, name).get("device.edgeagent.io/rack") == "r7",
+            timeout=30,
+            what="the woken controller to add the new label",
+        )
         s = agent.wait_status(lambda s: s["controllers"]["controllers"][0]["wakes"] >= 1, what="a wake")
         assert agent.driver(s, "climate")["readings"] > 0
 
         # tamper: a measured file changes; the reload measures it into PCR 23 before anything else
         app_conf.write_text("mode = debug\n")
         agent.send(signal.SIGHUP)
-        s = agent.wait_status(lambda s: s["attestation"]["revoked"], timeout=60,
-                              what="the verifier's revocation to drop the credential")
+        s = agent.wait_status(
+            lambda s: s["attestation"]["revoked"],
+            timeout=60,
+            what="the verifier's revocation to drop the credential",
+        )
         assert s["attestation"]["credential_expiry"] is None
         assert not (tmp_path / "kubelet" / "kubeconfig").exists()
         en = wait_edgenode(admin, name, lambda en: en.phase == "Unattested", what="to be unattested")
@@ -174,8 +196,10 @@ restart_backoff_max = 2.0
         node = core.read_node(name)
         assert node.spec.unschedulable is True
         assert any(t.key == "edgeagent.io/unattested" and t.effect == "NoExecute" for t in node.spec.taints)
-        agent.wait_status(lambda s: s["controllers"]["state"] == "waiting for credential",
-                          what="the controllers to stop without a credential")
+        agent.wait_status(
+            lambda s: s["controllers"]["state"] == "waiting for credential",
+            what="the controllers to stop without a credential",
+        )
         assert agent.driver(agent.status(), "climate")["state"] == "running"  # drivers go on
 
         # restore and reboot: the file as attested, PCRs from zero (a restarted swtpm), the same AK
@@ -185,16 +209,23 @@ restart_backoff_max = 2.0
         tpm.start()
         agent.tcti = tpm.tcti
         agent.start(timeout=60)
-        s = agent.wait_status(lambda s: s["attestation"]["credential_expiry"] and not s["attestation"]["revoked"],
-                              timeout=120, what="a new credential after the restore")
+        s = agent.wait_status(
+            lambda s: s["attestation"]["credential_expiry"] and not s["attestation"]["revoked"],
+            timeout=120,
+            what="a new credential after the restore",
+        )
         assert s["attestation"]["ak_name"] == ak_name
         wait_edgenode(admin, name, lambda en: en.status.get("attested") is True, what="to be attested again")
-        procs.wait_for(lambda: not core.read_node(name).spec.unschedulable, timeout=30,
-                       what="the Node to be uncordoned")
+        procs.wait_for(
+            lambda: not core.read_node(name).spec.unschedulable, timeout=30, what="the Node to be uncordoned"
+        )
         agent.wait_status(lambda s: s["controllers"]["state"] == "running", what="the controllers back")
         core.patch_namespaced_config_map(labels_cm, NAMESPACE, {"data": {"rack": "r8"}})
-        procs.wait_for(lambda: _labels(core, name).get("device.edgeagent.io/rack") == "r8", timeout=30,
-                       what="the controller, resumed from its snapshot, to act again")
+        procs.wait_for(
+            lambda: _labels(core, name).get("device.edgeagent.io/rack") == "r8",
+            timeout=30,
+            what="the controller, resumed from its snapshot, to act again",
+        )
 
         # SIGKILL while serving: ready again, same AK, the same certificate kept (nothing re-enrolled)
         cert = (tmp_path / "state" / "node").glob("*.crt")
