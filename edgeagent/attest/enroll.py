@@ -73,7 +73,7 @@ from typing import Any
 
 from cryptography import x509
 
-from edgeagent.attest import kubecsr, nk, nodekey, payload, protocol, tls
+from edgeagent.attest import kubecsr, nk, nodekey, payload, tls
 from edgeagent.attest.registrar import RegistrarClient, RetryPolicy
 from edgeagent.attest.secrets import read_private, write_private
 from edgeagent.attest.server import AgentApi, AgentServer
@@ -87,6 +87,8 @@ from edgeagent.errors import (
     ProtocolError,
     StateError,
 )
+from edgeagent.protocol import keylime as protocol
+from edgeagent.protocol import nodebinding
 from edgeagent.tpm import identity as tpm_identity
 from edgeagent.tpm.connection import Tpm
 
@@ -407,7 +409,7 @@ class Enrollment:
         binding = nodekey.tpm_binding(self.tpm, self.ident, agent_uuid=self.state.uuid,
                                       public_key=key.public_key())
         name = nodekey.csr_name(self.state.node_name)
-        body = nodekey.csr_body(name=name, csr_pem=nodekey.build_csr(key, self.state.node_name),
+        body = nodebinding.csr_body(name=name, csr_pem=nodekey.build_csr(key, self.state.node_name),
                                 binding=binding, expiration_seconds=self.enroll.certificate_seconds)
         cluster = kubecsr.Cluster(api_server, ca_path, cert_file=self.cert_path, key_file=key_path)
         kubecsr.submit(cluster, body)
@@ -672,7 +674,7 @@ class Enrollment:
                     binding = nodekey.tpm_binding(self.tpm, ident, agent_uuid=self.state.uuid,
                                                   public_key=key.public_key())
                     name = nodekey.csr_name(node)
-                    body = nodekey.csr_body(name=name, csr_pem=nodekey.build_csr(key, node),
+                    body = nodebinding.csr_body(name=name, csr_pem=nodekey.build_csr(key, node),
                                             binding=binding,
                                             expiration_seconds=self.enroll.certificate_seconds)
                     self.state.csr_name = self._retrying("csr", "CSR creation",

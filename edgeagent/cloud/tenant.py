@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import protocol
 from edgeagent.cloud.keylime import Http, KeylimeTls, RegistrarAgent
 from edgeagent.errors import AttestationError, QuoteVerificationError
+from edgeagent.protocol import keylime as protocol
 from edgeagent.tpm.quote import Quote, verify_quote
 
 AGENT_API_VERSIONS: tuple[str, ...] = ("2.1", "2.2", "2.3", "2.4", "2.5")

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import protocol
 from edgeagent.attest.registrar import RegistrarClient, RetryPolicy
 from edgeagent.errors import PeerUnreachable, RegistrationError
+from edgeagent.protocol import keylime as protocol
 from edgeagent.tpm import Identity, Tpm, provision
 from tests.fixtures import procs
 from tests.fixtures.keylime import Keylime

@@ -22,10 +22,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import enroll, kubecsr, nodekey, payload, protocol
+from edgeagent.attest import enroll, kubecsr, nodekey, payload
 from edgeagent.attest.secrets import write_private
 from edgeagent.config import load_config
 from edgeagent.errors import ClusterError
+from edgeagent.protocol import keylime as protocol
 
 UUID = "agent-1"
 NODE = "edge-1"

@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import enroll, payload, protocol
+from edgeagent.attest import enroll, payload
 from edgeagent.attest.secrets import write_private
 from edgeagent.cloud import tenant
 from edgeagent.config import load_config
 from edgeagent.errors import ProtocolError
+from edgeagent.protocol import keylime as protocol
 
 
 def _cert(key: object, *, not_before: dt.datetime, not_after: dt.datetime) -> bytes:
