@@ -135,6 +135,7 @@ def child(argv: list[str]) -> None:
 
     from edgeagent.bench.drivers import interleaved
     from edgeagent.bench.drivers_usb import mbps, storage_work
+    from edgeagent.drivers.hosts.usb import UsbGrant
     from edgeagent.drivers.native import NATIVE_DRIVERS
     from edgeagent.drivers.native.usb_echo import NativeUsbEcho
     from edgeagent.drivers.native.usb_storage import NativeMassStorage
@@ -145,7 +146,6 @@ def child(argv: list[str]) -> None:
     from edgeagent.hw.sim import usb_echo, usb_storage
     from edgeagent.hw.smbus2_bus import Smbus2Bus
     from edgeagent.wasm import ModuleCache, Runtime
-    from edgeagent.wasm.hosts.usb import UsbGrant
 
     build, repeat, wasm_address, wasm_disk_address = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     runtime = Runtime.default()

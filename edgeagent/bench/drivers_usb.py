@@ -24,6 +24,7 @@ from edgeagent.bench.drivers import interleaved
 from edgeagent.bench.harness import Case, Report
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
+from edgeagent.drivers.hosts.usb import UsbGrant
 from edgeagent.drivers.native.usb_echo import NativeUsbEcho
 from edgeagent.drivers.native.usb_storage import NativeMassStorage
 from edgeagent.drivers.usb_driver import UsbEchoWasm, UsbStorageWasm
@@ -33,7 +34,6 @@ from edgeagent.hw.sim.usb_echo import EchoDevice
 from edgeagent.hw.sim.usb_pyusb import SimPyusbBackend
 from edgeagent.hw.sim.usb_storage import MassStorageDevice
 from edgeagent.wasm import ModuleCache, Runtime
-from edgeagent.wasm.hosts.usb import UsbGrant
 
 PING_SIZES = (8, 64, 512)
 KINDS = ("bulk", "interrupt", "control")

@@ -12,12 +12,12 @@ from collections.abc import Iterable
 
 import wasmtime
 
+from edgeagent.drivers.hosts.usb import UsbGrant, UsbHost
 from edgeagent.errors import AccessDenied, DriverError, EdgeAgentError, HardwareError
 from edgeagent.hw import usb
 from edgeagent.wasm.engine import Limits, Runtime
 from edgeagent.wasm.guest import Guest
 from edgeagent.wasm.hosts.log import LogHost
-from edgeagent.wasm.hosts.usb import UsbGrant, UsbHost
 
 ABI_VERSION = 1
 REQUIRED_EXPORTS = ("memory", "ea_abi_version", "ea_usb_driver", "init")

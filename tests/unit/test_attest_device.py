@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from edgeagent import certs
 from edgeagent.attest import enroll, nk, nodekey, payload
 from edgeagent.attest.secrets import write_private
 from edgeagent.attest.server import AgentApi
@@ -119,16 +120,9 @@ def test_payload_dir_falls_back_to_the_state_dir(tmp_path: Path) -> None:
 
 
 def _ca_pem() -> str:
-    import datetime as dt
+    from cryptography.hazmat.primitives import serialization
 
-    from cryptography.hazmat.primitives import hashes, serialization
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    cert = certs.build("ca", signer=ec.generate_private_key(ec.SECP256R1()), ca=True)
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from edgeagent import certs
 from edgeagent.attest import enroll, kubecsr, nodekey, payload
 from edgeagent.attest.secrets import write_private
 from edgeagent.config import load_config
@@ -33,12 +32,7 @@ NODE = "edge-1"
 
 
 def _cert(*, lifetime: dt.timedelta = dt.timedelta(hours=1)) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NODE)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + lifetime).sign(key, hashes.SHA256()))
+    cert = certs.build(NODE, signer=ec.generate_private_key(ec.SECP256R1()), lifetime=lifetime)
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
