@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edgeagent.attest import kubecsr, nk, nodekey, payload, tls
 from edgeagent.attest.registrar import RegistrarClient, RetryPolicy
@@ -603,8 +604,9 @@ class Enrollment:
         if material.revocation_cert is None or self.enroll.revocation_cert is not None:
             return  # a configured certificate wins over one sent by the cloud side
         write_private(self.agent_dir / REVOCATION_CERT_FILE, material.revocation_cert)
-        if self.api is not None:
-            self.api.revocation_key = x509.load_pem_x509_certificate(material.revocation_cert).public_key()
+        key = x509.load_pem_x509_certificate(material.revocation_cert).public_key()
+        if self.api is not None and isinstance(key, rsa.RSAPublicKey):  # parse_join_material refuses others
+            self.api.revocation_key = key
 
     def _attest(self) -> tuple[payload.JoinMaterial | None, int]:
         """The join material (None: the credential is already issued) and the revocation count when the

@@ -40,12 +40,12 @@ def load_or_create(directory: Path) -> ec.EllipticCurvePrivateKey:
         write_private(path, private_pem(key))
         return key
     try:
-        key = serialization.load_pem_private_key(raw, password=None)
+        loaded = serialization.load_pem_private_key(raw, password=None)
     except ValueError:
         raise StateError(f"{path} is not a PEM private key") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey) or loaded.curve.name != "secp256r1":
         raise StateError(f"{path} is not an EC P-256 key")
-    return key
+    return loaded
 
 
 def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

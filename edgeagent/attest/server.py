@@ -342,7 +342,7 @@ class AgentServer(ThreadingHTTPServer):
             return
         try:
             conn.settimeout(_Handler.timeout)
-            self.RequestHandlerClass(conn, client_address, self)
+            _Handler(conn, client_address, self)
         finally:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)

@@ -27,6 +27,7 @@ of transfers. Writes start from bytes on both sides.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
@@ -203,8 +204,8 @@ def child(argv: list[str]) -> None:
             payload = bytes(i & 0xFF for i in range(size))
             got = interleaved(
                 {
-                    "native": lambda p=payload, k=kind: pings[k](p),
-                    "wasm": lambda s=size, k=kind: wasm_echo.ping(k, s),
+                    "native": functools.partial(pings[kind], payload),
+                    "wasm": functools.partial(wasm_echo.ping, kind, size),
                 },
                 repeat=repeat * USB_CALLS,
             )
