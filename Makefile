@@ -40,6 +40,8 @@ keylime: .stamps/system-deps
 
 test: setup kube keylime
 	$(VENV)/bin/ruff check edgeagent tests
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy edgeagent
 	$(PY) -m pytest -q
 
 test-unit: setup
@@ -48,6 +50,8 @@ test-unit: setup
 lint: venv
 	$(VENV)/bin/ruff check edgeagent tests
 	$(VENV)/bin/ruff format --check edgeagent tests
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy edgeagent
 
 run: setup
 	./scripts/run-embedded.sh

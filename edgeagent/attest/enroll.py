@@ -36,6 +36,24 @@ again unless the credential is already issued), reuses a recorded CSR, and skips
 that has not expired is stored. The AK, NK, TLS and node keys are persisted, so a SIGKILL at any point
 followed by a restart completes with the same identities. The state file is written atomically
 after every step.
+
+Threads while `enroll` runs, and what each owns:
+
+    main thread      the caller of `run` / `enroll_steps` / `serve` (the CLI's, or a test's thread): drives
+                     the steps, the renewals and the waits; it alone writes the node certificate, the CA file
+                     and the kubeconfig, always under ``_credential_lock`` and only if no revocation came
+                     since the payload it used was read. Signal handlers (SIGTERM, SIGINT) run here and only
+                     call `stop()`.
+    keylime-agent-api  the agent API server's accept loop (`AgentServer.start`); it owns nothing of ours.
+    request threads  one per verifier / tenant connection (``ThreadingHTTPServer``): quotes (the TPM
+                     connection serialises them with the main thread's binding quotes), the U and V shares
+                     (`_on_delivery`: stores the payload and the revocation certificate, sets ``_delivered``)
+                     and revocations (`_on_revocation`: deletes the certificate, the kubeconfig and the
+                     payload, counts the revocation, under ``_credential_lock``).
+    any thread       `stop()` sets an event; nothing else.
+
+``_credential_lock`` (re-entrant) guards the credential files and `EnrollState`: every save of
+``enroll.json`` happens under it, so a request thread's save cannot interleave with the main thread's.
 """
 
 from __future__ import annotations
@@ -54,8 +72,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edgeagent.attest import kubecsr, nk, nodekey, payload, protocol, tls
+from edgeagent.attest import kubecsr, nk, nodekey, payload, tls
 from edgeagent.attest.registrar import RegistrarClient, RetryPolicy
 from edgeagent.attest.secrets import read_private, write_private
 from edgeagent.attest.server import AgentApi, AgentServer
@@ -69,6 +88,8 @@ from edgeagent.errors import (
     ProtocolError,
     StateError,
 )
+from edgeagent.protocol import keylime as protocol
+from edgeagent.protocol import nodebinding
 from edgeagent.tpm import identity as tpm_identity
 from edgeagent.tpm.connection import Tpm
 
@@ -83,6 +104,9 @@ CERT_FILE = "node.crt"
 CA_FILE = "cluster-ca.crt"
 REVOCATION_CERT_FILE = "revocation.crt"
 RENEW_RETRY_MAX = 300.0
+RENEW_WAIT_MIN = 0.5
+"""Least wait between two looks at the certificate in `serve`, whatever the configuration says, so the loop
+cannot spin (a zero ``renew_retry``, a renewal already due, a credential a revocation made unusable)."""
 
 
 # ---------------------------------------------------------------- persisted state
@@ -127,9 +151,13 @@ class EnrollState:
         }
 
 
+class CredentialRevoked(AttestationError):
+    """A revocation for this agent came while its certificate was being obtained: nothing was stored."""
+
+
 @dataclasses.dataclass(frozen=True)
 class StepEvent:
-    """Progress for views: ``status`` is start | done | skipped | waiting | retry."""
+    """Progress for views: ``status`` is start | done | skipped | waiting | retry | revoked."""
 
     step: str
     status: str
@@ -250,6 +278,9 @@ class Enrollment:
         self.last_renewal_error: str | None = None
         self.revoked = threading.Event()
         """Set when a verified revocation for this agent dropped the node credential."""
+        self._revocations = 0
+        """Verified revocations for this agent so far (under ``_credential_lock``): a certificate obtained
+        with a payload read before the latest one is discarded."""
 
     # ------------------------------------------------------------ control
     def stop(self) -> None:
@@ -264,7 +295,16 @@ class Enrollment:
             self.on_event(event)
 
     def _save(self) -> None:
-        self.state.save(self.state_path)
+        with self._credential_lock:  # request threads save too (revocation): one writer at a time
+            self.state.save(self.state_path)
+
+    def _finish(self, step: str, seconds: float, detail: str) -> None:
+        """Records a finished step in the state file and reports it."""
+        self.figures[step] = seconds
+        with self._credential_lock:
+            self.state.record(step, seconds, detail)
+            self._save()
+        self._emit(step, "done", seconds, detail)
 
     def _wait(self, seconds: float) -> None:
         if self._stop.wait(seconds):
@@ -290,6 +330,8 @@ class Enrollment:
         """Enrolls (resuming where a previous run stopped); serves afterwards unless ``once``."""
         try:
             result = self.enroll_steps()
+            if once and result.kubeconfig is None and self.revoked.is_set():
+                raise AttestationError("revoked during enrollment: the certificate was discarded")
             if not once:
                 self.serve()
             return result
@@ -305,8 +347,11 @@ class Enrollment:
         self.ident = ident
         self._measure()
         self._register(ident)
-        material = self._attest()
-        self._credential(ident, material)
+        material, revocations = self._attest()
+        try:
+            self._credential(ident, material, revocations=revocations)
+        except CredentialRevoked as e:  # serve() enrolls again with the next payload
+            self._emit("certificate", "revoked", detail=str(e))
         self.figures["total"] = time.monotonic() - t_start
         return self._result(ident)
 
@@ -314,29 +359,31 @@ class Enrollment:
         """Keeps answering the verifier until `stop()`, renewing the node certificate while attested."""
         address = f"{self.enroll.agent_host}:{self.server.port if self.server else '-'}"
         self._emit("serve", "waiting", detail=f"serving attestation on {address}")
-        retry = self.enroll.renew_retry
+        floor = max(self.enroll.renew_retry, RENEW_WAIT_MIN)
+        retry = floor
         last_attempt = -float("inf")
         if self.state.api_server is None:  # enrolled by a version that did not record it
             self.state.api_server = _kubeconfig_server(self.enroll.kubeconfig)
         while not self._stop.is_set():
             cert = read_private(self.cert_path)
-            if cert is None or self.state.api_server is None:
-                self._await_new_payload()
+            if cert is None or self.state.api_server is None or self.revoked.is_set():
+                self._await_new_payload()  # waits up to 0.5 s for a delivery
                 continue
             try:
                 due = renewal_due(cert, self.cert_path.stat().st_mtime, self.enroll.renew_fraction)
             except (ValueError, OSError):
                 due = 0.0
-            # never sooner than `renew_retry` after the last attempt: a tiny fraction cannot spin
-            wait = max(due - time.time(), last_attempt + self.enroll.renew_retry - time.monotonic(), 0.0)
-            if self._stop.wait(min(wait, 1.0)):  # wakes up to notice a revocation or a new payload
-                return
-            if wait > 1.0 or self.revoked.is_set() or not self.cert_path.exists():
+            # never sooner than `floor` after the last attempt: a tiny fraction cannot spin
+            wait = max(due - time.time(), last_attempt + floor - time.monotonic())
+            if wait > 0:
+                # wakes up at least every second to notice a revocation or a new payload
+                if self._stop.wait(min(max(wait, RENEW_WAIT_MIN), 1.0)):
+                    return
                 continue
             last_attempt = time.monotonic()
             try:
                 self.renew()
-                retry = self.enroll.renew_retry
+                retry = floor
             except (EdgeAgentError, ClusterError) as e:
                 self.renewal_failures += 1
                 self.last_renewal_error = str(e)
@@ -362,19 +409,21 @@ class Enrollment:
         if ca_pem is None:
             raise StateError(f"{ca_path} is missing; enroll again")
         t0 = time.monotonic()
+        with self._credential_lock:
+            revocations = self._revocations
         key = nodekey.load_or_create(self.node_dir)
         binding = nodekey.tpm_binding(self.tpm, self.ident, agent_uuid=self.state.uuid,
                                       public_key=key.public_key())
         name = nodekey.csr_name(self.state.node_name)
-        body = nodekey.csr_body(name=name, csr_pem=nodekey.build_csr(key, self.state.node_name),
+        body = nodebinding.csr_body(name=name, csr_pem=nodekey.build_csr(key, self.state.node_name),
                                 binding=binding, expiration_seconds=self.enroll.certificate_seconds)
         cluster = kubecsr.Cluster(api_server, ca_path, cert_file=self.cert_path, key_file=key_path)
         kubecsr.submit(cluster, body)
         cert = kubecsr.wait_certificate(cluster, name, timeout=self.enroll.certificate_timeout,
                                         sleep=self._wait)
         with self._credential_lock:
-            if self.revoked.is_set():
-                raise AttestationError(f"revoked while CSR {name} was pending; certificate discarded")
+            if self.revoked.is_set() or self._revocations != revocations:
+                raise CredentialRevoked(f"revoked while CSR {name} was pending; certificate discarded")
             write_private(self.cert_path, cert)
             kubecsr.write_kubelet_kubeconfig(self.enroll.kubeconfig, api_server=api_server, ca_pem=ca_pem,
                                              cert_file=self.cert_path, key_file=key_path,
@@ -389,18 +438,27 @@ class Enrollment:
         """No credential (dropped on revocation): the next payload's join material enrolls the key again."""
         if not self._delivered.wait(0.5) or self._stop.is_set():
             return
-        assert self.ident is not None and self._payload_dir is not None
-        data = payload.stored(self._payload_dir)
+        assert self.ident is not None
+        data, revocations = self._stored_payload()
         self._delivered.clear()
         if data is None:
             return
         try:
             material = self._parse_material(data)
             self.revoked.clear()
-            self._credential(self.ident, material)
+            self._credential(self.ident, material, revocations=revocations)
         except (EdgeAgentError, ClusterError) as e:
             log.warning("re-enrollment with the new payload failed: %s", e)
-            self.state.steps.pop("csr", None)  # a new payload brings a new token: make a new CSR
+            with self._credential_lock:
+                self.state.steps.pop("csr", None)  # a new payload brings a new token: make a new CSR
+
+    def _stored_payload(self) -> tuple[bytes | None, int]:
+        """The stored payload and the revocations counted when it was read (atomically: a revocation
+        deletes the payload under the same lock), so a credential it yields can be checked against later
+        revocations."""
+        assert self._payload_dir is not None
+        with self._credential_lock:
+            return payload.stored(self._payload_dir), self._revocations
 
     # ------------------------------------------------------------ revocation
     def _on_revocation(self, rev: protocol.Revocation) -> None:
@@ -411,6 +469,7 @@ class Enrollment:
             return
         with self._credential_lock:
             self.revoked.set()
+            self._revocations += 1
             dropped = []
             for path in (self.cert_path, self.enroll.kubeconfig):
                 try:
@@ -555,19 +614,22 @@ class Enrollment:
         if material.revocation_cert is None or self.enroll.revocation_cert is not None:
             return  # a configured certificate wins over one sent by the cloud side
         write_private(self.agent_dir / REVOCATION_CERT_FILE, material.revocation_cert)
-        if self.api is not None:
-            self.api.revocation_key = x509.load_pem_x509_certificate(material.revocation_cert).public_key()
+        key = x509.load_pem_x509_certificate(material.revocation_cert).public_key()
+        if self.api is not None and isinstance(key, rsa.RSAPublicKey):  # parse_join_material refuses others
+            self.api.revocation_key = key
 
-    def _attest(self) -> payload.JoinMaterial | None:
+    def _attest(self) -> tuple[payload.JoinMaterial | None, int]:
+        """The join material (None: the credential is already issued) and the revocation count when the
+        payload was read (see `_stored_payload`)."""
         assert self._payload_dir is not None
         cert_ok = _certificate_valid(self.node_dir / CERT_FILE)
         if cert_ok and "kubeconfig" in self.state.steps:
             self._emit("attest", "skipped", detail="node credential already issued")
-            return None
-        data = payload.stored(self._payload_dir)
+            return None, self._revocations
+        data, revocations = self._stored_payload()
         if data is not None:  # delivered before (perhaps just before a kill that kept it unrecorded)
             self._emit("attest", "skipped", detail="payload already delivered")
-            return self._parse_material(data)
+            return self._parse_material(data), revocations
         with self._timed("attest") as t:
             self._emit("attest", "waiting",
                        detail=f"agent API on {self.enroll.agent_host}:{self.enroll.agent_port}; "
@@ -580,7 +642,7 @@ class Enrollment:
                 if deadline is not None and time.monotonic() > deadline:
                     raise AttestationError(
                         f"no payload within {timeout:.0f} s: is the agent added to the Keylime verifier?")
-            data = payload.stored(self._payload_dir)
+            data, revocations = self._stored_payload()
             if data is None:
                 raise StateError(f"payload vanished from {self._payload_dir}")
             assert self.api is not None
@@ -588,7 +650,7 @@ class Enrollment:
                 self.figures["first_quote"] = self.api.first_quote_at - self._server_started
             t.detail = f"payload delivered ({len(data)} bytes) after {self.api.quotes_served} quotes"
             material = self._parse_material(data)
-        return material
+        return material, revocations
 
     def _parse_material(self, data: bytes) -> payload.JoinMaterial:
         material = payload.parse_join_material(data)
@@ -597,19 +659,24 @@ class Enrollment:
                 f"payload is for node {material.node_name!r}, this is {self.state.node_name!r}")
         return material
 
-    def _credential(self, ident: tpm_identity.Identity, material: payload.JoinMaterial | None) -> None:
+    def _credential(self, ident: tpm_identity.Identity, material: payload.JoinMaterial | None, *,
+                    revocations: int) -> None:
+        """CSR -> certificate -> kubeconfig; raises CredentialRevoked (and keeps nothing) when a revocation
+        came after the payload was read (``revocations`` is the count then): the revocation wins."""
         cert_path, key_path = self.node_dir / CERT_FILE, self.node_dir / nodekey.KEY_FILE
         if material is None:
             for step in ("csr", "certificate", "kubeconfig"):
                 self._emit(step, "skipped", detail="node credential already issued")
             return
         assert self.tpm is not None and self.state.uuid is not None and self.state.node_name is not None
+        node = self.state.node_name
         ca_path = kubecsr.write_ca(self.node_dir / CA_FILE, material.ca_cert)
         self.state.api_server = material.api_server
         cluster = kubecsr.Cluster(material.api_server, ca_path, token=material.bootstrap_token)
         if _certificate_valid(cert_path) and "certificate" in self.state.steps:
             self._emit("csr", "skipped", detail="certificate already issued")
             self._emit("certificate", "skipped", detail=str(cert_path))
+            cert = None
         else:
             if self.state.csr_name is not None and "csr" in self.state.steps:
                 self._emit("csr", "skipped", detail=f"CSR {self.state.csr_name} already created")
@@ -618,28 +685,40 @@ class Enrollment:
                     key = nodekey.load_or_create(self.node_dir)
                     binding = nodekey.tpm_binding(self.tpm, ident, agent_uuid=self.state.uuid,
                                                   public_key=key.public_key())
-                    name = nodekey.csr_name(self.state.node_name)
-                    body = nodekey.csr_body(name=name, csr_pem=nodekey.build_csr(key, self.state.node_name),
+                    name = nodekey.csr_name(node)
+                    body = nodebinding.csr_body(name=name, csr_pem=nodekey.build_csr(key, node),
                                             binding=binding,
                                             expiration_seconds=self.enroll.certificate_seconds)
                     self.state.csr_name = self._retrying("csr", "CSR creation",
                                                          lambda: kubecsr.submit(cluster, body))
-                    t.detail = f"CSR {name} for system:node:{self.state.node_name}"
-            with self._timed("certificate") as t:
-                name = self.state.csr_name
-                assert name is not None
-                self._emit("certificate", "waiting",
-                           detail=f"waiting for CSR {name} to be approved and signed")
-                cert = self._retrying("certificate", "certificate", lambda: kubecsr.wait_certificate(
-                    cluster, name, timeout=self.enroll.certificate_timeout, sleep=self._wait))
-                with self._credential_lock:
-                    write_private(cert_path, cert)
-                t.detail = f"certificate in {cert_path}"
-        with self._timed("kubeconfig") as t:
+                    t.detail = f"CSR {name} for system:node:{node}"
+            name = self.state.csr_name
+            assert name is not None
+            self._emit("certificate", "start")
+            self._emit("certificate", "waiting", detail=f"waiting for CSR {name} to be approved and signed")
+            t0 = time.monotonic()
+            cert = self._retrying("certificate", "certificate", lambda: kubecsr.wait_certificate(
+                cluster, name, timeout=self.enroll.certificate_timeout, sleep=self._wait))
+            cert_seconds = time.monotonic() - t0
+        # The certificate and the kubeconfig are written and recorded under the lock a revocation takes,
+        # after checking none came since the payload was read: either the revocation deletes them after
+        # they are written, or they are never written.
+        with self._credential_lock:
+            if self._revocations != revocations:
+                self.state.csr_name = None  # its bootstrap token is spent: the next payload makes a new CSR
+                self.state.steps.pop("csr", None)
+                self._save()
+                raise CredentialRevoked("revoked while the node credential was being obtained; nothing "
+                                        "stored, waiting for a new payload")
+            if cert is not None:
+                write_private(cert_path, cert)
+                self._finish("certificate", cert_seconds, f"certificate in {cert_path}")
+            t0 = time.monotonic()
+            self._emit("kubeconfig", "start")
             kubecsr.write_kubelet_kubeconfig(self.enroll.kubeconfig, api_server=material.api_server,
                                              ca_pem=material.ca_cert, cert_file=cert_path, key_file=key_path,
-                                             node_name=self.state.node_name)
-            t.detail = str(self.enroll.kubeconfig)
+                                             node_name=node)
+            self._finish("kubeconfig", time.monotonic() - t0, str(self.enroll.kubeconfig))
 
 
 class _Timer:
@@ -661,8 +740,4 @@ class _Timer:
             if isinstance(exc, EdgeAgentError | ClusterError):
                 log.info("enroll %s failed: %s", self.step, exc)
             return
-        seconds = time.monotonic() - self.t0
-        self.run.figures[self.step] = seconds
-        self.run.state.record(self.step, seconds, self.detail)
-        self.run._save()
-        self.run._emit(self.step, "done", seconds, self.detail)
+        self.run._finish(self.step, time.monotonic() - self.t0, self.detail)

@@ -47,9 +47,9 @@ def load_or_create(directory: Path) -> AgentKey:
         ))
         return _wrap(key)
     try:
-        key = serialization.load_pem_private_key(raw, password=None)
+        loaded = serialization.load_pem_private_key(raw, password=None)
     except ValueError:
         raise StateError(f"{path} is not a PEM private key; remove it to make a new NK") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
+    if not isinstance(loaded, rsa.RSAPrivateKey):
         raise StateError(f"{path} is not an RSA key")
-    return _wrap(key)
+    return _wrap(loaded)

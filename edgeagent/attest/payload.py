@@ -26,9 +26,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edgeagent.attest import protocol
 from edgeagent.attest.secrets import read_private, write_private
 from edgeagent.errors import KeyDerivationError, ProtocolError, StateError
+from edgeagent.protocol import keylime as protocol
 
 PAYLOAD_FILE = "payload"
 MAX_SHARES = 8

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgeagent.attest import protocol
 from edgeagent.errors import PeerUnreachable, ProtocolError, RegistrationError
+from edgeagent.protocol import keylime as protocol
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from edgeagent.errors import StateError
 
 
 def write_private(path: Path, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` with mode 0600, atomically; raises StateError naming the path."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Writes ``data`` to ``path`` with mode 0600, atomically; raises StateError naming the path.
+
+    The temporary file has a unique name (`tempfile.mkstemp`, which creates it 0600), so two writers of the
+    same path never share one: the last rename wins with a whole file, never a mix or a missing one.
+    """
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
         try:
-            os.fchmod(fd, 0o600)  # an old tmp file left by a crash may have kept other bits
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -31,8 +36,9 @@ def write_private(path: Path, data: bytes) -> Path:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise StateError(f"cannot write {path}: {e.strerror}") from None
     return path
 

@@ -41,10 +41,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edgeagent.attest import protocol
 from edgeagent.attest.nk import AgentKey
 from edgeagent.attest.payload import KeyShares
 from edgeagent.errors import AttestationError, EdgeAgentError, ProtocolError, TpmError
+from edgeagent.protocol import keylime as protocol
 from edgeagent.tpm.connection import Tpm
 from edgeagent.tpm.identity import Identity
 from edgeagent.tpm.quote import Quote
@@ -342,7 +342,7 @@ class AgentServer(ThreadingHTTPServer):
             return
         try:
             conn.settimeout(_Handler.timeout)
-            self.RequestHandlerClass(conn, client_address, self)
+            _Handler(conn, client_address, self)
         finally:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)

@@ -16,10 +16,11 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgeagent import certs
 from edgeagent.attest.secrets import read_private, write_private
 from edgeagent.errors import ConfigError, StateError
 
@@ -58,20 +59,8 @@ def load_or_create(directory: Path, *, uuid: str, host: str) -> ServerIdentity:
         if all(n in san for n in _names(host)) and subject and subject[0].value == uuid:
             return ServerIdentity(cert_path, key_path, cert_raw.decode("ascii"))
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uuid)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.SubjectAlternativeName(_names(host)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert = certs.build(uuid, signer=key, lifetime=dt.timedelta(days=CERT_DAYS), ca=False,
+                       extensions=[(x509.SubjectAlternativeName(_names(host)), False)])
     write_private(key_path, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ))

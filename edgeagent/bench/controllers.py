@@ -22,6 +22,7 @@ installed into the benchmark's cluster, as in the paper.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -378,9 +379,7 @@ def measure_variant(
     last_round = time.time()
     for r in range(rounds):
         if variant == "a":
-            _wait(
-                lambda since=last_round: asleep(running, since), 60, "every controller to swap out", running
-            )
+            _wait(functools.partial(asleep, running, last_round), 60, "every controller to swap out", running)
         else:
             time.sleep(0.2)
         nonce = f"{variant}-{uuid.uuid4().hex[:12]}-{r}"
@@ -401,7 +400,7 @@ def measure_variant(
         round_times.append(time.perf_counter() - t0)
         last_round = time.time()
     if variant == "a":
-        _wait(lambda since=last_round: asleep(running, since), 60, "every controller to swap out", running)
+        _wait(functools.partial(asleep, running, last_round), 60, "every controller to swap out", running)
     else:
         time.sleep(1.0)
     memory = []

@@ -35,7 +35,7 @@ from pathlib import Path
 from edgeagent.bench.harness import Case, Report, timeit
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
-from edgeagent.drivers.native import NATIVE_DRIVERS
+from edgeagent.drivers.native import NATIVE_DRIVERS, NativeDriver
 from edgeagent.drivers.native.simbus import SimSMBus
 from edgeagent.drivers.runner import I2cDriver
 from edgeagent.errors import DriverError
@@ -92,7 +92,7 @@ def _wasm_driver(
     )
 
 
-def _native_driver(name: str):  # type: ignore[no-untyped-def]
+def _native_driver(name: str) -> NativeDriver:
     bus, addr = _sim(name)
     drv = NATIVE_DRIVERS[name](SimSMBus(bus), addr, sleep=_no_sleep)
     drv.init()

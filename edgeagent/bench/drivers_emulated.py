@@ -27,6 +27,7 @@ of transfers. Writes start from bytes on both sides.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
@@ -135,6 +136,7 @@ def child(argv: list[str]) -> None:
 
     from edgeagent.bench.drivers import interleaved
     from edgeagent.bench.drivers_usb import mbps, storage_work
+    from edgeagent.drivers.hosts.usb import UsbGrant
     from edgeagent.drivers.native import NATIVE_DRIVERS
     from edgeagent.drivers.native.usb_echo import NativeUsbEcho
     from edgeagent.drivers.native.usb_storage import NativeMassStorage
@@ -145,7 +147,6 @@ def child(argv: list[str]) -> None:
     from edgeagent.hw.sim import usb_echo, usb_storage
     from edgeagent.hw.smbus2_bus import Smbus2Bus
     from edgeagent.wasm import ModuleCache, Runtime
-    from edgeagent.wasm.hosts.usb import UsbGrant
 
     build, repeat, wasm_address, wasm_disk_address = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     runtime = Runtime.default()
@@ -203,8 +204,8 @@ def child(argv: list[str]) -> None:
             payload = bytes(i & 0xFF for i in range(size))
             got = interleaved(
                 {
-                    "native": lambda p=payload, k=kind: pings[k](p),
-                    "wasm": lambda s=size, k=kind: wasm_echo.ping(k, s),
+                    "native": functools.partial(pings[kind], payload),
+                    "wasm": functools.partial(wasm_echo.ping, kind, size),
                 },
                 repeat=repeat * USB_CALLS,
             )

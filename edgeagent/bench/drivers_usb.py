@@ -16,14 +16,18 @@ and write in MB/s (64 KiB sequential commands over 4 MiB, 4 KiB random commands 
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
+
+import wasmtime
 
 from edgeagent.bench.drivers import interleaved
 from edgeagent.bench.harness import Case, Report
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
+from edgeagent.drivers.hosts.usb import UsbGrant
 from edgeagent.drivers.native.usb_echo import NativeUsbEcho
 from edgeagent.drivers.native.usb_storage import NativeMassStorage
 from edgeagent.drivers.usb_driver import UsbEchoWasm, UsbStorageWasm
@@ -33,7 +37,6 @@ from edgeagent.hw.sim.usb_echo import EchoDevice
 from edgeagent.hw.sim.usb_pyusb import SimPyusbBackend
 from edgeagent.hw.sim.usb_storage import MassStorageDevice
 from edgeagent.wasm import ModuleCache, Runtime
-from edgeagent.wasm.hosts.usb import UsbGrant
 
 PING_SIZES = (8, 64, 512)
 KINDS = ("bulk", "interrupt", "control")
@@ -52,7 +55,7 @@ def _bus() -> SimUsbBus:
     return bus
 
 
-def _modules(runtime: Runtime) -> dict[str, object]:
+def _modules(runtime: Runtime) -> dict[str, wasmtime.Module]:
     cache = ModuleCache(None)
     config = AgentConfig()
     return {
@@ -125,14 +128,14 @@ def add_cases(report: Report, *, repeat: int) -> None:
     native_echo = NativeUsbEcho.find(backend=SimPyusbBackend(_bus()))
     wasm_echo = UsbEchoWasm(
         modules["usb_echo"],
-        runtime=runtime,  # type: ignore[arg-type]
+        runtime=runtime,
         backend=PyUsbBackend(SimPyusbBackend(_bus())),
         grants=[ECHO],
     )
     direct_echo = UsbEchoWasm(
         modules["usb_echo"],
         runtime=runtime,
-        backend=_bus(),  # type: ignore[arg-type]
+        backend=_bus(),
         grants=[ECHO],
     )
     wasm_echo.init()
@@ -147,9 +150,9 @@ def add_cases(report: Report, *, repeat: int) -> None:
             payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
             got = interleaved(
                 {
-                    "native": lambda p=payload, k=kind: native_ping[k](p),
-                    "wasm": lambda s=size, k=kind: wasm_echo.ping(k, s),
-                    "direct": lambda s=size, k=kind: direct_echo.ping(k, s),
+                    "native": functools.partial(native_ping[kind], payload),
+                    "wasm": functools.partial(wasm_echo.ping, kind, size),
+                    "direct": functools.partial(direct_echo.ping, kind, size),
                 },
                 repeat=repeat,
                 inner=100,
@@ -178,7 +181,7 @@ def add_cases(report: Report, *, repeat: int) -> None:
     native_disk = NativeMassStorage.find(backend=SimPyusbBackend(_bus()))
     wasm_disk = UsbStorageWasm(
         modules["usb_storage"],
-        runtime=runtime,  # type: ignore[arg-type]
+        runtime=runtime,
         backend=PyUsbBackend(SimPyusbBackend(_bus())),
         grants=[DISK],
     )

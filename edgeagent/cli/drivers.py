@@ -28,7 +28,7 @@ def _reading_dict(session: DriverSession | UsbSession, text: str | None) -> dict
     drv.write(text)
     out: dict[str, Any] = {"driver": drv.name, "time": time.time(), "written": text}
     model = getattr(session.bus, "models", {}).get(session.device.address)
-    if session.sim and hasattr(model, "lines"):
+    if session.sim and model is not None and hasattr(model, "lines"):
         out["display"] = model.lines()
     return out
 
@@ -152,8 +152,13 @@ def run_driver(
 
 
 class _Null:
+    """Stands in for `Live` when the rows are printed one by one."""
+
     def __enter__(self) -> _Null:
         return self
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        pass
 
     def __exit__(self, *exc: object) -> None:
         pass
@@ -165,7 +170,7 @@ def list_drivers(
 ) -> None:
     """The bundled drivers: what they drive, the interfaces they import, their module and policy."""
     cfg = state(ctx).config
-    out = []
+    out: list[dict[str, Any]] = []
     for info in registry.all_drivers():
         try:
             module: str | None = str(registry.module_path(info, cfg))

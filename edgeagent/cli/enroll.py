@@ -16,12 +16,13 @@ from rich.table import Table
 from edgeagent.cli import render
 from edgeagent.cli.context import state
 from edgeagent.config import AgentConfig
-from edgeagent.errors import ConfigError
+from edgeagent.errors import AttestationError, ConfigError
 
 if TYPE_CHECKING:  # the enrollment pulls in the Kubernetes client: imported when the command runs
     from edgeagent.attest import enroll
 
-_STATUS_STYLE = {"start": "yellow", "waiting": "cyan", "retry": "magenta", "done": "green", "skipped": "dim"}
+_STATUS_STYLE = {"start": "yellow", "waiting": "cyan", "retry": "magenta", "done": "green", "skipped": "dim",
+                 "revoked": "red"}
 
 
 class _Progress:
@@ -119,6 +120,8 @@ def enroll_command(
             with Live(progress.table(), console=render.console, refresh_per_second=8) as live:
                 progress.live = live
                 res = run.enroll_steps()
+        if once and res.kubeconfig is None and run.revoked.is_set():
+            raise AttestationError("revoked during enrollment: the certificate was discarded")
         if json_:
             render.print_json(_result_dict(res))
         else:

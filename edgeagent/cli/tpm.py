@@ -138,7 +138,7 @@ def quote_cmd(
         ident = identity.provision(tpm, cfg.state_dir, ek_type=cfg.tpm.ek_type, ak_type=cfg.tpm.ak_type)
         quote = tpm.quote(ident, data, indices, bank)
     verify_quote(quote, ident.ak_public, data)  # raises QuoteVerificationError: nothing unverified is printed
-    out = {
+    out: dict[str, Any] = {
         "nonce": text,
         "bank": bank,
         "pcrs": {str(i): v.hex() for i, v in sorted(quote.pcr_values.items())},

@@ -166,13 +166,15 @@ def install(api: k8s.ApiClient, *, timeout: float = 30.0) -> None:
     body = definition()
     try:
         try:
-            ext.create_custom_resource_definition(body)
+            # The client sends a dict body as it is; its annotations name only the model class.
+            ext.create_custom_resource_definition(body)  # type: ignore[arg-type]
         except ApiException as e:
             if e.status != 409:
                 raise
             current = ext.read_custom_resource_definition(NAME)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(NAME, body)
+            meta = current.metadata
+            body["metadata"]["resourceVersion"] = meta.resource_version if meta else None
+            ext.replace_custom_resource_definition(NAME, body)  # type: ignore[arg-type]  # a dict, as above
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             crd = ext.read_custom_resource_definition(NAME)
@@ -284,6 +286,8 @@ class EdgeNodes:
             if e.status == 404:
                 return None
             raise ClusterError(f"cannot read EdgeNode {name}: {e.status} {e.reason}") from None
+        if not isinstance(obj, dict):
+            raise ClusterError(f"EdgeNode {name}: the API server answered with a {type(obj).__name__}")
         return EdgeNode.from_json(obj)
 
     def list(self) -> tuple[list[EdgeNode], str]:

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import nodekey
 from edgeagent.cloud.crd import EdgeNode
 from edgeagent.cloud.ekcheck import EkRejected
 from edgeagent.cloud.keylime import RegistrarAgent, VerifierAgent
 from edgeagent.errors import QuoteVerificationError
+from edgeagent.protocol import nodebinding
 from edgeagent.tpm.quote import Quote, verify_quote
 
-KUBELET_SIGNER = nodekey.KUBELET_SIGNER
+KUBELET_SIGNER = nodebinding.KUBELET_SIGNER
 ALLOWED_USAGES = frozenset({"digital signature", "key encipherment", "client auth"})
 NODE_PREFIX = "system:node:"
 _NONCE_RE = re.compile(r"^[0-9]{10}[A-Za-z0-9]{10}$")
@@ -146,7 +146,7 @@ class Approver:
             "AttestedDeviceKey",
             f"{edgenode.name} is attested by Keylime and its TPM binds this key",
             edgenode.name,
-            nodekey.nonce_time(nonce),
+            nodebinding.nonce_time(nonce),
             nonce,
         )
 
@@ -198,7 +198,7 @@ class Approver:
                 "LifetimeTooLong",
                 f"expirationSeconds {csr.expiration_seconds} exceeds the maximum {self.max_lifetime}",
             )
-        return nodekey.spki_der(req.public_key())  # type: ignore[arg-type]
+        return nodebinding.spki_der(req.public_key())  # type: ignore[arg-type]
 
     @staticmethod
     def _check_requester(csr: CsrView, en: EdgeNode) -> None:
@@ -215,13 +215,13 @@ class Approver:
 
     @staticmethod
     def _parse_binding(csr: CsrView) -> dict[str, str]:
-        raw = csr.annotations.get(nodekey.BINDING_ANNOTATION)
+        raw = csr.annotations.get(nodebinding.BINDING_ANNOTATION)
         if raw is None:
-            raise Denied("NoBinding", f"annotation {nodekey.BINDING_ANNOTATION} is missing")
+            raise Denied("NoBinding", f"annotation {nodebinding.BINDING_ANNOTATION} is missing")
         try:
             binding = json.loads(raw)
         except ValueError:
-            raise Denied("BadBinding", f"annotation {nodekey.BINDING_ANNOTATION} is not JSON") from None
+            raise Denied("BadBinding", f"annotation {nodebinding.BINDING_ANNOTATION} is not JSON") from None
         if not isinstance(binding, dict) or not all(
             isinstance(binding.get(k), str) for k in ("agentUUID", "nonce", "quote")
         ):
@@ -237,7 +237,7 @@ class Approver:
         nonce = binding["nonce"]
         if not _NONCE_RE.match(nonce):
             raise Denied("BadBinding", "binding nonce is not 10 digits of unix time + 10 alphanumerics")
-        made = nodekey.nonce_time(nonce)
+        made = nodebinding.nonce_time(nonce)
         if made < now - self.max_binding_age or made > now + self.clock_skew:
             raise Denied(
                 "StaleBinding",
@@ -254,7 +254,7 @@ class Approver:
     ) -> None:
         try:
             quote = Quote.from_keylime_string(binding["quote"])
-            verify_quote(quote, agent.aik_tpm, nodekey.binding_digest(spki, nonce))
+            verify_quote(quote, agent.aik_tpm, nodebinding.binding_digest(spki, nonce))
         except QuoteVerificationError as e:
             raise Denied("BindingMismatch", f"TPM binding does not verify for this key: {e}") from None
         policy = en.spec.tpm_policy or en.status.get("trustedPolicy") or {}

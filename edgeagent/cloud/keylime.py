@@ -3,7 +3,7 @@
 Keylime's Python modules have no stable API and live in their own environment; the controller only speaks
 their REST APIs over mTLS with the Keylime CA and client certificate (`cv_ca/`: cacert.crt,
 client-cert.crt, client-private.pem). Every response is Keylime's envelope, parsed by
-`edgeagent.attest.protocol`. A service that cannot be reached raises PeerUnreachable (the caller retries with
+`edgeagent.protocol.keylime`. A service that cannot be reached raises PeerUnreachable (the caller retries with
 backoff); a refusal raises AttestationError with Keylime's own status text.
 """
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeagent.attest import protocol
 from edgeagent.errors import AttestationError, PeerUnreachable, ProtocolError
+from edgeagent.protocol import keylime as protocol
 
 CLIENT_API_VERSIONS: tuple[str, ...] = ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6")
 """Registrar/verifier API versions this client's requests are valid for (pull mode, 2.x)."""

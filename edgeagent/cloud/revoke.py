@@ -16,6 +16,7 @@ are short-lived and renewed only while attested.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 
 from kubernetes import client as k8s
@@ -104,7 +105,8 @@ class Access:
             if e.status == 404:
                 return False
             raise ClusterError(f"cannot read Node {node}: {e.status} {e.reason}") from None
-        taints = [t for t in (current.spec.taints or []) if t.key != TAINT_KEY]
+        spec = current.spec or k8s.V1NodeSpec()
+        taints = [t for t in (spec.taints or []) if t.key != TAINT_KEY]
         taints.append(k8s.V1Taint(key=TAINT_KEY, value="true", effect="NoExecute"))
         patch: dict = {
             "spec": {
@@ -112,7 +114,7 @@ class Access:
                 "taints": [self.core.api_client.sanitize_for_serialization(t) for t in taints],
             }
         }
-        if not current.spec.unschedulable:
+        if not spec.unschedulable:
             patch["metadata"] = {"annotations": {CORDON_ANNOTATION: "true"}}
         self._patch_node(node, patch)
         return True
@@ -127,11 +129,12 @@ class Access:
             raise ClusterError(f"cannot read Node {node}: {e.status} {e.reason}") from None
         taints = [
             self.core.api_client.sanitize_for_serialization(t)
-            for t in (current.spec.taints or [])
+            for t in ((current.spec.taints if current.spec else None) or [])
             if t.key != TAINT_KEY
         ]
         patch: dict = {"spec": {"taints": taints or None}}
-        if (current.metadata.annotations or {}).get(CORDON_ANNOTATION) == "true":
+        annotations = (current.metadata.annotations if current.metadata else None) or {}
+        if annotations.get(CORDON_ANNOTATION) == "true":
             patch["spec"]["unschedulable"] = False
             patch["metadata"] = {"annotations": {CORDON_ANNOTATION: None}}
         self._patch_node(node, patch)
@@ -147,7 +150,7 @@ class Access:
     def event(self, en: crd.EdgeNode, *, reason: str, message: str, warning: bool = False) -> None:
         """Records a core/v1 Event about ``en`` (best effort: an Event never blocks a revocation)."""
         stamp = k8s.V1ObjectMeta(generate_name=f"{en.name}.", namespace=EVENT_NAMESPACE)
-        now = crd.now_rfc3339()
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)  # serialised as RFC 3339
         body = k8s.CoreV1Event(
             metadata=stamp,
             involved_object=en.reference(),

@@ -23,14 +23,13 @@ import string
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import protocol
+from edgeagent import certs
 from edgeagent.cloud.keylime import Http, KeylimeTls, RegistrarAgent
 from edgeagent.errors import AttestationError, QuoteVerificationError
+from edgeagent.protocol import keylime as protocol
 from edgeagent.tpm.quote import Quote, verify_quote
 
 AGENT_API_VERSIONS: tuple[str, ...] = ("2.1", "2.2", "2.3", "2.4", "2.5")
@@ -61,18 +60,8 @@ class JoinMaterial:
 
 def revocation_certificate(key: rsa.RSAPrivateKey, node_name: str, *, days: int = 3650) -> str:
     """A self-signed certificate of the revocation key: only its public key matters to the device."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edgeagent revocation {node_name}")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
+    cert = certs.build(f"edgeagent revocation {node_name}", signer=key,
+                       lifetime=datetime.timedelta(days=days))
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 

@@ -21,8 +21,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edgeagent.attest import protocol
 from edgeagent.errors import ConfigError, ProtocolError, SignatureError
+from edgeagent.protocol import keylime as protocol
 
 log = logging.getLogger(__name__)
 MAX_BODY = 256 * 1024

@@ -163,7 +163,7 @@ class _Reader:
             return None
         return self.data[key]
 
-    def str(self, key: str, *, required: bool = False, default: str = "") -> str:
+    def string(self, key: str, *, required: bool = False, default: str = "") -> str:
         v = self._get(key, required)
         if v is None:
             return default
@@ -218,23 +218,23 @@ class _Reader:
 
 
 def _watch(r: _Reader) -> Watch:
-    version = r.str("version", required=True)
-    kind = r.str("kind", required=True)
-    plural = r.str("plural", required=True)
+    version = r.string("version", required=True)
+    kind = r.string("kind", required=True)
+    plural = r.string("plural", required=True)
     for key, value in (("version", version), ("kind", kind), ("plural", plural)):
         if not value:
             raise ManifestError(f"{r.where}: {key} must not be empty")
-    selector_text = r.str("label_selector")
+    selector_text = r.string("label_selector")
     try:
         selector = LabelSelector.parse(selector_text)
     except ValueError as e:
         raise ManifestError(f"{r.where}: label_selector: {e}") from None
     w = Watch(
-        group=r.str("group"),
+        group=r.string("group"),
         version=version,
         kind=kind,
         plural=plural,
-        namespace=r.str("namespace"),
+        namespace=r.string("namespace"),
         label_selector=selector,
     )
     r.done()
@@ -266,10 +266,10 @@ def parse_manifest(data: Any, *, source: Path | None = None, base: Path | None =
     """Builds a Manifest from decoded TOML/JSON; ManifestError names the file and key of the first problem."""
     where = f"manifest {source}" if source else "manifest"
     r = _Reader(data, where)
-    name = r.str("name", required=True)
+    name = r.string("name", required=True)
     if not _NAME.match(name):
         raise ManifestError(f"{where}: name {name!r} is not a DNS label (lowercase letters, digits, '-')")
-    module_text = r.str("module", required=True)
+    module_text = r.string("module", required=True)
     if not module_text:
         raise ManifestError(f"{where}: module must not be empty")
     module = Path(module_text)
@@ -279,7 +279,7 @@ def parse_manifest(data: Any, *, source: Path | None = None, base: Path | None =
     if not watches:
         raise ManifestError(f"{where}: a controller needs at least one entry in [[watches]]")
     grants = tuple(_grant(g) for g in r.tables("grants"))
-    sa_text = r.str("service_account")
+    sa_text = r.string("service_account")
     service_account: tuple[str, str] | None = None
     if sa_text:
         ns, sep, sa = sa_text.partition("/")

@@ -37,7 +37,9 @@ class Requirement:
 
 def _split(text: str) -> list[str]:
     """Splits at commas outside parentheses."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1

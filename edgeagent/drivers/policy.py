@@ -26,8 +26,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from edgeagent.drivers.hosts.usb import UsbGrant
 from edgeagent.errors import PolicyError
-from edgeagent.wasm.hosts.usb import UsbGrant
 
 _TOP_KEYS = {"driver", "memory-limit-mib", "i2c", "usb", "description"}
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import wasmtime
 
+from edgeagent.drivers.hosts.i2c import ERR_ACCESS, DelayHost, I2cGrant, I2cHost, describe_error
 from edgeagent.errors import AccessDenied, DriverError, HardwareError
 from edgeagent.hw.i2c import I2cBus
 from edgeagent.wasm.engine import Limits, Runtime
 from edgeagent.wasm.guest import Guest
-from edgeagent.wasm.hosts.i2c import ERR_ACCESS, DelayHost, I2cGrant, I2cHost, describe_error
 from edgeagent.wasm.hosts.log import LogHost
 
 ABI_VERSION = 1

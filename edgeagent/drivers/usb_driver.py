@@ -12,12 +12,12 @@ from collections.abc import Iterable
 
 import wasmtime
 
+from edgeagent.drivers.hosts.usb import UsbGrant, UsbHost
 from edgeagent.errors import AccessDenied, DriverError, EdgeAgentError, HardwareError
 from edgeagent.hw import usb
 from edgeagent.wasm.engine import Limits, Runtime
 from edgeagent.wasm.guest import Guest
 from edgeagent.wasm.hosts.log import LogHost
-from edgeagent.wasm.hosts.usb import UsbGrant, UsbHost
 
 ABI_VERSION = 1
 REQUIRED_EXPORTS = ("memory", "ea_abi_version", "ea_usb_driver", "init")
@@ -36,9 +36,9 @@ class UsbWasmDriver:
 
     def __init__(
         self,
-        name: str,
         module: wasmtime.Module,
         *,
+        name: str,
         runtime: Runtime,
         backend: usb.UsbBackend,
         grants: Iterable[UsbGrant],
@@ -106,13 +106,15 @@ class UsbWasmDriver:
 class UsbEchoWasm(UsbWasmDriver):
     """drivers/usb_echo.c: `ping(kind, n)` sends n bytes and checks the echo."""
 
-    def __init__(self, module: wasmtime.Module, *, name: str = "usb_echo", **kwargs: object) -> None:
-        super().__init__(name, module, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, module: wasmtime.Module, *, name: str = "usb_echo", runtime: Runtime,
+                 backend: usb.UsbBackend, grants: Iterable[UsbGrant], limits: Limits | None = None) -> None:
+        super().__init__(module, name=name, runtime=runtime, backend=backend, grants=grants, limits=limits)
         self._ops = {k: f"{k} ping" for k in PING_KINDS}  # built once: ping is the latency hot path
 
     def ping(self, kind: str, size: int) -> int:
         rc = self.guest.call("ping", PING_KINDS[kind], size)
-        return rc if rc >= 0 else self.check(self._ops[kind], rc)  # type: ignore[operator,return-value]
+        # the hot path: an int result that is not negative is returned as is, without check()'s conversions
+        return rc if isinstance(rc, int) and rc >= 0 else self.check(self._ops[kind], rc)
 
     def recover(self) -> None:
         self.check("clear halt", self.guest.call("recover"))
@@ -135,8 +137,9 @@ class UsbEchoWasm(UsbWasmDriver):
 class UsbStorageWasm(UsbWasmDriver):
     """drivers/usb_storage.c: block reads and writes through BOT + SCSI into the guest's data buffer."""
 
-    def __init__(self, module: wasmtime.Module, *, name: str = "usb_storage", **kwargs: object) -> None:
-        super().__init__(name, module, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, module: wasmtime.Module, *, name: str = "usb_storage", runtime: Runtime,
+                 backend: usb.UsbBackend, grants: Iterable[UsbGrant], limits: Limits | None = None) -> None:
+        super().__init__(module, name=name, runtime=runtime, backend=backend, grants=grants, limits=limits)
         self._data = 0
         self.blocks = 0
         self.block_size = 0

@@ -263,7 +263,8 @@ def open_usb_session(
     assert sim is not None
     try:
         info = select(backend, policy, selector, name=name)
-        only = OnlyDevices(backend, lambda i, key=info.key: i.key == key)
+        key = info.key
+        only = OnlyDevices(backend, lambda i: i.key == key)
         mem = policy.memory_limit_mib
         limits = Limits(memory_bytes=mem << 20) if mem else None
         kwargs: dict[str, Any] = {

@@ -555,8 +555,10 @@ class PyUsbDevice:
                 raise lib.error(rc, f"{self.info}: control IN 0x{request:02x}")
             return int(rc)
         buf = self._buffer(length)
+        ctx = self._ctx
+        assert ctx is not None  # a handle comes from the context (_control_handle)
         try:
-            n = int(self._ctx.backend.ctrl_transfer(handle, request_type, request, value, index, buf, t))
+            n = int(ctx.backend.ctrl_transfer(handle, request_type, request, value, index, buf, t))
         except (usb.core.USBError, ValueError) as e:
             raise self._fail(e, f"control IN 0x{request:02x}") from None
         ctypes.memmove(address, buf.buffer_info()[0], min(n, length))
@@ -576,9 +578,11 @@ class PyUsbDevice:
             if rc < 0:
                 raise lib.error(rc, f"{self.info}: control OUT 0x{request:02x}")
             return int(rc)
-        data = array.array("B", ctypes.string_at(address, length))
+        out = array.array("B", ctypes.string_at(address, length))
+        ctx = self._ctx
+        assert ctx is not None  # a handle comes from the context (_control_handle)
         try:
-            return int(self._ctx.backend.ctrl_transfer(handle, request_type, request, value, index, data, t))
+            return int(ctx.backend.ctrl_transfer(handle, request_type, request, value, index, out, t))
         except (usb.core.USBError, ValueError) as e:
             raise self._fail(e, f"control OUT 0x{request:02x}") from None
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from edgeagent import certs
 
 _VALIDITY = datetime.timedelta(days=2)
 _SKEW = datetime.timedelta(minutes=5)
@@ -56,31 +58,13 @@ def public_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _name(cn: str, orgs: Sequence[str] = ()) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-    return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 def make_ca(cn: str) -> Issued:
     key = new_key()
-    now = datetime.datetime.now(datetime.UTC)
-    name = _name(cn)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _SKEW)
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, encipher_only=False,
-                                     decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    usage = x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False)
+    cert = certs.build(cn, signer=key, backdate=_SKEW, lifetime=_VALIDITY, ca=True, extensions=[
+        (usage, True), (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)])
     return Issued(key, cert)
 
 
@@ -88,34 +72,26 @@ def issue(ca: Issued, cn: str, *, orgs: Sequence[str] = (), server: bool = False
           ips: Sequence[str] = (), dns: Sequence[str] = ()) -> Issued:
     """A leaf certificate from ``ca`` for a TLS server (with SANs) and/or a client (CN = user, O = groups)."""
     key = new_key()
-    now = datetime.datetime.now(datetime.UTC)
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
         [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn, orgs))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _SKEW)
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                                     crl_sign=False, content_commitment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False),
-                       critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-                       critical=False)
-    )
+    usage = x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False, crl_sign=False,
+                          content_commitment=False, data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False)
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (usage, True), (x509.ExtendedKeyUsage(usages), False),
+        (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False)]
     sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     sans += [x509.DNSName(d) for d in dns]
     if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return Issued(key, builder.sign(ca.key, hashes.SHA256()))
+        extensions.append((x509.SubjectAlternativeName(sans), False))
+    cert = certs.build(certs.name(cn, orgs), signer=ca.key, public_key=key.public_key(),
+                       issuer=ca.cert.subject, backdate=_SKEW, lifetime=_VALIDITY, ca=False,
+                       extensions=extensions)
+    return Issued(key, cert)
 
 
 def csr_pem(key: ec.EllipticCurvePrivateKey, cn: str, orgs: Sequence[str] = ()) -> bytes:
     """A PKCS#10 request, as a kubelet (or `edgeagent enroll`) sends to the CSR API."""
-    csr = x509.CertificateSigningRequestBuilder().subject_name(_name(cn, orgs)).sign(key, hashes.SHA256())
+    builder = x509.CertificateSigningRequestBuilder().subject_name(certs.name(cn, orgs))
+    csr = builder.sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM)

@@ -41,7 +41,10 @@ def wait_port(
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening:\n{tail}")
+            args = proc.args
+            program = args if isinstance(args, str | bytes | os.PathLike) else args[0]
+            program = os.fsdecode(program)
+            raise RuntimeError(f"{program} exited with {proc.returncode} before listening:\n{tail}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.05)

@@ -29,7 +29,8 @@ os.environ.setdefault("TSS2_LOG", "all+none")
 from tpm2_pytss import ESAPI, ESYS_TR, TPM2_CAP, TPM2_HC, TPM2_RC, TPM2_SU, TSS2_Exception
 
 from edgeagent.errors import TpmError, TpmUnavailable
-from edgeagent.tpm import pcr as _pcr
+from edgeagent.tpm import esys
+from edgeagent.tpm.pcr import check_indices
 
 if TYPE_CHECKING:
     from edgeagent.tpm.identity import Identity
@@ -188,29 +189,29 @@ class Tpm:
         if self._banks is None:
             with self.locked("read of PCR banks") as ectx:
                 _, data = ectx.get_capability(TPM2_CAP.PCRS, 0, 1)
-                self._banks = _pcr.active_banks(data.data.assignedPCR)
+                self._banks = esys.active_banks(data.data.assignedPCR)
         return list(self._banks)
 
     def pcr_read(self, indices: Iterable[int], bank: str = "sha256") -> dict[int, bytes]:
         """Reads PCRs of one bank; raises TpmError for an inactive bank or an out-of-range index."""
-        wanted = _pcr.check_indices(indices)
+        wanted = check_indices(indices)
         self._check_bank(bank)
         with self.locked(f"PCR read ({bank})") as ectx:
-            return _pcr.read(ectx, wanted, bank)
+            return esys.read(ectx, wanted, bank)
 
     def pcr_extend(self, index: int, digests: Mapping[str, bytes]) -> None:
         """Extends one PCR; ``digests`` maps bank name -> digest and must cover every active bank."""
-        _pcr.check_indices([index])
-        values = _pcr.digest_values(digests, self.pcr_banks())
+        check_indices([index])
+        values = esys.digest_values(digests, self.pcr_banks())
         with self.locked(f"PCR {index} extend") as ectx:
-            ectx.pcr_extend(_pcr.pcr_handle(index), values)
+            ectx.pcr_extend(esys.pcr_handle(index), values)
 
     def pcr_reset(self, index: int) -> None:
         """Resets a resettable PCR (16 and 23 at locality 0 on a PC-client TPM)."""
-        _pcr.check_indices([index])
+        check_indices([index])
         with self.locked(f"PCR {index} reset") as ectx:
             try:
-                ectx.pcr_reset(_pcr.pcr_handle(index))
+                ectx.pcr_reset(esys.pcr_handle(index))
             except TSS2_Exception as e:
                 if (e.rc & _TSS2_LAYER_MASK) == _TSS2_TCTI_LAYER:
                     raise
@@ -225,13 +226,11 @@ class Tpm:
     # ------------------------------------------------------------ attestation
     def quote(self, identity: Identity, nonce: bytes, pcrs: list[int], bank: str = "sha256") -> Quote:
         """A TPM2_Quote by the identity's AK over ``pcrs`` of ``bank`` with ``nonce`` as qualifying data."""
-        from edgeagent.tpm import quote as _quote
-
         self._check_bank(bank)
-        return _quote.take(self, identity, nonce, pcrs, bank)
+        return esys.take_quote(self, identity, nonce, pcrs, bank)
 
     def activate_credential(self, identity: Identity, credential_blob: bytes) -> bytes:
         """The secret of a tpm2-tools credential blob (0xBADCC0DE) made for the identity's EK and AK name."""
-        from edgeagent.tpm import credential as _credential
+        from edgeagent.tpm import identity as _identity  # it imports this module
 
-        return _credential.activate(self, identity, credential_blob)
+        return _identity.activate_credential(self, identity, credential_blob)

@@ -1,4 +1,5 @@
-"""TPM2_ActivateCredential for the credential a Keylime registrar sends (tpm2-tools' file format).
+"""The credential a Keylime registrar sends (tpm2-tools' file format): parsing, pure (no tpm2-pytss);
+activating it is `edgeagent.tpm.identity.activate_credential`.
 
 The registrar runs MakeCredential against the EK for the AK's name; only a TPM holding both the EK and that
 exact AK can recover the secret, which proves to the registrar that the AK lives in the TPM whose EK (and EK
@@ -9,16 +10,8 @@ TPM2B_ID_OBJECT credentialBlob, TPM2B_ENCRYPTED_SECRET secret (all big-endian).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
-
-from tpm2_pytss import ESYS_TR, TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TSS2_Exception
 
 from edgeagent.errors import TpmError
-from edgeagent.tpm.identity import ek_policy_session
-
-if TYPE_CHECKING:
-    from edgeagent.tpm.connection import Tpm
-    from edgeagent.tpm.identity import Identity
 
 TOOLS_CREDENTIAL_MAGIC = 0xBADCC0DE
 TOOLS_CREDENTIAL_VERSION = 1
@@ -50,25 +43,3 @@ def parse_tools_credential(blob: bytes) -> tuple[bytes, bytes]:
     if off != len(blob):
         raise CredentialError(f"credential blob has {len(blob) - off} trailing bytes")
     return parts[0], parts[1]
-
-
-def activate(tpm: Tpm, identity: Identity, blob: bytes) -> bytes:
-    """The secret inside ``blob``; CredentialError if the TPM refuses it (made for another EK or AK)."""
-    credential, secret = parse_tools_credential(blob)
-    with tpm.locked("credential activation") as ectx:
-        sess = ek_policy_session(ectx)
-        try:
-            out = ectx.activate_credential(
-                identity.ak_handle, identity.ek_handle,
-                TPM2B_ID_OBJECT(credential=credential), TPM2B_ENCRYPTED_SECRET(secret=secret),
-                session1=ESYS_TR.PASSWORD, session2=sess,
-            )
-        except TSS2_Exception as e:
-            if (e.rc & 0xFF0000) == 10 << 16:
-                raise
-            raise CredentialError(
-                f"the TPM refused the credential (not made for this EK and AK, or corrupt): {e}"
-            ) from None
-        finally:
-            ectx.flush_context(sess)
-    return bytes(out)

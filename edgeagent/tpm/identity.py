@@ -23,6 +23,8 @@ from tpm2_pytss import (
     ESYS_TR,
     TPM2_ALG,
     TPM2_SE,
+    TPM2B_ENCRYPTED_SECRET,
+    TPM2B_ID_OBJECT,
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
@@ -34,6 +36,7 @@ from tpm2_pytss import (
 from tpm2_pytss.utils import NVReadEK, create_ek_template
 
 from edgeagent.errors import ConfigError, StateError
+from edgeagent.tpm import credential
 from edgeagent.tpm.attest import object_name
 from edgeagent.tpm.connection import Tpm
 
@@ -285,6 +288,29 @@ def describe_public(public: bytes) -> dict[str, Any]:
     return out
 
 
+def activate_credential(tpm: Tpm, identity: Identity, blob: bytes) -> bytes:
+    """The secret inside ``blob``; CredentialError if the TPM refuses it (made for another EK or AK)."""
+    credential_blob, secret = credential.parse_tools_credential(blob)
+    with tpm.locked("credential activation") as ectx:
+        sess = ek_policy_session(ectx)
+        try:
+            out = ectx.activate_credential(
+                identity.ak_handle, identity.ek_handle,
+                TPM2B_ID_OBJECT(credential=credential_blob), TPM2B_ENCRYPTED_SECRET(secret=secret),
+                session1=ESYS_TR.PASSWORD, session2=sess,
+            )
+        except TSS2_Exception as e:
+            if (e.rc & 0xFF0000) == 10 << 16:
+                raise
+            raise credential.CredentialError(
+                f"the TPM refused the credential (not made for this EK and AK, or corrupt): {e}"
+            ) from None
+        finally:
+            ectx.flush_context(sess)
+    return bytes(out)
+
+
 __all__ = [
-    "Identity", "LoadedEk", "describe_public", "ek_policy_session", "is_provisioned", "load_ek", "provision",
+    "Identity", "LoadedEk", "activate_credential", "describe_public", "ek_policy_session", "is_provisioned",
+    "load_ek", "provision",
 ]

@@ -1,4 +1,5 @@
-"""TPM2_Quote: taking a quote, verifying it in Python, and Keylime's wire format for it.
+"""TPM2_Quote results: verifying a quote in Python, and Keylime's wire format for it (pure: no tpm2-pytss;
+taking a quote is `edgeagent.tpm.esys.take_quote`).
 
 A quote is TPMS_ATTEST (magic, type ATTEST_QUOTE, the nonce as extraData, the PCR selection and the digest of
 the selected PCR values) signed by the AK. The TPM does not return the PCR values, so they are read next to
@@ -15,17 +16,12 @@ import dataclasses
 import hashlib
 import hmac
 import struct
-from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from edgeagent.errors import QuoteVerificationError, TpmError
+from edgeagent.errors import QuoteVerificationError
 from edgeagent.tpm import attest, pcr
-
-if TYPE_CHECKING:
-    from edgeagent.tpm.connection import Tpm
-    from edgeagent.tpm.identity import Identity
 
 # TPM2B_DATA holds at most a TPMT_HA; the TPM rejects qualifying data longer than its largest digest.
 MAX_NONCE = 64
@@ -35,7 +31,6 @@ MAX_NONCE = 64
 _HASH_COUNT = 16
 _DIGESTS_PER_LIST = 8
 _TPMU_HA_SIZE = 64
-_RETRIES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,28 +114,6 @@ def parse_pcrblob(blob: bytes) -> tuple[str, dict[int, bytes]]:
     if len(indices) != len(values):
         raise QuoteVerificationError(f"pcrblob selects {len(indices)} PCRs but holds {len(values)} values")
     return bank, dict(zip(indices, values, strict=True))
-
-
-# ---------------------------------------------------------------- taking a quote
-def take(tpm: Tpm, identity: Identity, nonce: bytes, pcrs: list[int], bank: str = "sha256") -> Quote:
-    """Quotes ``pcrs`` with ``identity``'s AK; re-reads and re-quotes if a PCR moved in between."""
-    if not 0 < len(nonce) <= MAX_NONCE:
-        raise TpmError(f"quote nonce must be 1-{MAX_NONCE} bytes, got {len(nonce)}")
-    indices = pcr.check_indices(pcrs)
-    if not indices:
-        raise TpmError("a quote needs at least one PCR")
-    from tpm2_pytss import TPM2_ALG, TPM2B_DATA, TPMT_SIG_SCHEME
-
-    scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)  # the AK's own scheme (RSASSA or ECDSA with SHA-256)
-    selection = pcr.selection(indices, bank)
-    for _ in range(_RETRIES):
-        with tpm.locked(f"quote over {bank} PCRs {','.join(map(str, indices))}") as ectx:
-            values = pcr.read(ectx, indices, bank)
-            quoted, signature = ectx.quote(identity.ak_handle, selection, TPM2B_DATA(nonce), scheme)
-        att, sig = bytes(quoted), bytes(signature.marshal())
-        if pcr_digest(values, attest.parse_signature(sig).hash_alg) == attest.parse_attest(att).pcr_digest:
-            return Quote(att, sig, values, bank)
-    raise TpmError(f"PCRs kept changing while quoting ({_RETRIES} attempts)")
 
 
 def pcr_digest(values: dict[int, bytes], hash_id: int) -> bytes:

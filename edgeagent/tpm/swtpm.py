@@ -148,8 +148,7 @@ class SoftwareTpm:
             if self._spawn(port, timeout):
                 self.port = port
                 return self
-            last = self.log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            last = last[0]
+            last = (self.log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"])[0]
         raise TpmUnavailable(f"swtpm did not start: {last}")
 
     def _spawn(self, port: int, timeout: float) -> bool:

@@ -27,8 +27,8 @@ controllers) whose message names the guest and the cause, e.g. ``driver tmp102: 
 ``driver spin: stopped: ran past its 50 ms compute limit``. The guest's Store is unusable after a trap only if
 its own state is broken; the agent itself never is.
 
-Writing a host module (the API the I2C and USB hosts are written against)
-===========================================================================
+Writing a host module (the API edgeagent.drivers.hosts' I2C and USB hosts are written against)
+===============================================================================================
 A host module is a subclass of ``edgeagent.wasm.host.HostModule`` implementing one WIT interface.
 ``interface``
 is the import module name the guest uses (the WIT interface name, e.g. ``"wasi:i2c/i2c"``,
@@ -92,7 +92,8 @@ Rules:
 
 Modules: engine (Runtime, Limits), cache (ModuleCache), fastcall (the ctypes fast path, GuestMemory),
 host (HostModule API), guest (Guest), moduleinfo (imports/exports read once per module), snapshot
-(Snapshot), hosts/ (i2c, usb, log).
+(Snapshot), hosts/log (the generic log import). The driver hosts (i2c, delay, usb) wrap hardware and live
+in `edgeagent.drivers.hosts`; the controller hosts in `edgeagent.controllers.hosts`.
 """
 
 from __future__ import annotations

@@ -228,8 +228,11 @@ class RawCallError(Exception):
 # The C entry points themselves, without wasmtime-py's Python wrapper functions around them. The call is
 # re-declared with void* arguments and result: ints convert without from_param and no POINTER object is built
 # for the (almost always null) error result (0.35 us of a 1.05 us export call).
+_call_unchecked_address = ctypes.cast(_bindings._wasmtime_func_call_unchecked, _VOIDP).value
+if _call_unchecked_address is None:  # no such entry point: wasmtime-py itself would not have loaded
+    raise ImportError("libwasmtime has no wasmtime_func_call_unchecked")
 _call_unchecked = ctypes.CFUNCTYPE(_VOIDP, _VOIDP, _VOIDP, _VOIDP, ctypes.c_size_t, _VOIDP)(
-    ctypes.cast(_bindings._wasmtime_func_call_unchecked, _VOIDP).value
+    _call_unchecked_address
 )
 set_epoch_deadline = _bindings._wasmtime_context_set_epoch_deadline
 
@@ -285,7 +288,10 @@ class ExportFunc:
             e = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t)))
             raise RawCallError(_first_line(e), None)
         # Take ownership of the trap and leave the slot null for the next call.
-        ptr = ctypes.cast(self._trap.value, ctypes.POINTER(ffi.wasm_trap_t))
+        trap = self._trap.value
+        if trap is None:  # the C side reports a failure with one or the other
+            raise RawCallError("the call failed with neither an error nor a trap", None)
+        ptr = ctypes.cast(trap, ctypes.POINTER(ffi.wasm_trap_t))
         self._trap.value = None
         t = wasmtime.Trap._from_ptr(ptr)
         raise RawCallError(t.message, t.trap_code)

@@ -264,9 +264,6 @@ class Guest:
         return err
 
     # ------------------------------------------------------------------ state
-    def global_values(self) -> dict[str, Any]:
-        return {n: g.value(self.store) for n, g in self._globals().items()}
-
     def _globals(self) -> dict[str, wasmtime.Global]:
         found = {n: self.exports[n] for n in self.export_names}
         return {n: g for n, g in found.items() if isinstance(g, wasmtime.Global)}

@@ -20,7 +20,7 @@ from edgeagent.drivers.usb_driver import UsbEchoWasm, UsbStorageWasm
 from edgeagent.errors import EdgeAgentError
 from edgeagent.hw.pyusb_backend import PyUsbBackend
 from edgeagent.wasm import ModuleCache, Runtime
-from edgeagent.wasm.hosts.usb import UsbGrant
+from edgeagent.drivers.hosts.usb import UsbGrant
 BUILD = Path(sys.argv[1])
 runtime = Runtime.default()
 backend = PyUsbBackend()

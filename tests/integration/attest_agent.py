@@ -17,9 +17,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from edgeagent.attest import nk, payload, protocol, tls
+from edgeagent.attest import nk, payload, tls
 from edgeagent.attest.registrar import RegistrarClient, RetryPolicy
 from edgeagent.attest.server import AgentApi, AgentServer
+from edgeagent.protocol import keylime as protocol
 from edgeagent.tpm import Tpm
 from edgeagent.tpm import identity as tpm_identity
 from tests.fixtures import procs

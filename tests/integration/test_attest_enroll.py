@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from edgeagent.attest import nodekey, payload
+from edgeagent.attest import payload
+from edgeagent.protocol import nodebinding
 from edgeagent.tpm import Tpm, provision
 from edgeagent.tpm.quote import Quote, verify_quote
 from edgeagent.tpm.swtpm import SoftwareTpm
@@ -142,18 +143,18 @@ def approve_when_bound(cluster: KubeCluster, keylime: Keylime, uuid: str, node: 
 
     procs.wait_for(csr_appeared, timeout=timeout, interval=0.2, what=f"a CSR from {node}")
     csr = found[0]
-    binding = json.loads(csr.metadata.annotations[nodekey.BINDING_ANNOTATION])
+    binding = json.loads(csr.metadata.annotations[nodebinding.BINDING_ANNOTATION])
     assert binding["agentUUID"] == uuid
-    assert abs(nodekey.nonce_time(binding["nonce"]) - time.time()) < 300
+    assert abs(nodebinding.nonce_time(binding["nonce"]) - time.time()) < 300
     status, body = registrar_record(keylime, uuid)
     assert status == 200
     ak_public = base64.b64decode(body["results"]["aik_tpm"])
     from cryptography import x509
 
     request = x509.load_pem_x509_csr(base64.b64decode(csr.spec.request))
-    digest = nodekey.binding_digest(nodekey.spki_der(request.public_key()), binding["nonce"])  # type: ignore[arg-type]
+    digest = nodebinding.binding_digest(nodebinding.spki_der(request.public_key()), binding["nonce"])  # type: ignore[arg-type]
     verify_quote(Quote.from_keylime_string(binding["quote"]), ak_public, digest)
-    assert csr.spec.signer_name == nodekey.KUBELET_SIGNER
+    assert csr.spec.signer_name == nodebinding.KUBELET_SIGNER
     csr.status.conditions = [k8s.V1CertificateSigningRequestCondition(
         type="Approved", status="True", reason="EdgeAgentTest", message="binding verified by the test")]
     api.replace_certificate_signing_request_approval(csr.metadata.name, csr)

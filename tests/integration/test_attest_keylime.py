@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeagent.attest import protocol
 from edgeagent.measure import tcg2
+from edgeagent.protocol import keylime as protocol
 from edgeagent.tpm.quote import Quote, verify_quote
 from edgeagent.tpm.swtpm import SoftwareTpm
 from tests.fixtures.keylime import Keylime

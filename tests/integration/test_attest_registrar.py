@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import uuid
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import protocol
+from edgeagent import certs
 from edgeagent.attest.registrar import RegistrarClient, RetryPolicy
 from edgeagent.errors import PeerUnreachable, RegistrationError
+from edgeagent.protocol import keylime as protocol
 from edgeagent.tpm import Identity, Tpm, provision
 from tests.fixtures import procs
 from tests.fixtures.keylime import Keylime
@@ -24,12 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def _mtls_cert(agent_id: str) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, agent_id)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = certs.build(agent_id, signer=ec.generate_private_key(ec.SECP256R1()))
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from edgeagent.attest import protocol
+from edgeagent.protocol import keylime as protocol
 from tests.fixtures.keylime import Keylime
 
 pytestmark = pytest.mark.integration

@@ -16,12 +16,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import enroll, nk, nodekey, payload, protocol
+from edgeagent import certs
+from edgeagent.attest import enroll, nk, nodekey, payload
 from edgeagent.attest.secrets import write_private
 from edgeagent.attest.server import AgentApi
 from edgeagent.cli.main import main
 from edgeagent.config import load_config
 from edgeagent.errors import PeerUnreachable, ProtocolError, StateError
+from edgeagent.protocol import keylime as protocol
+from edgeagent.protocol import nodebinding
 
 UUID = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000"
 
@@ -117,16 +120,9 @@ def test_payload_dir_falls_back_to_the_state_dir(tmp_path: Path) -> None:
 
 
 def _ca_pem() -> str:
-    import datetime as dt
+    from cryptography.hazmat.primitives import serialization
 
-    from cryptography.hazmat.primitives import hashes, serialization
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    cert = certs.build("ca", signer=ec.generate_private_key(ec.SECP256R1()), ca=True)
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -167,7 +163,7 @@ def test_node_key_is_p256_0600_and_stable(tmp_path: Path) -> None:
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
     assert _mode(tmp_path / nodekey.KEY_FILE) == 0o600
     again = nodekey.load_or_create(tmp_path)
-    assert nodekey.spki_der(again.public_key()) == nodekey.spki_der(key.public_key())
+    assert nodebinding.spki_der(again.public_key()) == nodebinding.spki_der(key.public_key())
     (tmp_path / nodekey.KEY_FILE).write_bytes(nk.load_or_create(tmp_path / "rsa").private_key.private_bytes(
         *_pkcs8()))
     with pytest.raises(StateError, match="P-256"):
@@ -181,18 +177,18 @@ def _pkcs8() -> tuple:  # type: ignore[type-arg]
 
 
 def test_nonce_carries_the_time() -> None:
-    n = nodekey.make_nonce(now=1_700_000_000)
+    n = nodebinding.make_nonce(now=1_700_000_000)
     assert len(n) == 20 and n.isalnum() and n.startswith("1700000000")
-    assert nodekey.nonce_time(n) == 1_700_000_000
-    assert nodekey.make_nonce(now=1_700_000_000) != n
+    assert nodebinding.nonce_time(n) == 1_700_000_000
+    assert nodebinding.make_nonce(now=1_700_000_000) != n
 
 
 def test_binding_digest_covers_key_and_nonce() -> None:
-    k1 = nodekey.spki_der(ec.generate_private_key(ec.SECP256R1()).public_key())
-    k2 = nodekey.spki_der(ec.generate_private_key(ec.SECP256R1()).public_key())
-    d = nodekey.binding_digest(k1, "n1")
+    k1 = nodebinding.spki_der(ec.generate_private_key(ec.SECP256R1()).public_key())
+    k2 = nodebinding.spki_der(ec.generate_private_key(ec.SECP256R1()).public_key())
+    d = nodebinding.binding_digest(k1, "n1")
     assert d == hashlib.sha256(b"edgeagent-node-key-v1" + k1 + b"n1").digest()
-    assert d != nodekey.binding_digest(k2, "n1") and d != nodekey.binding_digest(k1, "n2")
+    assert d != nodebinding.binding_digest(k2, "n1") and d != nodebinding.binding_digest(k1, "n2")
 
 
 class _FakeQuotingTpm:
@@ -213,7 +209,8 @@ def test_tpm_binding_quotes_the_binding_digest() -> None:
                                   nonce="1700000000abcdefghij")
     assert binding["agentUUID"] == UUID and binding["nonce"] == "1700000000abcdefghij"
     assert binding["quote"].startswith("r")
-    assert tpm.asked == [(nodekey.binding_digest(nodekey.spki_der(key.public_key()), binding["nonce"]), [23])]
+    spki = nodebinding.spki_der(key.public_key())
+    assert tpm.asked == [(nodebinding.binding_digest(spki, binding["nonce"]), [23])]
 
 
 def test_csr_is_a_kubelet_client_request(tmp_path: Path) -> None:
@@ -224,10 +221,10 @@ def test_csr_is_a_kubelet_client_request(tmp_path: Path) -> None:
     assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:edge-1"
     assert csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:nodes"
     binding = {"agentUUID": UUID, "nonce": "n", "quote": "rAA:BB:CC"}
-    body = nodekey.csr_body(name=nodekey.csr_name("edge-1", now=5), csr_pem=pem, binding=binding,
+    body = nodebinding.csr_body(name=nodekey.csr_name("edge-1", now=5), csr_pem=pem, binding=binding,
                             expiration_seconds=3600)
     assert body["metadata"]["name"] == "edgeagent-edge-1-5"
-    assert json.loads(body["metadata"]["annotations"][nodekey.BINDING_ANNOTATION]) == binding
+    assert json.loads(body["metadata"]["annotations"][nodebinding.BINDING_ANNOTATION]) == binding
     spec = body["spec"]
     assert spec["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
     assert set(spec["usages"]) == {"digital signature", "key encipherment", "client auth"}

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeagent.attest import protocol as p
 from edgeagent.errors import (
     ApiVersionMismatch,
     AttestationError,
@@ -24,6 +23,7 @@ from edgeagent.errors import (
     ProtocolError,
     SignatureError,
 )
+from edgeagent.protocol import keylime as p
 
 UUID = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000"
 

@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from edgeagent.attest import protocol
 from edgeagent.attest.registrar import RegistrarClient, RetryPolicy
 from edgeagent.errors import PeerUnreachable, ProtocolError, RegistrationError
+from edgeagent.protocol import keylime as protocol
 
 AGENT = "edge-1"
 BLOB = struct.pack(">IIH", 0xBADCC0DE, 1, 4) + b"idob" + struct.pack(">H", 3) + b"sec"

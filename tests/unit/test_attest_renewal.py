@@ -8,24 +8,20 @@ import logging
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import enroll, payload, protocol
+from edgeagent import certs
+from edgeagent.attest import enroll, payload
 from edgeagent.attest.secrets import write_private
 from edgeagent.cloud import tenant
 from edgeagent.config import load_config
 from edgeagent.errors import ProtocolError
+from edgeagent.protocol import keylime as protocol
 
 
-def _cert(key: object, *, not_before: dt.datetime, not_after: dt.datetime) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key())  # type: ignore[attr-defined]
-            .serial_number(1).not_valid_before(not_before).not_valid_after(not_after)
-            .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
+def _cert(key: ec.EllipticCurvePrivateKey, *, not_before: dt.datetime, not_after: dt.datetime) -> bytes:
+    cert = certs.build("t", signer=key, not_before=not_before, not_after=not_after)
     return cert.public_bytes(serialization.Encoding.PEM)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgeagent.cli.main import main
+from edgeagent.drivers.hosts.usb import UsbGrant
 from edgeagent.drivers.runner import I2cDriver
 from edgeagent.drivers.usb_driver import UsbEchoWasm
 from edgeagent.errors import AccessDenied, HardwareError
@@ -21,7 +22,6 @@ from edgeagent.hw.sim.i2c_device import RegisterDevice
 from edgeagent.hw.sim.usb_bus import SimUsbBus
 from edgeagent.hw.sim.usb_echo import EchoDevice
 from edgeagent.wasm import ModuleCache
-from edgeagent.wasm.hosts.usb import UsbGrant
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "drivers" / "README.md"

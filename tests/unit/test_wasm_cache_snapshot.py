@@ -6,10 +6,10 @@ import os
 
 import pytest
 
+from edgeagent.drivers.hosts.i2c import DelayHost, I2cHost
 from edgeagent.errors import DriverError, StateError, WasmError
 from edgeagent.wasm import Guest, ModuleCache, Snapshot
 from edgeagent.wasm.cache import MAGIC
-from edgeagent.wasm.hosts.i2c import DelayHost, I2cHost
 from edgeagent.wasm.hosts.log import LogHost
 
 

@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeagent.errors import ControllerError, DriverError
-from edgeagent.hw.i2c import ErrorCode
-from edgeagent.hw.sim.i2c_bus import SimI2cBus
-from edgeagent.hw.sim.tmp102 import Tmp102
-from edgeagent.wasm import Guest, HostModule, HostTrap, Limits, ModuleCache, hostfunc
-from edgeagent.wasm.host import I32, I64, signed32
-from edgeagent.wasm.hosts.i2c import (
+from edgeagent.drivers.hosts.i2c import (
     ERR_ACCESS,
     ERR_ARBITRATION_LOSS,
     ERR_NO_ACK_ADDRESS,
@@ -19,6 +13,12 @@ from edgeagent.wasm.hosts.i2c import (
     I2cGrant,
     I2cHost,
 )
+from edgeagent.errors import ControllerError, DriverError
+from edgeagent.hw.i2c import ErrorCode
+from edgeagent.hw.sim.i2c_bus import SimI2cBus
+from edgeagent.hw.sim.tmp102 import Tmp102
+from edgeagent.wasm import Guest, HostModule, HostTrap, Limits, ModuleCache, hostfunc
+from edgeagent.wasm.host import I32, I64, signed32
 from edgeagent.wasm.hosts.log import LogHost
 
 

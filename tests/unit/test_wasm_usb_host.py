@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeagent.drivers.hosts.usb import UsbGrant
 from edgeagent.drivers.usb_driver import UsbEchoWasm, UsbStorageWasm
 from edgeagent.errors import AccessDenied, HardwareError
 from edgeagent.hw.sim import usb_echo
@@ -14,7 +15,6 @@ from edgeagent.hw.sim.usb_bus import SimUsbBus
 from edgeagent.hw.sim.usb_echo import EchoDevice
 from edgeagent.hw.sim.usb_storage import MassStorageDevice
 from edgeagent.wasm.cache import ModuleCache
-from edgeagent.wasm.hosts.usb import UsbGrant
 
 ECHO = UsbGrant(0x1209, 0x0001, 0)
 DISK = UsbGrant(0x1209, 0x0002, 0)
@@ -134,7 +134,7 @@ def test_isochronous_is_not_supported(modules, runtime, bus) -> None:
 def test_transfers_to_an_ungranted_interface_are_access_without_a_claim(bus) -> None:
     """pyusb and usbdevfs claim an interface implicitly on its first transfer: the host checks the grant per
     endpoint (and per control recipient) so a guest cannot reach an interface by skipping claim_interface."""
-    from edgeagent.wasm.hosts.usb import UsbHost
+    from edgeagent.drivers.hosts.usb import UsbHost
 
     host = UsbHost(bus, [UsbGrant(0x1209, 0x0001, 1)])  # the echo device, but only its (absent) interface 1
     handle = host.open(host.find(0x1209, 0x0001))

@@ -298,12 +298,12 @@ class UsbdevfsHandler(UMockdev.IoctlBase):
                     )
                     actual = w_length
             elif endpoint & usb.ENDPOINT_IN:
-                reply = self.model.transfer_in(endpoint, length)
-                if reply is None:
+                data_in = self.model.transfer_in(endpoint, length)
+                if data_in is None:
                     return False
-                if reply:
-                    urb.buffer.update(0, reply)
-                actual = len(reply)
+                if data_in:
+                    urb.buffer.update(0, data_in)
+                actual = len(data_in)
             else:
                 taken = self.model.transfer_out(endpoint, payload)
                 if taken is None:

@@ -10,6 +10,7 @@ A forced-mode write to ctrl_meas converts immediately; the status register never
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from edgeagent.hw.sim.i2c_device import RegisterDevice
 
@@ -95,7 +96,7 @@ def humidity_float(adc_h: int, t_fine: float, c: dict[str, int]) -> float:
     return h * (1.0 - c["H1"] * h / 524288.0)
 
 
-def _bisect(f, target: float, lo: int, hi: int, increasing: bool) -> int:  # type: ignore[no-untyped-def]
+def _bisect(f: Callable[[int], float], target: float, lo: int, hi: int, increasing: bool) -> int:
     while lo < hi:
         mid = (lo + hi) // 2
         v = f(mid)

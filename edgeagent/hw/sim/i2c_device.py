@@ -74,10 +74,6 @@ class RegisterDevice:
         self.regs[reg] = value & 0xFF
         self.regs[reg + 1] = (value >> 8) & 0xFF
 
-    def set_u16_be(self, reg: int, value: int) -> None:
-        self.regs[reg] = (value >> 8) & 0xFF
-        self.regs[reg + 1] = value & 0xFF
-
 
 def smbus_ops(read: bool, command: int, size: str, data: bytes = b"") -> list[Operation]:
     """The I2C operations the kernel's SMBus emulation performs for one SMBus transfer.

@@ -8,6 +8,8 @@ up to its timeout), which is how tests get a transfer that is still pending when
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from edgeagent.hw import usb
 from edgeagent.hw.sim.usb_function import Stall, UsbFunction
 
@@ -51,14 +53,14 @@ class EchoDevice(UsbFunction):
             ),
         ),
     )
-    strings = {1: "edgeagent", 2: "USB echo", 3: "ECHO0001"}  # noqa: RUF012 - class-level constant table
+    STRINGS: ClassVar[dict[int, str]] = {1: "edgeagent", 2: "USB echo", 3: "ECHO0001"}
 
     def __init__(self, serial: str = "ECHO0001", *, mute: bool = False) -> None:
         super().__init__()
         self.mute = (
             mute  # swallow OUT data: every IN transfer stays NAKed (pending), for timeout/unplug tests
         )
-        self.strings = {**type(self).strings, 3: serial}
+        self.strings[3] = serial
         self.queues: dict[int, bytearray] = {EP_BULK_IN: bytearray(), EP_INT_IN: bytearray()}
         self.ping = b""
 

@@ -31,7 +31,8 @@ class UsbFunction:
 
     descriptor: usb.DeviceDescriptor
     configurations: tuple[usb.ConfigurationDescriptor, ...]
-    strings: ClassVar[dict[int, str]] = {}
+    STRINGS: ClassVar[dict[int, str]] = {}
+    """String descriptors by index; an instance copies them to ``strings`` (a serial number may differ)."""
     # Interfaces a kernel driver binds when the device is plugged in (interface -> driver name),
     # e.g. usb-storage.
     kernel_drivers: ClassVar[dict[int, str]] = {}
@@ -42,6 +43,7 @@ class UsbFunction:
         self.alternate: dict[int, int] = {}
         self.halted: set[int] = set()
         self.bound_drivers = dict(self.kernel_drivers)
+        self.strings: dict[int, str] = dict(self.STRINGS)
 
     # ------------------------------------------------------------ descriptors
     def descriptors_blob(self) -> bytes:

@@ -11,6 +11,7 @@ Storage Reset, like a real device.
 from __future__ import annotations
 
 import struct
+from typing import ClassVar
 
 from edgeagent.hw import usb
 from edgeagent.hw.sim.usb_function import Stall, UsbFunction
@@ -54,14 +55,14 @@ class MassStorageDevice(UsbFunction):
             ),
         ),
     )
-    strings = {1: "edgeagent", 2: "USB disk", 3: "DISK0001"}  # noqa: RUF012
+    STRINGS: ClassVar[dict[int, str]] = {1: "edgeagent", 2: "USB disk", 3: "DISK0001"}
     kernel_drivers = {0: "usb-storage"}  # noqa: RUF012 - bound at plug-in, as on a real host
 
     def __init__(self, size: int = 4 << 20, serial: str = "DISK0001") -> None:
         super().__init__()
         if size % BLOCK_SIZE:
             raise ValueError(f"size must be a multiple of {BLOCK_SIZE}")
-        self.strings = {**type(self).strings, 3: serial}
+        self.strings[3] = serial
         self.media = bytearray(size)
         self.blocks = size // BLOCK_SIZE
         self._idle()

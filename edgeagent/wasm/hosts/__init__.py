@@ -1,1 +1,1 @@
-"""Host modules, one per WIT interface a guest can import (see edgeagent.wasm for the API they follow)."""
+"""Generic host modules any guest may import (log); the hardware ones are in `edgeagent.drivers.hosts`."""

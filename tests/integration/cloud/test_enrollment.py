@@ -26,6 +26,7 @@ from kubernetes.client.rest import ApiException
 from edgeagent.attest import kubecsr, nodekey
 from edgeagent.cloud import bootstrap, crd, revoke, webhook
 from edgeagent.cloud.controller import Controller
+from edgeagent.protocol import nodebinding
 from edgeagent.tpm.swtpm import SoftwareTpm
 from tests.fixtures import procs
 from tests.fixtures.keylime import Keylime
@@ -68,7 +69,7 @@ def _csr(
         )
     node = node or device.name
     name = f"edgeagent-{node}-{uuid.uuid4().hex[:10]}"
-    body = nodekey.csr_body(
+    body = nodebinding.csr_body(
         name=name, csr_pem=nodekey.build_csr(key, node), binding=binding, expiration_seconds=3600
     )
     kubecsr.submit(cluster, body)
@@ -204,7 +205,7 @@ def test_replayed_binding_is_denied(enrolled: Enrolled, kube_cluster: KubeCluste
 
 
 def test_stale_binding_is_denied(enrolled: Enrolled, kube_cluster: KubeCluster) -> None:
-    name, _ = _csr(enrolled.device, enrolled.cert_cluster, nonce=nodekey.make_nonce(time.time() - 3600))
+    name, _ = _csr(enrolled.device, enrolled.cert_cluster, nonce=nodebinding.make_nonce(time.time() - 3600))
     assert _decision(kube_cluster.client(), name) == ("Denied", "StaleBinding")
 
 

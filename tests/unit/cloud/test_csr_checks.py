@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgeagent.attest import nodekey
 from edgeagent.cloud import crd
 from edgeagent.cloud.csr import Approver, CsrView, NonceLedger
+from edgeagent.protocol import nodebinding
 
 NODE = "edge1"
 UUID = "agent-1"
@@ -46,14 +46,14 @@ def _view(
     user: str = "system:bootstrap:abcdef",
     groups: tuple[str, ...] = ("system:bootstrappers",),
     nonce: str | None = None,
-    signer: str = nodekey.KUBELET_SIGNER,
-    usages: tuple[str, ...] = nodekey.KUBELET_USAGES,
+    signer: str = nodebinding.KUBELET_SIGNER,
+    usages: tuple[str, ...] = nodebinding.KUBELET_USAGES,
     expiration: int | None = None,
     annotation: str | None = "default",
 ) -> CsrView:
     if annotation == "default":
         annotation = json.dumps(
-            {"agentUUID": UUID, "nonce": nonce or nodekey.make_nonce(), "quote": "rAAA:BBB:CCC"}
+            {"agentUUID": UUID, "nonce": nonce or nodebinding.make_nonce(), "quote": "rAAA:BBB:CCC"}
         )
     return CsrView(
         name="edgeagent-edge1-1",
@@ -62,7 +62,7 @@ def _view(
         usages=usages,
         username=user,
         groups=groups,
-        annotations={} if annotation is None else {nodekey.BINDING_ANNOTATION: annotation},
+        annotations={} if annotation is None else {nodebinding.BINDING_ANNOTATION: annotation},
         expiration_seconds=expiration,
     )
 
@@ -103,13 +103,14 @@ def approver() -> Approver:
         (dict(annotation=json.dumps({"agentUUID": UUID, "nonce": 5, "quote": "r"})), "BadBinding"),
         (
             dict(
-                annotation=json.dumps({"agentUUID": "agent-2", "nonce": nodekey.make_nonce(), "quote": "r"})
+                annotation=json.dumps(
+                    {"agentUUID": "agent-2", "nonce": nodebinding.make_nonce(), "quote": "r"})
             ),
             "WrongAgent",
         ),
         (dict(nonce="abcdefghij0123456789"), "BadBinding"),
-        (dict(nonce=nodekey.make_nonce(time.time() - 301)), "StaleBinding"),
-        (dict(nonce=nodekey.make_nonce(time.time() + 600)), "StaleBinding"),
+        (dict(nonce=nodebinding.make_nonce(time.time() - 301)), "StaleBinding"),
+        (dict(nonce=nodebinding.make_nonce(time.time() + 600)), "StaleBinding"),
     ],
 )
 def test_denied_before_the_quote(approver: Approver, view: dict, reason: str) -> None:
@@ -125,10 +126,10 @@ def test_not_attested_nodes_get_nothing(approver: Approver) -> None:
 
 
 def test_binding_older_than_the_last_accepted_is_a_replay(approver: Approver) -> None:
-    old = nodekey.make_nonce(time.time() - 60)
+    old = nodebinding.make_nonce(time.time() - 60)
     decision = approver.decide(_view(nonce=old), _edgenode(bindingTime=int(time.time()) - 10))
     assert decision.reason == "ReplayedBinding"
-    same = nodekey.make_nonce()
+    same = nodebinding.make_nonce()
     decision = approver.decide(_view(nonce=same), _edgenode(bindingTime=int(time.time()), bindingNonce=same))
     assert decision.reason == "ReplayedBinding"
 

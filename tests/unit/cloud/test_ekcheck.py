@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import struct
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
+from edgeagent import certs
 from edgeagent.cloud import ekcheck
 from edgeagent.cloud.ekcheck import EkRejected
 from edgeagent.errors import ConfigError
@@ -29,34 +28,11 @@ def tpm2b_public_rsa(key: rsa.RSAPublicKey) -> bytes:
 
 def _ca(cn: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+    return key, certs.build(cn, signer=key, ca=True)
 
 
 def _ek_cert(ca_key: rsa.RSAPrivateKey, ca: x509.Certificate, ek: rsa.RSAPublicKey) -> bytes:
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca.subject)
-        .public_key(ek)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(ca_key, hashes.SHA256())
-    )
+    cert = certs.build(x509.Name([]), signer=ca_key, public_key=ek, issuer=ca.subject)
     return cert.public_bytes(serialization.Encoding.DER)
 
 

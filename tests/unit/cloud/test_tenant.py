@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edgeagent.attest import payload, protocol
+from edgeagent.attest import payload
 from edgeagent.cloud.tenant import JoinMaterial, SplitKey, nonce
 from edgeagent.errors import KeyDerivationError
+from edgeagent.protocol import keylime as protocol
 from tests.fixtures import kube_pki
 
 UUID = "agent-1"

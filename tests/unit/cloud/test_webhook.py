@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edgeagent.attest import protocol
 from edgeagent.cloud.webhook import RevocationReceiver, WebhookServer
+from edgeagent.protocol import keylime as protocol
 
 
 @pytest.fixture(scope="module")

@@ -159,7 +159,7 @@ class I2cHost(HostModule):
                 raise HostTrap(f"i2c transaction: operation {i} has unknown kind {kind}")
         result = self._run(handle, address, ops)
         if result.__class__ is int:
-            return result  # type: ignore[return-value]
+            return result
         for (ptr, length), data in zip(reads, result, strict=True):  # type: ignore[arg-type]
             mem.write_at_most(ptr, data, length)
         return 0
@@ -172,7 +172,7 @@ class I2cHost(HostModule):
         mem.check(buf, length)
         result = self._run(handle, address, [Read(length)])
         if result.__class__ is int:
-            return result  # type: ignore[return-value]
+            return result
         mem.write_at_most(buf, result[0], length)  # type: ignore[index]
         return 0
 
@@ -183,7 +183,7 @@ class I2cHost(HostModule):
         fast = self._write.get(handle)
         if fast is None:
             result = self._run(handle, address, [Write((self._memory or self.memory).read(buf, length))])
-            return result if result.__class__ is int else 0  # type: ignore[return-value]
+            return result if result.__class__ is int else 0
         grant = self._grants.get(handle) or self._grant(handle)
         if address not in grant.addresses:
             return self._deny(grant, address)
