@@ -39,7 +39,7 @@ keylime: .stamps/system-deps
 	./scripts/install-keylime.sh
 
 test: setup kube keylime
-	$(VENV)/bin/ruff check edgeagent tests
+	$(VENV)/bin/ruff check edgeagent tests scripts
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy edgeagent
 	$(PY) -m pytest -q
@@ -48,12 +48,12 @@ test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(VENV)/bin/ruff check edgeagent tests
+	$(VENV)/bin/ruff check edgeagent tests scripts
 	$(VENV)/bin/ruff format --check edgeagent tests
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy edgeagent
 
-run: setup
+run: setup kube keylime
 	./scripts/run-embedded.sh
 
 # ---------------------------------------------------------------- install

@@ -67,15 +67,20 @@ def _values(latest: dict[str, Any] | None) -> str:
 
 
 def render_status(s: dict[str, Any]) -> None:
+    for part in status_renderables(s):
+        render.console.print(part)
+
+
+def status_renderables(s: dict[str, Any]) -> list[Any]:
+    """The status as rich renderables: printed by `edgeagent status`, shown live by `make run`."""
     att, m, ctl = s.get("attestation") or {}, s.get("measure") or {}, s.get("controllers") or {}
-    con = render.console
-    con.print(
+    out: list[Any] = [
         f"[bold]edgeagent {escape(str(s.get('version')))}[/] pid {s.get('pid')}, up "
         f"{_seconds(s.get('uptime'))}, config {escape(str(s.get('config') or '-'))}"
         + ("" if s.get("ready") else " [yellow](starting)[/]")
-    )
+    ]
     if s.get("reload_error"):
-        con.print(f"[red]last reload refused:[/] {escape(s['reload_error'])}")
+        out.append(f"[red]last reload refused:[/] {escape(s['reload_error'])}")
     t = Table(title="phases", title_justify="left")
     for c in ("phase", "state", "detail"):
         t.add_column(c)
@@ -111,7 +116,7 @@ def render_status(s: dict[str, Any]) -> None:
         cred += f", last renewal failed: {escape(att['last_renewal_error'])}"
     t.add_row("credential", "issued" if att.get("credential_expiry") else "-", cred)
     t.add_row("controllers", str(ctl.get("state")), escape(ctl.get("last_error") or ""))
-    con.print(t)
+    out.append(t)
     drivers = s.get("drivers") or []
     if drivers:
         t = Table(title="drivers", title_justify="left")
@@ -147,7 +152,7 @@ def render_status(s: dict[str, Any]) -> None:
                 str(d.get("errors", 0)),
                 escape(d.get("last_error") or ""),
             )
-        con.print(t)
+        out.append(t)
     ctls = ctl.get("controllers") or []
     if ctls:
         t = Table(title="controllers", title_justify="left")
@@ -163,7 +168,8 @@ def render_status(s: dict[str, Any]) -> None:
                 str(c.get("restarts", 0)),
                 escape(c.get("last_error") or ""),
             )
-        con.print(t)
+        out.append(t)
+    return out
 
 
 def status_command(
