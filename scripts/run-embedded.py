@@ -3,8 +3,9 @@
 Everything is real and on loopback: a software TPM (swtpm, EK certificate from a local CA, kept in
 .state/embedded/ so the device keeps its EK across runs) with a simulated firmware measured boot; stock
 Keylime 7.14 (verifier + registrar) and etcd + kube-apiserver + kube-controller-manager from the local
-testbed; the attestation controller; and on the device `edgeagent agent`, the service systemd runs, with Wasm drivers
-reading simulated sensors and a Wasm controller (node-labeler) talking to the API server as the attested node.
+testbed; the attestation controller; and on the device `edgeagent agent`, the service systemd runs, with
+Wasm drivers reading simulated sensors and a Wasm controller (node-labeler) talking to the API server as the
+attested node.
 
 The story: measured -> registered -> attested -> credential issued -> sensor readings, an LCD write -> the
 controller sleeping on disk and waking on a ConfigMap change -> a measured driver module is swapped and the
