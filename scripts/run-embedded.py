@@ -383,6 +383,23 @@ def main() -> int:
             "and went back to sleep"
         )
 
+        # what someone copying the credential off the device would hold: usable until it expires, RBAC aside
+        node_dir = run / "state" / "node"
+        copied = cluster.write_kubeconfig(
+            run / "copied.kubeconfig",
+            (node_dir / "node.crt").read_bytes(),
+            (node_dir / "node.key").read_bytes(),
+            user=f"system:node:{NAME}",
+        )
+        as_copy = k8s.CoreV1Api(cluster.client(copied))
+
+        def copy_denied() -> bool:
+            try:
+                as_copy.list_namespaced_config_map(NAMESPACE, _request_timeout=5)
+            except k8s.exceptions.ApiException as e:
+                return e.status == 403
+            return False
+
         module = dirs[0] / "tmp102.wasm"
         original = module.read_bytes()
         shutil.copyfile(ROOT / "drivers" / "build" / "hts221.wasm", module)
@@ -403,9 +420,12 @@ def main() -> int:
         )
         node = core.read_node(NAME)
         taints = [f"{t.key}:{t.effect}" for t in node.spec.taints or []]
+        denied = wait(story, agent, copy_denied, "the node's grants to be withdrawn")
         story.beat(
             f"Keylime failed the quote; {time.monotonic() - t_tamper:.1f} s after the tamper: EdgeNode "
-            f"{en.phase}, renewals refused, Node cordoned={node.spec.unschedulable} tainted {taints}"
+            f"{en.phase} (the approver refuses renewals), node's RBAC grant withdrawn (a copy of its "
+            f"credential gets {'403' if denied else '?'}), Node cordoned={node.spec.unschedulable} "
+            f"tainted {taints}"
         )
         wait(
             story,
