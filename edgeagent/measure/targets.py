@@ -93,7 +93,8 @@ def collect(config: AgentConfig) -> list[Target]:
         if inst.policy is not None:
             files.append(("policies", inst.policy, f"driver {inst.name}'s policy"))
         for component, path, what in files:
-            if path.resolve() not in seen:
+            # A missing one is not measured (nothing of it can load: the agent reports that driver alone).
+            if path.resolve() not in seen and path.is_file():
                 seen.add(path.resolve())
                 out.append(_required_file(component, path.resolve(), what))
     if config.controllers.dir.is_dir():

@@ -378,3 +378,46 @@ def test_a_full_state_dir_fails_in_one_line_and_loses_nothing(agent_factory, tmp
             assert "edgeagent: error:" in out and "Traceback" not in out, out
     finally:
         subprocess.run(["umount", "-l", str(state)])
+
+
+def test_a_missing_driver_module_is_reported_and_the_rest_runs(agent_factory, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text("[[i2c]]\nbus = 1\naddresses = [0x48]\n")
+    instances = (
+        SENSORS
+        + f"""
+[[drivers.instances]]
+name = "gone"
+driver = "{tmp_path / "nowhere" / "gone.wasm"}"
+policy = "{policy}"
+sim = "true"
+"""
+    )
+    agent = agent_factory(base_config(tmp_path, instances=instances)).start()
+    s = agent.wait_status(
+        lambda s: agent.driver(s, "gone")["errors"] >= 1, what="the missing module reported"
+    )
+    assert (
+        agent.driver(s, "gone")["last_error"]
+        == f"driver module {tmp_path / 'nowhere' / 'gone.wasm'} does not exist"
+    )
+    agent.wait_status(lambda s: agent.driver(s, "temp")["readings"] >= 2, what="the others to read")
+
+
+def test_a_read_only_state_dir_is_one_line(agent_factory, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(state)]).returncode != 0:
+        pytest.fail("cannot mount a read-only tmpfs (the tests run as root on the project's machines)")
+    try:
+        agent = agent_factory()
+        agent.start(wait_ready=False)
+        assert agent.proc is not None
+        rc = agent.proc.wait(60)
+        out = agent.output()
+        assert rc in (4, 74), out
+        last = out.strip().splitlines()[-1]
+        assert last.startswith("edgeagent: error: ") and "Read-only file system" in last, out
+        assert "Traceback" not in out
+    finally:
+        subprocess.run(["umount", "-l", str(state)])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -152,6 +153,10 @@ restart_backoff_max = 2.0
 
         agent = AgentProcess(cfg, tpm.tcti, tmp_path / "agent.sock")
         agent.start(timeout=60)
+        # SIGKILL as soon as attestation is served (registering or waiting to be attested): the next start
+        # picks up where it was
+        agent.stop(signal.SIGKILL)
+        agent.start(timeout=60)
         s = agent.wait_status(
             lambda s: s["attestation"]["credential_expiry"], timeout=120, what="the node credential"
         )
@@ -226,6 +231,16 @@ restart_backoff_max = 2.0
             timeout=30,
             what="the controller, resumed from its snapshot, to act again",
         )
+
+        # the API server down for a while: controllers back off and recover, attestation is not disturbed
+        kube_cluster.stop_apiserver()
+        time.sleep(3)
+        agent.wait_status(lambda s: s["attestation"]["phase"] == "serving", what="attestation to go on")
+        kube_cluster.start_apiserver()
+        core.api_client.rest_client.pool_manager.clear()
+        core.patch_namespaced_config_map(labels_cm, NAMESPACE, {"data": {"rack": "r9"}})
+        procs.wait_for(lambda: _labels(core, name).get("device.edgeagent.io/rack") == "r9", timeout=60,
+                       what="the controller to act after the API server came back")
 
         # SIGKILL while serving: ready again, same AK, the same certificate kept (nothing re-enrolled)
         cert = (tmp_path / "state" / "node").glob("*.crt")
