@@ -23,8 +23,8 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from edgeagent.attest.secrets import write_private
-from edgeagent.cloud import kubeconfig as kubeconfig_file
 from edgeagent.errors import ClusterError, PeerUnreachable
+from edgeagent.kube import kubeconfig as kubeconfig_file
 
 REQUEST_TIMEOUT = 10.0
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from edgeagent.cloud import kubeconfig as kubeconfig_file
 from edgeagent.errors import ConfigError
+from edgeagent.kube import kubeconfig as kubeconfig_file
 from edgeagent.testbed import kube_pki, procs
 
 KUBE_VERSION = "1.20.2"

@@ -5,6 +5,7 @@ Everything else is real: the probe and ring controllers (make -C controllers), w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -16,10 +17,9 @@ from typing import Any
 import pytest
 
 from edgeagent.controllers.host import ControllerHost, HostOptions, State, host_alive, read_status
-from edgeagent.controllers.kubeapi import ApiRequest, ApiResponse
 from edgeagent.controllers.manifest import Manifest, parse_manifest
-from edgeagent.controllers.watch import Event
 from edgeagent.errors import ControllerError, StateError, WasmError
+from edgeagent.kube.watch import Event
 
 CONTROLLERS = Path(__file__).resolve().parents[2] / "controllers"
 PROBE = CONTROLLERS / "build" / "testing" / "probe.wasm"
@@ -31,17 +31,38 @@ def guests() -> None:
     subprocess.run(["make", "-s", "-C", str(CONTROLLERS)], check=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sent:
+    method: str
+    path: str
+    body: Any
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def resource(self) -> str:
+        return self.path.rsplit("/", 2)[-2]
+
+
+@dataclasses.dataclass
+class Answer:
+    status: int
+    data: bytes
+
+
 class RecordingApi:
-    """Answers every request 200 with an empty object and remembers it."""
+    """Answers every request 200 with an empty object and remembers it (KubeApi.call's signature)."""
 
     host = "https://fake"
 
     def __init__(self) -> None:
-        self.sent: list[tuple[ApiRequest, str | None]] = []
+        self.sent: list[tuple[Sent, str | None]] = []
 
-    def send(self, req: ApiRequest, *, impersonate: str | None = None) -> ApiResponse:
-        self.sent.append((req, impersonate))
-        return ApiResponse(200, b"{}")
+    def call(self, method: str, path: str, *, body: Any = None, headers: Any = None, **_: Any) -> Answer:
+        self.sent.append((Sent(method, path, body), (headers or {}).get("Impersonate-User")))
+        return Answer(200, b"{}")
 
     def published(self) -> dict[str, str]:
         req, _ = self.sent[-1]
