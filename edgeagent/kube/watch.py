@@ -232,17 +232,17 @@ class SharedWatch:
                     listed = True
                 self._watch_once()
             except _Expired as e:
-                if listed:  # the version a list just returned is already gone: back off, do not spin
-                    self._failed(e)
-                    continue
                 self.stats.gone += 1
+                with self._lock:
+                    self.resource_version = None
+                if listed:  # the version a list just returned is already gone: back off, do not spin
+                    self._failed(errors.Gone(str(e), status=410))
+                    continue
                 log.info(
                     "watch %s: resourceVersion %s expired (410 Gone); relisting",
                     self.kind,
                     self.resource_version,
                 )
-                with self._lock:
-                    self.resource_version = None
             except Exception as e:  # every failure is retried: a dead watch thread would fail silently
                 if self._stop.is_set():
                     break
@@ -256,7 +256,7 @@ class SharedWatch:
         s.last_error_at = time.time()
         self.synced.clear()
         lo, hi = self._backoff
-        delay = min(lo * 2 ** (s.consecutive_failures - 1), hi) * random.uniform(0.5, 1.0)
+        delay = min(lo * 2 ** min(s.consecutive_failures - 1, 32), hi) * random.uniform(0.5, 1.0)
         if isinstance(e, EdgeAgentError):
             log.warning("watch %s: %s; retrying in %.1f s", self.kind, s.last_error, delay)
         else:  # not a request failure: a malformed answer or a bug; the traceback says which
