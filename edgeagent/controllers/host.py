@@ -473,6 +473,7 @@ class ControllerHost:
         self._active: collections.OrderedDict[str, Controller] = collections.OrderedDict()
         self._trimmed_at = -1
         self._dirty = threading.Event()
+        self._watch_health_written: tuple[tuple[str, bool, int], ...] = ()
         self._status_lock = threading.Lock()
         self._running = False
 
@@ -665,8 +666,17 @@ class ControllerHost:
     def mark_dirty(self) -> None:
         self._dirty.set()
 
+    def _watch_health(self) -> tuple[tuple[str, bool, int], ...]:
+        if self.hub is None:
+            return ()
+        return tuple((w.kind, w.healthy and w.alive, w.stats.errors) for w in list(self.hub.watches.values()))
+
     def _status_tick(self) -> None:
         try:
+            health = self._watch_health()
+            if health != self._watch_health_written:  # a watch failed or recovered: report it now
+                self._watch_health_written = health
+                self.mark_dirty()
             if self._dirty.is_set():
                 self.write_status()
             swaps = sum(c.stats.swaps for c in self.controllers.values())
@@ -688,6 +698,8 @@ class ControllerHost:
                         "resource_version": w.resource_version,
                         "subscribers": len(w.subscriptions),
                         "synced": w.synced.is_set(),
+                        # healthy: its thread runs and its last list or watch request succeeded
+                        "healthy": w.healthy and w.alive,
                         **dataclasses.asdict(w.stats),
                     }
                 )
