@@ -131,7 +131,8 @@ class ClientTransport:
         timeout: float | tuple[float, float],
         stream: bool,
     ) -> Any:
-        hdrs = dict(headers)
+        # The client's default headers too: Impersonate-User, set there, must reach every request.
+        hdrs = {**getattr(self.client, "default_headers", {}), **headers}
         # auth_settings() runs the configuration's refresh hook (exec plugins, expiring tokens).
         for setting in self.client.configuration.auth_settings().values():
             if setting.get("in") == "header" and setting.get("value"):

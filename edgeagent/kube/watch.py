@@ -24,7 +24,7 @@ filters share the watch. To make that cheap the watch keeps only (resourceVersio
 the objects: an event's raw JSON line is what subscribers receive, decoded once for routing.
 
 Threads: each SharedWatch runs one daemon thread (``watch-KIND``), which alone reads the stream, lists and
-calls the sinks; ``add``/``remove``/``stop``/``keys`` may be called from any thread.
+calls the sinks; ``add``/``remove``/``stop``/``known`` may be called from any thread.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class SharedWatch:
         """Whether the watch thread runs (False before ``start`` and after ``stop``)."""
         return self._thread is not None and self._thread.is_alive()
 
-    def keys(self) -> list[tuple[str, str]]:
+    def known(self) -> list[tuple[str, str]]:
         """(namespace, name) of every object the watch knows now: its memory, no request."""
         with self._lock:
             return list(self._known)
