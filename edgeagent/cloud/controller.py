@@ -628,4 +628,4 @@ def boot_policy(spec: crd.EdgeNodeSpec) -> dict[str, list[str]]:
 
 def _credential_alive(en: crd.EdgeNode) -> bool:
     expiry = en.status.get("credentialExpiry")
-    return bool(expiry) and expiry > crd.now_rfc3339()
+    return isinstance(expiry, str) and expiry > crd.now_rfc3339()

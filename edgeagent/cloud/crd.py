@@ -168,8 +168,10 @@ def install(api: k8s.ApiClient, *, timeout: float = 30.0) -> None:
     if kube_errors.call(what, ext.create_custom_resource_definition, body, ok=(409,)) is None:
         with kube_errors.translated(what):  # it exists: bring it up to date
             current = ext.read_custom_resource_definition(NAME)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(NAME, body)
+            meta = current.metadata
+            body["metadata"]["resourceVersion"] = meta.resource_version if meta is not None else None
+            # a dict body is sent as it is (the client's models are only one way to write one)
+            ext.replace_custom_resource_definition(NAME, body)  # type: ignore[arg-type]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with kube_errors.translated(what):

@@ -16,6 +16,7 @@ are short-lived and renewed only while attested.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import time
 from typing import Any
 
@@ -129,7 +130,7 @@ class Access:
     def event(self, en: crd.EdgeNode, *, reason: str, message: str, warning: bool = False) -> None:
         """Records a core/v1 Event about ``en`` (best effort: an Event never blocks a revocation)."""
         stamp = k8s.V1ObjectMeta(generate_name=f"{en.name}.", namespace=EVENT_NAMESPACE)
-        now = crd.now_rfc3339()
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         body = k8s.CoreV1Event(
             metadata=stamp,
             involved_object=en.reference(),

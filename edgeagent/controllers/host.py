@@ -272,7 +272,7 @@ class Controller:
                 del self._timers[item.timer_id]
                 guest = self._ensure_active(item.received)
                 self.stats.timers += 1
-                rc = signed32(int(guest.call("handle-timer", item.timer_id)) & 0xFFFFFFFF)
+                rc = signed32(int(guest.call("handle-timer", item.timer_id) or 0) & 0xFFFFFFFF)
                 self._after_call("handle-timer", rc)
             else:
                 guest = self._ensure_active(item.received)
