@@ -16,8 +16,23 @@ Everything that touches a controller (events, timer firings, swap-outs) goes thr
 they run one at a time in arrival order; an event that arrives while the controller is being restored waits in
 that queue behind the event that woke it. A failing controller only ever fails itself.
 
-The host writes ``<state>/controllers/status.json`` atomically once a second when something changed; that file
-is what ``edgeagent controllers list`` shows, from any process.
+The host writes ``<state>/controllers/status.json`` atomically once a second when something changed (a
+watch failing or recovering counts); that file is what ``edgeagent controllers list`` shows, from any process.
+
+Threads, and what each owns:
+
+- the caller's (``service.run``): loads manifests, ``start``, waits for a signal, ``stop``.
+- the worker pool (``controller_N``, ``HostOptions.workers``, 2 by default): drains the controllers'
+  ``SerialQueue``s, one controller at a time per queue. The only threads that run guest code; they own the
+  instances (instantiate, restore, swap out, fail, restart).
+- ``controller-timers``: takes due ids from the host's ``kube.queue.DelayQueue`` and runs their callbacks:
+  guest timers, idle checks and restart backoffs only post to a controller's queue; the status tick writes
+  ``status.json``. Callbacks must be short: they share this one thread.
+- one ``watch-KIND`` per shared watch (``kube.watch.SharedWatch`` through ``watch.WatchHub``): owns its
+  stream, resume point and health; delivers by posting to the subscribed controllers' queues, never calling
+  a guest.
+- with a ConfigMap source (``source``): its ``configmap-source`` thread applies changes (adds and removes
+  controllers, waiting for their queues), fed by a watch thread of its own.
 """
 
 from __future__ import annotations
