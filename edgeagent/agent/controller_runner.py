@@ -160,9 +160,9 @@ class ControllersRunner:
 
     def _start_host(self) -> None:
         from edgeagent.controllers.host import ControllerHost, HostOptions
-        from edgeagent.controllers.kubeapi import KubeApi, connect
         from edgeagent.controllers.measured import measured_digests
         from edgeagent.controllers.source import ConfigMapSource
+        from edgeagent.kube.api import KubeApi, connect
 
         cc = self.config.controllers
         api = KubeApi(connect(self.kubeconfig))

@@ -1,32 +1,39 @@
 """Kubelet TLS bootstrap from the device: the node's CSR sent with the bootstrap token, then its certificate.
 
-Standard Kubernetes flow through the official client: a bootstrap token (group system:bootstrappers) may
-create and read CertificateSigningRequests; the attestation controller approves only CSRs whose TPM binding
-checks out; kube-controller-manager signs. The device then writes a kubeconfig for the
-kubelet that points at its key and certificate files.
+Standard Kubernetes flow: a bootstrap token (group system:bootstrappers) may create and read
+CertificateSigningRequests; the attestation controller approves only CSRs whose TPM binding checks out;
+kube-controller-manager signs. The device then writes a kubeconfig for the kubelet that points at its key and
+certificate files.
 
-Transport failures (API server down or restarting) are `PeerUnreachable`, which `enroll` retries with backoff;
-a refusal (401 for an expired token, 403, a denied CSR) is a `ClusterError`: retrying cannot change it.
+Two JSON requests need no typed models: they go through ``edgeagent.kube`` (urllib3), not the official
+kubernetes client, whose import alone would cost the device ~18 MB of RSS.
+
+Transport failures (API server down or restarting, or answering 429/5xx) are `PeerUnreachable`, which `enroll`
+retries with backoff; a refusal (401 for an expired token, 403, a denied CSR) is a `ClusterError`: retrying
+cannot change it.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import urllib3
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
-
 from edgeagent.attest.secrets import write_private
-from edgeagent.cloud import kubeconfig as kubeconfig_file
-from edgeagent.errors import ClusterError, PeerUnreachable
+from edgeagent.errors import ClusterError
+from edgeagent.kube import errors as kube_errors
+from edgeagent.kube import kubeconfig as kubeconfig_file
+from edgeagent.kube import transport
+from edgeagent.kube.api import KubeApi, resource_path
 
 REQUEST_TIMEOUT = 10.0
+CSR_GROUP, CSR_VERSION, CSR_PLURAL = "certificates.k8s.io", "v1", "certificatesigningrequests"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,59 +46,56 @@ class Cluster:
     cert_file: Path | None = None
     key_file: Path | None = None
 
-    def api(self) -> k8s.CertificatesV1Api:
-        cfg = k8s.Configuration()
-        cfg.host = self.api_server
-        cfg.ssl_ca_cert = str(self.ca_file)
-        cfg.verify_ssl = True
-        cfg.retries = False  # enroll owns retrying, with its own backoff and deadline
-        if self.token is not None:
-            cfg.api_key = {"authorization": self.token}
-            cfg.api_key_prefix = {"authorization": "Bearer"}
-        if self.cert_file is not None and self.key_file is not None:
-            cfg.cert_file, cfg.key_file = str(self.cert_file), str(self.key_file)
-        return k8s.CertificatesV1Api(k8s.ApiClient(cfg))
+    @functools.cached_property
+    def api(self) -> KubeApi:
+        """The client, made on first use and kept (one TLS pool for all polls of ``wait_certificate``). It
+        never retries by itself: enroll owns retrying, with its own backoff and deadline. ConfigError if the
+        CA or the key pair cannot be loaded."""
+        return KubeApi(
+            transport.direct(
+                self.api_server,
+                ca_file=self.ca_file,
+                token=self.token,
+                cert_file=self.cert_file,
+                key_file=self.key_file,
+            ),
+            timeout=REQUEST_TIMEOUT,
+        )
 
 
-def _call(what: str, server: str, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except ApiException as e:
-        if e.status is not None and e.status >= 500:
-            raise PeerUnreachable(f"API server {server} failed the {what}: HTTP {e.status}") from None
-        reason = (e.reason or "").strip() or f"HTTP {e.status}"
-        raise ClusterError(f"API server {server} refused the {what}: {e.status} {reason}") from None
-    except (urllib3.exceptions.HTTPError, OSError) as e:
-        raise PeerUnreachable(f"API server {server} unreachable for the {what}: "
-                              f"{e.__class__.__name__}") from None
+def _csr_path(name: str = "") -> str:
+    return resource_path(CSR_GROUP, CSR_VERSION, CSR_PLURAL, name=name)
+
+
+def _request(cluster: Cluster, what: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    """One request; ``kube.errors`` name ``what`` and the API server ("cannot read CSR x at https://...")."""
+    return cluster.api.request_json(method, path, what=f"{what} at {cluster.api_server}", body=body)
 
 
 def submit(cluster: Cluster, body: dict[str, Any]) -> str:
     """Creates the CSR object; returns its name. An existing CSR of the same name is taken as ours."""
     name = body["metadata"]["name"]
-    api = cluster.api()
-    try:
-        _call("CSR creation", cluster.api_server,
-              lambda: api.create_certificate_signing_request(body, _request_timeout=REQUEST_TIMEOUT))
-    except ClusterError as e:
-        if " 409 " not in f" {e} ":  # AlreadyExists: a restart after the create reached the server
-            raise
+    # AlreadyExists (409): a restart after the create reached the server
+    with contextlib.suppress(kube_errors.Conflict):
+        _request(cluster, f"create CSR {name}", "POST", _csr_path(), body)
     return name
 
 
 def issued_certificate(cluster: Cluster, name: str) -> bytes | None:
     """The signed certificate (PEM) once issued, None while pending; ClusterError when denied or failed."""
-    api = cluster.api()
-    csr = _call("CSR read", cluster.api_server,
-                lambda: api.read_certificate_signing_request(name, _request_timeout=REQUEST_TIMEOUT))
-    status = csr.status
-    for cond in (status.conditions or []) if status else []:
-        if cond.type in ("Denied", "Failed") and cond.status in (None, "True"):
-            raise ClusterError(f"CSR {name} was {cond.type.lower()}: {cond.reason or ''} {cond.message or ''}"
-                               .strip())
-    if status is None or not status.certificate:
+    csr = _request(cluster, f"read CSR {name}", "GET", _csr_path(name))
+    status = csr.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") in ("Denied", "Failed") and cond.get("status") in (None, "True"):
+            raise ClusterError(f"CSR {name} was {cond['type'].lower()}: {cond.get('reason') or ''} "
+                               f"{cond.get('message') or ''}".strip())
+    cert = status.get("certificate")
+    if not cert:
         return None
-    return base64.b64decode(status.certificate)
+    try:
+        return base64.b64decode(cert, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise ClusterError(f"CSR {name}: status.certificate is not base64") from None
 
 
 def wait_certificate(cluster: Cluster, name: str, *, timeout: float, interval: float = 0.2,

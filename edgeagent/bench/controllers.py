@@ -38,8 +38,8 @@ from typing import Any
 import edgeagent
 from edgeagent.bench.harness import Case, Report
 from edgeagent.config import AgentConfig
-from edgeagent.controllers.kubeapi import KubeApi, connect
 from edgeagent.errors import EdgeAgentError, PeerUnreachable
+from edgeagent.kube.api import KubeApi, connect
 from edgeagent.testbed.kube import KubeCluster
 from edgeagent.wasm import ModuleCache, Runtime
 

@@ -137,10 +137,10 @@ def _one_run(
 ) -> None:
     """One device: enroll, then tamper and time until its credential stops working; always cleaned up."""
     from kubernetes import client as k8s
-    from kubernetes.client.rest import ApiException
 
     from edgeagent.attest.enroll import Enrollment
     from edgeagent.cloud import crd
+    from edgeagent.kube import errors as kube_errors
 
     api = controller.api
     name = f"bench-{i}-{uuidlib.uuid4().hex[:6]}"
@@ -190,8 +190,9 @@ def _one_run(
 
         def denied() -> bool:
             try:
-                as_node.list_namespaced_config_map("default", _request_timeout=5)
-            except ApiException as e:
+                list_cms = as_node.list_namespaced_config_map
+                kube_errors.call("list ConfigMaps as the node", list_cms, "default", _request_timeout=5)
+            except kube_errors.ApiError as e:
                 return e.status == 403
             return False
 

@@ -82,6 +82,14 @@ def register(app: typer.Typer) -> None:
         lease_namespace: Annotated[str, typer.Option(help="Namespace of the leader Lease")] = "kube-system",
         identity: Annotated[str | None, typer.Option(help="Leader identity [default: hostname]")] = None,
         install_crd: Annotated[bool, typer.Option(help="Create/update the EdgeNode CRD at start")] = False,
+        resync_interval: Annotated[
+            float,
+            typer.Option(
+                min=0.0,
+                help="Relist EdgeNodes and CSRs every this many seconds (one LIST each; 0: never, the "
+                "watches resume from their resourceVersion and relist only when it expired)",
+            ),
+        ] = 0.0,
     ) -> None:
         """Attest edge devices with Keylime and issue/withdraw their node credentials (runs until stopped)."""
         from edgeagent.cloud.controller import Controller, Settings
@@ -116,6 +124,7 @@ def register(app: typer.Typer) -> None:
             webhook_key=webhook_key,
             webhook_client_ca=keylime_ca_dir / "cacert.crt" if webhook_cert else None,
             install_crd=install_crd,
+            resync_interval=resync_interval,
         )
         controller = Controller(api, settings)
         signal.signal(signal.SIGTERM, lambda *_: controller.stop_event.set())

@@ -152,6 +152,18 @@ def list_controllers(
     )
     for f in status.get("failed_loads", []):
         render.console.print(f"not loaded: {f['error']}", style="red", markup=False, highlight=False)
+    for w in status.get("watches", []):
+        where = f" in {w['namespace']}" if w.get("namespace") else ""
+        if w.get("healthy", w.get("synced")):
+            continue
+        failures = int(w.get("consecutive_failures", 0))
+        why = f"{failures} failures in a row: {w.get('last_error') or '?'}" if failures else "not listed yet"
+        render.console.print(
+            f"watch {w.get('kind')}{where} UNHEALTHY ({why})",
+            style="red",
+            markup=False,
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -17,9 +17,8 @@ import time
 from dataclasses import dataclass
 
 from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
 
-from edgeagent.errors import ClusterError
+from edgeagent.kube import errors as kube_errors
 
 NAMESPACE = "kube-system"
 GROUP = "system:bootstrappers:edgeagent"
@@ -70,20 +69,17 @@ def create(api: k8s.ApiClient, *, node_name: str, ttl_seconds: int = 300) -> Boo
             "description": f"edgeagent enrollment of node {node_name}",
         },
     )
-    try:
-        k8s.CoreV1Api(api).create_namespaced_secret(NAMESPACE, body)
-    except ApiException as e:
-        raise ClusterError(f"cannot create bootstrap token for {node_name}: {e.status} {e.reason}") from None
+    create = k8s.CoreV1Api(api).create_namespaced_secret
+    kube_errors.call(f"create bootstrap token for {node_name}", create, NAMESPACE, body)
     return token
 
 
 def delete(api: k8s.ApiClient, token_id: str) -> None:
     """Deletes a token (already gone is fine: the tokencleaner may have been first)."""
-    try:
-        k8s.CoreV1Api(api).delete_namespaced_secret(f"bootstrap-token-{token_id}", NAMESPACE)
-    except ApiException as e:
-        if e.status != 404:
-            raise ClusterError(f"cannot delete bootstrap token {token_id}: {e.status} {e.reason}") from None
+    delete = k8s.CoreV1Api(api).delete_namespaced_secret
+    kube_errors.call(
+        f"delete bootstrap token {token_id}", delete, f"bootstrap-token-{token_id}", NAMESPACE, ok=(404,)
+    )
 
 
 def ensure_rbac(api: k8s.ApiClient) -> None:
@@ -97,10 +93,5 @@ def ensure_rbac(api: k8s.ApiClient) -> None:
         ),
         subjects=[k8s.RbacV1Subject(kind="Group", name=GROUP, api_group="rbac.authorization.k8s.io")],
     )
-    try:
-        k8s.RbacAuthorizationV1Api(api).create_cluster_role_binding(body)
-    except ApiException as e:
-        if e.status != 409:
-            raise ClusterError(
-                f"cannot bind {BOOTSTRAPPER_ROLE} for bootstrappers: {e.status} {e.reason}"
-            ) from None
+    create = k8s.RbacAuthorizationV1Api(api).create_cluster_role_binding
+    kube_errors.call(f"bind {BOOTSTRAPPER_ROLE} for bootstrappers", create, body, ok=(409,))

@@ -1,9 +1,19 @@
 """The attestation controller: EdgeNodes in, Keylime driven, node credentials approved or withdrawn.
 
-One worker thread reconciles one key at a time ("node/NAME" or "csr/NAME") from a delay queue fed by two
-watches (EdgeNodes, CSRs) and by its own requeues; a per-node lock serialises it with the webhook thread,
-which revokes directly so a notification takes effect in milliseconds. Nothing acts unless this replica holds
-the Lease (`leader.LeaseElector`).
+Threads, and what each owns:
+- worker (``IDENTITY-worker``): the only one that reconciles. It takes one key at a time ("node/NAME" or
+  "csr/NAME") from the ``kube.queue.DelayQueue`` and owns ``memory`` (per-node facts) and the requeues
+  (delays, backoff). Nothing acts unless this replica holds the Lease: a follower's keys wait a second.
+- two shared watches (``kube.watch.SharedWatch``: ``watch-edgenodes.edgeagent.io`` and
+  ``watch-certificatesigningrequests.certificates.k8s.io``): each owns its stream and resume point, and only
+  adds keys to the queue. They list once and then watch from the last resourceVersion, relisting only on 410
+  Gone (or every ``Settings.resync_interval`` seconds if set: one LIST per kind, keys only for what changed).
+  A watch that fails backs off and retries; ``health()`` reports it.
+- the lease elector (``lease-IDENTITY``): owns the Lease; on winning it makes sure the cluster objects exist
+  and queues every EdgeNode the watch knows (no request).
+- the webhook server's threads: verify Keylime's revocation notifications and revoke directly, under the
+  per-node lock that serialises them with the worker, so a notification takes effect in milliseconds.
+- the caller's thread runs ``run_forever`` (or ``start``/``stop``) and nothing else.
 
 EdgeNode life cycle (status.phase), each step idempotent:
   Pending    -> registrar has the activated agent, EK chains to the vendor CA store and matches the pin ->
@@ -22,14 +32,12 @@ Failures talking to Keylime or the API server requeue the key with exponential b
 from __future__ import annotations
 
 import base64
-import heapq
 import json
 import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +45,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client as k8s
-from kubernetes import watch as k8s_watch
-from kubernetes.client.rest import ApiException
 
 from edgeagent.cloud import bootstrap, crd, ekcheck, keylime, leader, revoke, tenant, webhook
 from edgeagent.cloud import csr as csr_mod
 from edgeagent.errors import ClusterError, ConfigError, EdgeAgentError
+from edgeagent.kube import errors as kube_errors
+from edgeagent.kube.api import KubeApi
+from edgeagent.kube.queue import DelayQueue
+from edgeagent.kube.transport import ClientTransport
+from edgeagent.kube.watch import Event, Everything, SharedWatch
 
 log = logging.getLogger(__name__)
 
@@ -88,37 +99,13 @@ class Settings:
     webhook_client_ca: Path | None = None
     """CA the notifier's client certificate must chain to (the Keylime CA); None: no client certificate."""
     install_crd: bool = False
-
-
-class DelayQueue:
-    """Keys due at a time; a key queued twice keeps its earliest due time. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, str]] = []
-        self._due: dict[str, float] = {}
-        self._cv = threading.Condition()
-
-    def add(self, key: str, delay: float = 0.0) -> None:
-        due = time.monotonic() + delay
-        with self._cv:
-            if key in self._due and self._due[key] <= due:
-                return
-            self._due[key] = due
-            heapq.heappush(self._heap, (due, key))
-            self._cv.notify()
-
-    def get(self, stop: threading.Event) -> str | None:
-        with self._cv:
-            while not stop.is_set():
-                while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
-                    heapq.heappop(self._heap)  # superseded entries
-                if self._heap and self._heap[0][0] <= time.monotonic():
-                    _, key = heapq.heappop(self._heap)
-                    del self._due[key]
-                    return key
-                timeout = self._heap[0][0] - time.monotonic() if self._heap else 0.5
-                self._cv.wait(min(max(timeout, 0.0), 0.5))
-        return None
+    watch_timeout: int = 300
+    """Seconds one watch request lasts on the API server (timeoutSeconds; each request gets 1-1.5 times it);
+    the next one resumes from the last resourceVersion, so this costs no list."""
+    resync_interval: float = 0.0
+    """Seconds between two scheduled relists of EdgeNodes and CSRs; 0 (the default): never. The watches resume
+    from their resourceVersion and relist only on 410 Gone, so nothing is missed without it; a relist is one
+    paged LIST per kind and queues only objects whose resourceVersion changed (no per-object GET)."""
 
 
 @dataclass
@@ -146,7 +133,10 @@ class Controller:
         *,
         keylime_client: keylime.KeylimeClient | None = None,
         tls: keylime.KeylimeTls | None = None,
+        kube: KubeApi | None = None,
     ) -> None:
+        """``api`` (the official client) makes the typed writes; ``kube`` carries the watches, by default
+        over ``api``'s own connection (same credentials, same Impersonate-User)."""
         self.api = api
         self.s = settings
         self.tls = tls or keylime.KeylimeTls.from_dir(settings.keylime_ca_dir)
@@ -164,7 +154,19 @@ class Controller:
             max_lifetime=settings.credential_lifetime,
             max_binding_age=settings.max_binding_age,
         )
-        self.queue = DelayQueue()
+        self.queue: DelayQueue[str] = DelayQueue()
+        self.kube = kube or KubeApi(ClientTransport(api))
+        watch_options: dict[str, Any] = dict(
+            timeout_seconds=(settings.watch_timeout, settings.watch_timeout * 3 // 2),
+            backoff=(0.5, 10.0),
+            relist_interval=settings.resync_interval,
+        )
+        self.edgenode_watch = SharedWatch(self.kube, crd.GROUP, crd.VERSION, crd.PLURAL, **watch_options)
+        self.edgenode_watch.subscribe(Everything(), lambda ev: self._queue_event("node", ev))
+        self.csr_watch = SharedWatch(
+            self.kube, "certificates.k8s.io", "v1", "certificatesigningrequests", **watch_options
+        )
+        self.csr_watch.subscribe(Everything(), lambda ev: self._queue_event("csr", ev))
         self.stop_event = threading.Event()
         self.memory: dict[str, _Memory] = defaultdict(_Memory)
         self.locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
@@ -206,23 +208,31 @@ class Controller:
                 self.receiver, self.s.webhook_host, self.s.webhook_port, ctx
             ).start()
         self.elector.start()
-        for target, name in (
-            (self._worker, "worker"),
-            (self._watch_edgenodes, "watch-edgenodes"),
-            (self._watch_csrs, "watch-csrs"),
-        ):
-            t = threading.Thread(target=target, name=f"{self.s.identity}-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self.edgenode_watch.start()
+        self.csr_watch.start()
+        t = threading.Thread(target=self._worker, name=f"{self.s.identity}-worker", daemon=True)
+        t.start()
+        self._threads.append(t)
         return self
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.queue.close()
         if self.webhook is not None:
             self.webhook.stop()
         self.elector.stop()
+        self.edgenode_watch.stop()
+        self.csr_watch.stop()
         for t in self._threads:
             t.join(timeout=5)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Each watch: healthy (listed, last request accepted, thread running) and its stats."""
+        return {
+            w.kind: {"healthy": w.healthy and w.alive, "resource_version": w.resource_version}
+            | asdict(w.stats)
+            for w in (self.edgenode_watch, self.csr_watch)
+        }
 
     def run_forever(self) -> None:
         """Runs until SIGINT/SIGTERM (the CLI); exits non-zero through the CLI if startup fails."""
@@ -235,70 +245,30 @@ class Controller:
 
     def _on_started_leading(self) -> None:
         log.info("%s is the leader", self.s.identity)
+        # Every EdgeNode the watch knows, from its memory: a follower dropped nothing, but its keys may be
+        # waiting out their backoff. Before the watch's first list this is empty; that list queues them all.
+        for _, name in self.edgenode_watch.known():
+            self.queue.add(f"node/{name}")
         try:
             self._ensure_cluster_objects()
-            for en in self.edgenodes.list()[0]:
-                self.queue.add(f"node/{en.name}")
-        except Exception as e:  # the watches list again anyway; the API server may just be restarting
+        except EdgeAgentError as e:  # the API server may just be restarting; the reconciles retry
             log.warning("on becoming leader: %s", e)
 
     def _ensure_cluster_objects(self) -> None:
         rbac = k8s.RbacAuthorizationV1Api(self.api)
-        try:
-            rbac.read_cluster_role(revoke.NODE_ROLE)
-        except ApiException as e:
-            if e.status != 404:
-                raise ClusterError(f"cannot read ClusterRole {revoke.NODE_ROLE}: {e.reason}") from None
+        role = revoke.NODE_ROLE
+        if kube_errors.call(f"read ClusterRole {role}", rbac.read_cluster_role, role, ok=(404,)) is None:
             self.access.ensure_role()
-        try:
-            rbac.read_cluster_role_binding(bootstrap.BOOTSTRAPPER_BINDING)
-        except ApiException as e:
-            if e.status != 404:
-                raise ClusterError(f"cannot read {bootstrap.BOOTSTRAPPER_BINDING}: {e.reason}") from None
+        binding = bootstrap.BOOTSTRAPPER_BINDING
+        read_binding = rbac.read_cluster_role_binding
+        if kube_errors.call(f"read {binding}", read_binding, binding, ok=(404,)) is None:
             bootstrap.ensure_rbac(self.api)
 
     # ------------------------------------------------------------ watches
-    def _watch_edgenodes(self) -> None:
-        custom = k8s.CustomObjectsApi(self.api)
-        for obj in self._watch(custom.list_cluster_custom_object, crd.GROUP, crd.VERSION, crd.PLURAL):
-            name = (obj.get("metadata") or {}).get("name") if isinstance(obj, dict) else None
-            if name:
-                self.queue.add(f"node/{name}")
-
-    def _watch_csrs(self) -> None:
-        for obj in self._watch(self.certs.list_certificate_signing_request):
-            name = getattr(getattr(obj, "metadata", None), "name", None)
-            if name:
-                self.queue.add(f"csr/{name}")
-
-    def _watch(self, list_fn: Callable[..., Any], *args: Any) -> Iterator[Any]:
-        """List then watch, forever: reconnects with backoff, relists when the resourceVersion is gone."""
-        backoff = 0.5
-        while not self.stop_event.is_set():
-            try:
-                listed = list_fn(*args)
-                items = listed["items"] if isinstance(listed, dict) else listed.items
-                rv = (
-                    listed["metadata"]["resourceVersion"]
-                    if isinstance(listed, dict)
-                    else listed.metadata.resource_version
-                )
-                yield from items
-                w = k8s_watch.Watch()
-                for event in w.stream(
-                    list_fn, *args, resource_version=rv, timeout_seconds=30, _request_timeout=40
-                ):
-                    if self.stop_event.is_set():
-                        w.stop()
-                        return
-                    if event.get("type") == "ERROR":
-                        break
-                    yield event["object"]
-                backoff = 0.5
-            except Exception as e:  # API server down or restarting: keep watching
-                log.info("watch %s: %s", getattr(list_fn, "__name__", list_fn), e)
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+    def _queue_event(self, kind: str, ev: Event) -> None:
+        """A watch event (on a watch thread): the object's key is due now."""
+        if ev.name:
+            self.queue.add(f"{kind}/{ev.name}")
 
     # ------------------------------------------------------------ worker
     def _worker(self) -> None:
@@ -576,12 +546,10 @@ class Controller:
 
     # ------------------------------------------------------------ CSRs
     def reconcile_csr(self, name: str) -> float | None:
-        try:
-            obj = self.certs.read_certificate_signing_request(name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise ClusterError(f"cannot read CSR {name}: {e.status} {e.reason}") from None
+        read = self.certs.read_certificate_signing_request
+        obj = kube_errors.call(f"read CSR {name}", read, name, ok=(404,))
+        if obj is None:
+            return None
         view = csr_mod.CsrView.from_object(obj)
         if view.signer != csr_mod.KUBELET_SIGNER:
             return None
@@ -613,10 +581,8 @@ class Controller:
                     message=decision.message[:1000],
                 ),
             ]
-            try:
-                self.certs.replace_certificate_signing_request_approval(name, obj)
-            except ApiException as e:
-                raise ClusterError(f"cannot approve/deny CSR {name}: {e.status} {e.reason}") from None
+            approve = self.certs.replace_certificate_signing_request_approval
+            kube_errors.call(f"approve/deny CSR {name}", approve, name, obj)
             self._record("approve" if decision.approve else f"deny:{decision.reason}", node)
             if decision.approve:
                 self.edgenodes.patch_status(
@@ -662,4 +628,4 @@ def boot_policy(spec: crd.EdgeNodeSpec) -> dict[str, list[str]]:
 
 def _credential_alive(en: crd.EdgeNode) -> bool:
     expiry = en.status.get("credentialExpiry")
-    return bool(expiry) and expiry > crd.now_rfc3339()
+    return isinstance(expiry, str) and expiry > crd.now_rfc3339()

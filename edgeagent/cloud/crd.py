@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
 
 from edgeagent.errors import ClusterError, ConfigError
+from edgeagent.kube import errors as kube_errors
 
 GROUP = "edgeagent.io"
 VERSION = "v1alpha1"
@@ -164,26 +164,22 @@ def install(api: k8s.ApiClient, *, timeout: float = 30.0) -> None:
     """Creates (or updates) the CRD and waits until the API server serves it (condition Established)."""
     ext = k8s.ApiextensionsV1Api(api)
     body = definition()
-    try:
-        try:
-            # The client sends a dict body as it is; its annotations name only the model class.
-            ext.create_custom_resource_definition(body)  # type: ignore[arg-type]
-        except ApiException as e:
-            if e.status != 409:
-                raise
+    what = f"install CRD {NAME}"
+    if kube_errors.call(what, ext.create_custom_resource_definition, body, ok=(409,)) is None:
+        with kube_errors.translated(what):  # it exists: bring it up to date
             current = ext.read_custom_resource_definition(NAME)
             meta = current.metadata
-            body["metadata"]["resourceVersion"] = meta.resource_version if meta else None
-            ext.replace_custom_resource_definition(NAME, body)  # type: ignore[arg-type]  # a dict, as above
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+            body["metadata"]["resourceVersion"] = meta.resource_version if meta is not None else None
+            # a dict body is sent as it is (the client's models are only one way to write one)
+            ext.replace_custom_resource_definition(NAME, body)  # type: ignore[arg-type]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with kube_errors.translated(what):
             crd = ext.read_custom_resource_definition(NAME)
-            conditions = (crd.status.conditions or []) if crd.status else []
-            if any(c.type == "Established" and c.status == "True" for c in conditions):
-                return
-            time.sleep(0.1)
-    except ApiException as e:
-        raise ClusterError(f"cannot install CRD {NAME}: {e.status} {e.reason}") from None
+        conditions = (crd.status.conditions or []) if crd.status else []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.1)
     raise ClusterError(f"CRD {NAME} not established after {timeout:.0f} s")
 
 
@@ -263,7 +259,7 @@ class EdgeNode:
 
 
 class EdgeNodes:
-    """CRUD on EdgeNodes through the official client's CustomObjectsApi; errors become ClusterError."""
+    """CRUD on EdgeNodes through the official client's CustomObjectsApi; failures as ``kube.errors``."""
 
     def __init__(self, api: k8s.ApiClient) -> None:
         self.custom = k8s.CustomObjectsApi(api)
@@ -280,15 +276,9 @@ class EdgeNodes:
         )
 
     def get(self, name: str) -> EdgeNode | None:
-        try:
-            obj = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise ClusterError(f"cannot read EdgeNode {name}: {e.status} {e.reason}") from None
-        if not isinstance(obj, dict):
-            raise ClusterError(f"EdgeNode {name}: the API server answered with a {type(obj).__name__}")
-        return EdgeNode.from_json(obj)
+        get = self.custom.get_cluster_custom_object
+        obj = self._call("read", name, get, GROUP, VERSION, PLURAL, name, ok=(404,))
+        return None if obj is None else EdgeNode.from_json(obj)
 
     def list(self) -> tuple[list[EdgeNode], str]:
         """Every EdgeNode and the list's resourceVersion (to start a watch from)."""
@@ -316,18 +306,13 @@ class EdgeNodes:
         return EdgeNode.from_json(obj)
 
     def delete(self, name: str) -> None:
-        try:
-            self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-        except ApiException as e:
-            if e.status != 404:
-                raise ClusterError(f"cannot delete EdgeNode {name}: {e.status} {e.reason}") from None
+        delete = self.custom.delete_cluster_custom_object
+        self._call("delete", name, delete, GROUP, VERSION, PLURAL, name, ok=(404,))
 
     @staticmethod
-    def _call(what: str, name: str, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except ApiException as e:
-            raise ClusterError(f"cannot {what} EdgeNode {name}: {e.status} {e.reason}") from None
+    def _call(what: str, name: str, fn: Any, *args: Any, ok: tuple[int, ...] = ()) -> Any:
+        """``fn(*args)``; failures as kube.errors name the EdgeNode; None for an answer in ``ok``."""
+        return kube_errors.call(f"{what} EdgeNode {name}", fn, *args, ok=ok)
 
 
 def condition(type_: str, ok: bool, reason: str, message: str = "") -> dict[str, str]:

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 
 from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
 
-from edgeagent.errors import ConfigError
+from edgeagent.errors import ConfigError, EdgeAgentError
+from edgeagent.kube import errors as kube_errors
 
 log = logging.getLogger(__name__)
 
@@ -96,23 +96,24 @@ class LeaseElector:
     def try_acquire_or_renew(self) -> bool:
         t_req = time.monotonic()
         now = datetime.datetime.now(datetime.UTC)
-        try:
-            lease = self.coord.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=self.renew_deadline
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        what = f"Lease {self.namespace}/{self.name}"
+        timeout = self.renew_deadline
+        read = self.coord.read_namespaced_lease
+        lease = kube_errors.call(
+            f"read {what}", read, self.name, self.namespace, ok=(404,), _request_timeout=timeout
+        )
+        if lease is None:
             body = k8s.V1Lease(
                 metadata=k8s.V1ObjectMeta(name=self.name, namespace=self.namespace),
                 spec=self._spec(now, acquire=now, transitions=0),
             )
-            try:
-                self.coord.create_namespaced_lease(self.namespace, body, _request_timeout=self.renew_deadline)
-            except ApiException as e2:
-                if e2.status == 409:
-                    return False
-                raise
+            create = self.coord.create_namespaced_lease
+            # 409: another candidate created it first
+            created = kube_errors.call(
+                f"create {what}", create, self.namespace, body, ok=(409,), _request_timeout=timeout
+            )
+            if created is None:
+                return False
             self._renewed(t_req)
             return True
         spec = lease.spec or k8s.V1LeaseSpec()
@@ -129,14 +130,10 @@ class LeaseElector:
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
         acquire = spec.acquire_time if holder == self.identity and spec.acquire_time else now
         lease.spec = self._spec(now, acquire=acquire, transitions=transitions)
-        try:
-            self.coord.replace_namespaced_lease(
-                self.name, self.namespace, lease, _request_timeout=self.renew_deadline
-            )
-        except ApiException as e:
-            if e.status == 409:
-                return False  # someone else wrote first; read again next round
-            raise
+        replace = self.coord.replace_namespaced_lease
+        args = (self.name, self.namespace, lease)
+        if kube_errors.call(f"renew {what}", replace, *args, ok=(409,), _request_timeout=timeout) is None:
+            return False  # someone else wrote first; read again next round
         self._renewed(t_req)
         return True
 
@@ -157,14 +154,15 @@ class LeaseElector:
 
     def _release(self) -> None:
         try:
-            lease = self.coord.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=self.renew_deadline
-            )
-            if lease.spec and lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = None
-                lease.spec.lease_duration_seconds = 1
-                self.coord.replace_namespaced_lease(
-                    self.name, self.namespace, lease, _request_timeout=self.renew_deadline
+            with kube_errors.translated(f"release Lease {self.namespace}/{self.name}"):
+                lease = self.coord.read_namespaced_lease(
+                    self.name, self.namespace, _request_timeout=self.renew_deadline
                 )
-        except ApiException as e:
-            log.info("lease %s/%s not released: %s", self.namespace, self.name, e.reason)
+                if lease.spec and lease.spec.holder_identity == self.identity:
+                    lease.spec.holder_identity = None
+                    lease.spec.lease_duration_seconds = 1
+                    self.coord.replace_namespaced_lease(
+                        self.name, self.namespace, lease, _request_timeout=self.renew_deadline
+                    )
+        except EdgeAgentError as e:  # it expires on its own; releasing only lets a successor start sooner
+            log.info("%s", e)

@@ -16,14 +16,15 @@ are short-lived and renewed only while attested.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
+import datetime
 import time
+from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
 
 from edgeagent.cloud import crd
-from edgeagent.errors import ClusterError
+from edgeagent.errors import EdgeAgentError
+from edgeagent.kube import errors as kube_errors
 
 NODE_ROLE = "edgeagent:node"
 """ClusterRole every attested node is bound to (what the device's own controllers need)."""
@@ -58,11 +59,8 @@ class Access:
 
     # ------------------------------------------------------------ RBAC
     def ensure_role(self) -> None:
-        try:
-            self.rbac.create_cluster_role(node_role())
-        except ApiException as e:
-            if e.status != 409:
-                raise ClusterError(f"cannot create ClusterRole {NODE_ROLE}: {e.status} {e.reason}") from None
+        create = self.rbac.create_cluster_role
+        kube_errors.call(f"create ClusterRole {NODE_ROLE}", create, node_role(), ok=(409,))
 
     def grant(self, node: str) -> None:
         body = k8s.V1ClusterRoleBinding(
@@ -74,83 +72,65 @@ class Access:
                 )
             ],
         )
-        try:
-            self.rbac.create_cluster_role_binding(body)
-        except ApiException as e:
-            if e.status != 409:
-                raise ClusterError(f"cannot grant {node} its RBAC: {e.status} {e.reason}") from None
+        kube_errors.call(f"grant {node} its RBAC", self.rbac.create_cluster_role_binding, body, ok=(409,))
 
     def withdraw(self, node: str) -> None:
-        try:
-            self.rbac.delete_cluster_role_binding(binding_name(node))
-        except ApiException as e:
-            if e.status != 404:
-                raise ClusterError(f"cannot delete {binding_name(node)}: {e.status} {e.reason}") from None
+        name = binding_name(node)
+        kube_errors.call(f"delete {name}", self.rbac.delete_cluster_role_binding, name, ok=(404,))
 
     def granted(self, node: str) -> bool:
-        try:
-            self.rbac.read_cluster_role_binding(binding_name(node))
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise ClusterError(f"cannot read {binding_name(node)}: {e.status} {e.reason}") from None
-        return True
+        name = binding_name(node)
+        read = self.rbac.read_cluster_role_binding
+        return kube_errors.call(f"read {name}", read, name, ok=(404,)) is not None
 
     # ------------------------------------------------------------ Node
     def quarantine(self, node: str) -> bool:
         """Cordons and taints the Node if it exists; False when there is no Node (yet)."""
-        try:
-            current = self.core.read_node(node)
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise ClusterError(f"cannot read Node {node}: {e.status} {e.reason}") from None
-        spec = current.spec or k8s.V1NodeSpec()
-        taints = [t for t in (spec.taints or []) if t.key != TAINT_KEY]
+        current = self._read_node(node)
+        if current is None:
+            return False
+        taints = [t for t in (current.spec.taints or []) if t.key != TAINT_KEY]
         taints.append(k8s.V1Taint(key=TAINT_KEY, value="true", effect="NoExecute"))
-        patch: dict = {
+        patch: dict[str, Any] = {
             "spec": {
                 "unschedulable": True,
                 "taints": [self.core.api_client.sanitize_for_serialization(t) for t in taints],
             }
         }
-        if not spec.unschedulable:
+        if not current.spec.unschedulable:
             patch["metadata"] = {"annotations": {CORDON_ANNOTATION: "true"}}
         self._patch_node(node, patch)
         return True
 
     def release(self, node: str) -> bool:
         """Removes the taint, and the cordon if this controller set it."""
-        try:
-            current = self.core.read_node(node)
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise ClusterError(f"cannot read Node {node}: {e.status} {e.reason}") from None
+        current = self._read_node(node)
+        if current is None:
+            return False
         taints = [
             self.core.api_client.sanitize_for_serialization(t)
-            for t in ((current.spec.taints if current.spec else None) or [])
+            for t in (current.spec.taints or [])
             if t.key != TAINT_KEY
         ]
-        patch: dict = {"spec": {"taints": taints or None}}
-        annotations = (current.metadata.annotations if current.metadata else None) or {}
-        if annotations.get(CORDON_ANNOTATION) == "true":
+        patch: dict[str, Any] = {"spec": {"taints": taints or None}}
+        if (current.metadata.annotations or {}).get(CORDON_ANNOTATION) == "true":
             patch["spec"]["unschedulable"] = False
             patch["metadata"] = {"annotations": {CORDON_ANNOTATION: None}}
         self._patch_node(node, patch)
         return True
 
-    def _patch_node(self, node: str, patch: dict) -> None:
-        try:
-            self.core.patch_node(node, patch, _content_type="application/merge-patch+json")
-        except ApiException as e:
-            raise ClusterError(f"cannot patch Node {node}: {e.status} {e.reason}") from None
+    def _read_node(self, node: str) -> Any:
+        return kube_errors.call(f"read Node {node}", self.core.read_node, node, ok=(404,))
+
+    def _patch_node(self, node: str, patch: dict[str, Any]) -> None:
+        merge = "application/merge-patch+json"
+        kube_errors.call(f"patch Node {node}", self.core.patch_node, node, patch, _content_type=merge)
 
     # ------------------------------------------------------------ events
     def event(self, en: crd.EdgeNode, *, reason: str, message: str, warning: bool = False) -> None:
         """Records a core/v1 Event about ``en`` (best effort: an Event never blocks a revocation)."""
         stamp = k8s.V1ObjectMeta(generate_name=f"{en.name}.", namespace=EVENT_NAMESPACE)
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)  # serialised as RFC 3339
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         body = k8s.CoreV1Event(
             metadata=stamp,
             involved_object=en.reference(),
@@ -162,8 +142,9 @@ class Access:
             count=1,
             source=k8s.V1EventSource(component=self.component),
         )
-        with contextlib.suppress(ApiException):
-            self.core.create_namespaced_event(EVENT_NAMESPACE, body)
+        with contextlib.suppress(EdgeAgentError):
+            create = self.core.create_namespaced_event
+            kube_errors.call(f"record Event {reason}", create, EVENT_NAMESPACE, body)
 
     # ------------------------------------------------------------ the two transitions
     def revoke(self, en: crd.EdgeNode, reason: str, message: str) -> crd.EdgeNode:

@@ -16,8 +16,23 @@ Everything that touches a controller (events, timer firings, swap-outs) goes thr
 they run one at a time in arrival order; an event that arrives while the controller is being restored waits in
 that queue behind the event that woke it. A failing controller only ever fails itself.
 
-The host writes ``<state>/controllers/status.json`` atomically once a second when something changed; that file
-is what ``edgeagent controllers list`` shows, from any process.
+The host writes ``<state>/controllers/status.json`` atomically once a second when something changed (a
+watch failing or recovering counts); that file is what ``edgeagent controllers list`` shows, from any process.
+
+Threads, and what each owns:
+
+- the caller's (``service.run``): loads manifests, ``start``, waits for a signal, ``stop``.
+- the worker pool (``controller_N``, ``HostOptions.workers``, 2 by default): drains the controllers'
+  ``SerialQueue``s, one controller at a time per queue. The only threads that run guest code; they own the
+  instances (instantiate, restore, swap out, fail, restart).
+- ``controller-timers``: takes due ids from the host's ``kube.queue.DelayQueue`` and runs their callbacks:
+  guest timers, idle checks and restart backoffs only post to a controller's queue; the status tick writes
+  ``status.json``. Callbacks must be short: they share this one thread.
+- one ``watch-KIND`` per shared watch (``kube.watch.SharedWatch`` through ``watch.WatchHub``): owns its
+  stream, resume point and health; delivers by posting to the subscribed controllers' queues, never calling
+  a guest.
+- with a ConfigMap source (``source``): its ``configmap-source`` thread applies changes (adds and removes
+  controllers, waiting for their queues), fed by a watch thread of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ import ctypes
 import dataclasses
 import enum
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -42,11 +58,13 @@ import wasmtime
 from edgeagent.controllers.hosts.k8s import K8sHost
 from edgeagent.controllers.hosts.log import ControllerLogHost
 from edgeagent.controllers.hosts.timer import TimerHost
-from edgeagent.controllers.kubeapi import KubeApi
 from edgeagent.controllers.manifest import Manifest, load_manifest, manifest_paths
-from edgeagent.controllers.queue import SerialQueue, Timers
-from edgeagent.controllers.watch import Event, WatchHub
+from edgeagent.controllers.queue import SerialQueue
+from edgeagent.controllers.watch import WatchHub
 from edgeagent.errors import ControllerError, EdgeAgentError, ManifestError, StateError, WasmError
+from edgeagent.kube.api import KubeApi
+from edgeagent.kube.queue import DelayQueue
+from edgeagent.kube.watch import Event
 from edgeagent.wasm import Guest, Limits, ModuleCache, Runtime, Snapshot, signed32
 
 log = logging.getLogger(__name__)
@@ -152,7 +170,7 @@ class Controller:
         self.last_active = time.monotonic()
         self.queue: SerialQueue[Any] = SerialQueue(self._handle, host.pool, name=self.name)
         self._idle_pending = False
-        self._timers: dict[int, tuple[int, int]] = {}  # guest timer id -> (generation, Timers id)
+        self._timers: dict[int, tuple[int, int]] = {}  # guest timer id -> (generation, host timer id)
         self._generation = 0
         self._failures = 0  # consecutive: reset once it runs restart_reset s without failing
         self._started_at = time.monotonic()
@@ -272,7 +290,7 @@ class Controller:
                 del self._timers[item.timer_id]
                 guest = self._ensure_active(item.received)
                 self.stats.timers += 1
-                rc = signed32(int(guest.call("handle-timer", item.timer_id)) & 0xFFFFFFFF)
+                rc = signed32(int(guest.call("handle-timer", item.timer_id) or 0) & 0xFFFFFFFF)
                 self._after_call("handle-timer", rc)
             else:
                 guest = self._ensure_active(item.received)
@@ -321,7 +339,7 @@ class Controller:
         if not self.host.options.swap or self._idle_pending or self.guest is None:
             return
         self._idle_pending = True
-        self.host.timers.call_at(
+        self.host.call_at(
             self.last_active + self.manifest.idle_timeout, lambda: self.queue.post(_Swap())
         )
 
@@ -363,7 +381,7 @@ class Controller:
         self.state = State.FAILED
         self.stats.last_error = str(err)
         for _, tid in self._timers.values():
-            self.host.timers.cancel(tid)
+            self.host.cancel_timer(tid)
         self._timers.clear()
         if self.guest is not None:
             self.guest.close()
@@ -384,7 +402,7 @@ class Controller:
         delay = min(lo * 2 ** (self._failures - 1), hi)
         self.restart_at = time.time() + delay
         log.error("%s; restarting it in %.1f s, the others go on", err, delay)
-        self.host.timers.call_later(delay, lambda: self.queue.post(_Restart()))
+        self.host.call_later(delay, lambda: self.queue.post(_Restart()))
 
     def _restart(self) -> None:
         """A fresh instance after a failure: the snapshot is discarded, init runs, its watches resync."""
@@ -407,7 +425,7 @@ class Controller:
         """Ends it for good (removal): timers cancelled, instance dropped (queue thread only)."""
         self.removed = True
         for _, tid in self._timers.values():
-            self.host.timers.cancel(tid)
+            self.host.cancel_timer(tid)
         self._timers.clear()
         self.restart_at = None
         self.close()
@@ -434,7 +452,7 @@ class Controller:
         self._cancel_timer(timer_id)
         self._generation += 1
         gen = self._generation
-        tid = self.host.timers.call_later(
+        tid = self.host.call_later(
             delay, lambda: self.queue.post(_Timer(timer_id, gen, time.perf_counter()))
         )
         self._timers[timer_id] = (gen, tid)
@@ -442,7 +460,7 @@ class Controller:
     def _cancel_timer(self, timer_id: int) -> None:
         old = self._timers.pop(timer_id, None)
         if old is not None:
-            self.host.timers.cancel(old[1])
+            self.host.cancel_timer(old[1])
 
 
 class ControllerHost:
@@ -467,7 +485,13 @@ class ControllerHost:
             raise StateError(f"cannot create {self.snapshot_dir}: {e.strerror}") from None
         self.cache = ModuleCache(options.state_dir / "cache" / "wasm")
         self.pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="controller")
-        self.timers = Timers()
+        # Host timers: ids due in a DelayQueue, their callbacks here, fired by the controller-timers thread.
+        self.timers: DelayQueue[int] = DelayQueue()
+        self._timer_fns: dict[int, Callable[[], Any]] = {}
+        self._timer_ids = itertools.count(1)
+        self._timer_lock = threading.Lock()
+        self._timer_thread = threading.Thread(target=self._run_timers, name="controller-timers", daemon=True)
+        self._timer_thread.start()
         self.controllers: dict[str, Controller] = {}
         self._modules: dict[str, wasmtime.Module] = {}
         self.failed_loads: dict[str, str] = {}  # manifest or module that did not load -> why
@@ -479,6 +503,7 @@ class ControllerHost:
         self._active: collections.OrderedDict[str, Controller] = collections.OrderedDict()
         self._trimmed_at = -1
         self._dirty = threading.Event()
+        self._watch_health_written: tuple[tuple[str, bool, int], ...] = ()
         self._status_lock = threading.Lock()
         self._running = False
 
@@ -576,7 +601,7 @@ class ControllerHost:
                     self.hub.subscribe(w, ctl.post)
         self._running = True
         release_free_memory()  # what compiling and initialising left behind
-        self.timers.call_later(self.options.status_interval, self._status_tick)
+        self.call_later(self.options.status_interval, self._status_tick)
         self.write_status()
         if self.hub is not None:
             self.hub.start()
@@ -593,7 +618,8 @@ class ControllerHost:
             self.hub.stop()
         if save and self.options.swap:
             self.swap_all()
-        self.timers.stop()
+        self.timers.close()
+        self._timer_thread.join(timeout=2.0)
         for ctl in self.controllers.values():
             ctl.queue.wait_idle(timeout=5.0)
         self.pool.shutdown(wait=True, cancel_futures=False)
@@ -601,6 +627,34 @@ class ControllerHost:
             ctl.close()
         self._running = False
         self.write_status()
+
+    # ------------------------------------------------------------------ timers
+    def call_at(self, deadline: float, fn: Callable[[], Any]) -> int:
+        """Runs ``fn`` on the timer thread at ``deadline`` (time.monotonic()); returns an id to cancel."""
+        with self._timer_lock:
+            tid = next(self._timer_ids)
+            self._timer_fns[tid] = fn
+        self.timers.add_at(tid, deadline)
+        return tid
+
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> int:
+        return self.call_at(time.monotonic() + delay, fn)
+
+    def cancel_timer(self, tid: int) -> None:
+        self.timers.cancel(tid)
+        with self._timer_lock:
+            self._timer_fns.pop(tid, None)
+
+    def _run_timers(self) -> None:
+        while (tid := self.timers.get()) is not None:
+            with self._timer_lock:
+                fn = self._timer_fns.pop(tid, None)
+            if fn is None:
+                continue  # cancelled as it came due
+            try:
+                fn()  # short by contract: posts to a queue, or writes the status
+            except Exception:
+                log.exception("timer callback failed")
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once no controller has queued work (tests and benchmarks)."""
@@ -650,8 +704,17 @@ class ControllerHost:
     def mark_dirty(self) -> None:
         self._dirty.set()
 
+    def _watch_health(self) -> tuple[tuple[str, bool, int], ...]:
+        if self.hub is None:
+            return ()
+        return tuple((w.kind, w.healthy and w.alive, w.stats.errors) for w in list(self.hub.watches.values()))
+
     def _status_tick(self) -> None:
         try:
+            health = self._watch_health()
+            if health != self._watch_health_written:  # a watch failed or recovered: report it now
+                self._watch_health_written = health
+                self.mark_dirty()
             if self._dirty.is_set():
                 self.write_status()
             swaps = sum(c.stats.swaps for c in self.controllers.values())
@@ -660,7 +723,7 @@ class ControllerHost:
                 release_free_memory()
         finally:  # a status that stops updating would misreport every controller from then on
             if self._running:
-                self.timers.call_later(self.options.status_interval, self._status_tick)
+                self.call_later(self.options.status_interval, self._status_tick)
 
     def status(self) -> dict[str, Any]:
         watches = []
@@ -673,6 +736,8 @@ class ControllerHost:
                         "resource_version": w.resource_version,
                         "subscribers": len(w.subscriptions),
                         "synced": w.synced.is_set(),
+                        # healthy: its thread runs and its last list or watch request succeeded
+                        "healthy": w.healthy and w.alive,
                         **dataclasses.asdict(w.stats),
                     }
                 )

@@ -1,4 +1,4 @@
-"""Per-controller ordered queues on a shared worker pool, and one timer thread for the whole host.
+"""Per-controller ordered queues on a shared worker pool.
 
 A controller's events must be handled one at a time and in arrival order, including the ones that arrive while
 it is being woken from disk. Each controller gets a ``SerialQueue``: posting appends under a lock and, if no
@@ -11,14 +11,11 @@ event delivery. A thread per controller would cost a stack each; a hundred contr
 from __future__ import annotations
 
 import collections
-import heapq
-import itertools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,55 +68,3 @@ class SerialQueue(Generic[T]):
                 self._handler(item)
             except Exception:  # a handler bug must not stall the queue
                 log.exception("queue %s: handler failed", self.name)
-
-
-class Timers:
-    """One thread running callbacks at monotonic deadlines (guest timers, idle checks, status writes)."""
-
-    def __init__(self, *, name: str = "controller-timers") -> None:
-        self._heap: list[tuple[float, int, Callable[[], Any]]] = []
-        self._cancelled: set[int] = set()
-        self._seq = itertools.count(1)
-        self._cond = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def call_at(self, deadline: float, fn: Callable[[], Any]) -> int:
-        """Runs ``fn`` on the timer thread at ``deadline`` (time.monotonic()); returns an id to cancel."""
-        with self._cond:
-            tid = next(self._seq)
-            heapq.heappush(self._heap, (deadline, tid, fn))
-            self._cond.notify()
-            return tid
-
-    def call_later(self, delay: float, fn: Callable[[], Any]) -> int:
-        return self.call_at(time.monotonic() + delay, fn)
-
-    def cancel(self, tid: int) -> None:
-        with self._cond:
-            if any(t == tid for _, t, _ in self._heap):
-                self._cancelled.add(tid)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join(timeout=2.0)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(timeout)
-                if self._stopped:
-                    return
-                _, tid, fn = heapq.heappop(self._heap)
-                if tid in self._cancelled:
-                    self._cancelled.discard(tid)
-                    continue
-            try:
-                fn()
-            except Exception:
-                log.exception("timer callback failed")

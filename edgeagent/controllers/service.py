@@ -55,9 +55,9 @@ def check(cfg: AgentConfig, opts: RunOptions) -> Path | None:
 def run(cfg: AgentConfig, opts: RunOptions) -> None:
     """Runs the host until SIGTERM/SIGINT. Raises project errors for what stops it from starting."""
     from edgeagent.controllers.host import ControllerHost, HostOptions
-    from edgeagent.controllers.kubeapi import KubeApi, connect
     from edgeagent.controllers.measured import measured_digests
     from edgeagent.controllers.source import ConfigMapSource
+    from edgeagent.kube.api import KubeApi, connect
 
     directory = check(cfg, opts)
     api = KubeApi(connect(opts.kubeconfig))

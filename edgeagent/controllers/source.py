@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent.controllers.host import ControllerHost
-from edgeagent.controllers.kubeapi import KubeApi, resource_path, status_message
 from edgeagent.controllers.manifest import Manifest, Watch, parse_manifest
 from edgeagent.controllers.queue import SerialQueue
-from edgeagent.controllers.watch import Event, SharedWatch
 from edgeagent.errors import ClusterError, EdgeAgentError, ManifestError
+from edgeagent.kube.api import KubeApi, resource_path, status_message
+from edgeagent.kube.watch import Event, SharedWatch
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from edgeagent.cloud import kubeconfig as kubeconfig_file
 from edgeagent.errors import ConfigError
+from edgeagent.kube import kubeconfig as kubeconfig_file
 from edgeagent.testbed import kube_pki, procs
 
 KUBE_VERSION = "1.20.2"
@@ -263,5 +263,6 @@ class KubeCluster:
     @staticmethod
     def _log_has(log: Path, text: str, proc: subprocess.Popen | None) -> bool:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}: see {log}")
+            program = proc.args[0] if isinstance(proc.args, list | tuple) else proc.args
+            raise RuntimeError(f"{program!s} exited with {proc.returncode}: see {log}")
         return log.exists() and text in log.read_text(errors="replace")

@@ -22,8 +22,8 @@ import pytest
 from kubernetes import client as k8s
 
 from edgeagent.controllers.host import ControllerHost, HostOptions, State
-from edgeagent.controllers.kubeapi import KubeApi, connect
 from edgeagent.controllers.manifest import Manifest, load_manifest, parse_manifest
+from edgeagent.kube.api import KubeApi, connect
 from tests.fixtures import procs
 
 pytestmark = pytest.mark.integration
@@ -703,7 +703,7 @@ def test_custom_resource_watch_gets_bookmarks_and_follows_their_resource_version
 ) -> None:
     """1.20's watch cache sends a BOOKMARK 2 s before a watch's timeoutSeconds (custom resources included):
     the shared watch counts it and resumes from its resourceVersion, not from its last object's."""
-    from edgeagent.controllers.watch import SharedWatch, Subscription
+    from edgeagent.kube.watch import SharedWatch, Subscription
 
     ns, other = namespace(), namespace()
     create_ring(custom, ns)

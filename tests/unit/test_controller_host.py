@@ -5,6 +5,7 @@ Everything else is real: the probe and ring controllers (make -C controllers), w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -15,11 +16,14 @@ from typing import Any
 
 import pytest
 
+from edgeagent.cli.main import main
 from edgeagent.controllers.host import ControllerHost, HostOptions, State, host_alive, read_status
-from edgeagent.controllers.kubeapi import ApiRequest, ApiResponse
 from edgeagent.controllers.manifest import Manifest, parse_manifest
-from edgeagent.controllers.watch import Event
 from edgeagent.errors import ControllerError, StateError, WasmError
+from edgeagent.kube import errors as kube_errors
+from edgeagent.kube.api import KubeApi
+from edgeagent.kube.watch import Event
+from edgeagent.testbed.procs import wait_for
 
 CONTROLLERS = Path(__file__).resolve().parents[2] / "controllers"
 PROBE = CONTROLLERS / "build" / "testing" / "probe.wasm"
@@ -31,17 +35,38 @@ def guests() -> None:
     subprocess.run(["make", "-s", "-C", str(CONTROLLERS)], check=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sent:
+    method: str
+    path: str
+    body: Any
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def resource(self) -> str:
+        return self.path.rsplit("/", 2)[-2]
+
+
+@dataclasses.dataclass
+class Answer:
+    status: int
+    data: bytes
+
+
 class RecordingApi:
-    """Answers every request 200 with an empty object and remembers it."""
+    """Answers every request 200 with an empty object and remembers it (KubeApi.call's signature)."""
 
     host = "https://fake"
 
     def __init__(self) -> None:
-        self.sent: list[tuple[ApiRequest, str | None]] = []
+        self.sent: list[tuple[Sent, str | None]] = []
 
-    def send(self, req: ApiRequest, *, impersonate: str | None = None) -> ApiResponse:
-        self.sent.append((req, impersonate))
-        return ApiResponse(200, b"{}")
+    def call(self, method: str, path: str, *, body: Any = None, headers: Any = None, **_: Any) -> Answer:
+        self.sent.append((Sent(method, path, body), (headers or {}).get("Impersonate-User")))
+        return Answer(200, b"{}")
 
     def published(self) -> dict[str, str]:
         req, _ = self.sent[-1]
@@ -300,3 +325,50 @@ def test_controllers_come_and_go_while_the_host_runs(make_host) -> None:
     late.post(event("2"))  # a straggler event for a removed controller does nothing
     assert host.wait_idle(10) and late.stats.events == 1
     assert list(host.controllers) == ["first"]
+
+
+class UnreachableApi(KubeApi):
+    """An API server that does not answer: every list and watch fails as unreachable."""
+
+    def __init__(self) -> None:
+        super().__init__(transport=None)  # type: ignore[arg-type]  # call() never reaches a transport
+
+    @property
+    def host(self) -> str:
+        return "https://fake"
+
+    def call(self, method: str, path: str, **_: Any) -> Answer:
+        raise kube_errors.Unavailable(f"API server {self.host}: ConnectionRefusedError: refused")
+
+
+def test_a_failing_watch_is_reported_unhealthy_in_the_status_and_by_controllers_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    host = ControllerHost(
+        UnreachableApi(),
+        HostOptions(state_dir=state, status_interval=0.05),
+        watch_options={"backoff": (0.01, 0.05)},
+    )
+    try:
+        host.add(probe())
+        host.start(sync_timeout=0.01)
+        assert host.hub is not None
+        (watch,) = host.hub.watches.values()
+        wait_for(lambda: watch.stats.consecutive_failures >= 2, timeout=10, what="the watch failing")
+
+        def reported() -> dict[str, Any]:
+            return read_status(state)["watches"][0]
+
+        # the status writer notices the watch's failures by itself (nothing else marks the status dirty)
+        wait_for(lambda: reported()["consecutive_failures"] >= 2, timeout=10, what="the status showing it")
+        row = reported()
+        assert row["healthy"] is False and row["synced"] is False and "refused" in row["last_error"]
+        assert watch.alive  # failing, retrying, not dead
+        with pytest.raises(SystemExit) as exited:
+            main(["--state-dir", str(state), "controllers", "list"])
+        assert exited.value.code in (0, None)
+        out = capsys.readouterr().out
+        assert "watch configmaps in t UNHEALTHY" in out and "refused" in out
+    finally:
+        host.stop()

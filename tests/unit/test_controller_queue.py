@@ -1,4 +1,4 @@
-"""The per-controller ordered queue and the host's timer thread."""
+"""The per-controller ordered queue."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from edgeagent.controllers.queue import SerialQueue, Timers
+from edgeagent.controllers.queue import SerialQueue
 
 
 def test_items_are_handled_in_order_one_at_a_time_none_lost() -> None:
@@ -73,31 +73,3 @@ def test_items_posted_after_shutdown_stay_queued() -> None:
     q.post(1)
     assert len(q) == 1
     assert q.wait_idle(0.1)
-
-
-def test_timers_fire_in_deadline_order_and_cancel() -> None:
-    timers = Timers()
-    fired: list[str] = []
-    done = threading.Event()
-    now = time.monotonic()
-    timers.call_at(now + 0.06, lambda: fired.append("late"))
-    cancelled = timers.call_at(now + 0.03, lambda: fired.append("cancelled"))
-    timers.call_at(now + 0.02, lambda: fired.append("early"))
-    timers.call_at(now + 0.09, done.set)
-    timers.cancel(cancelled)
-    assert done.wait(5)
-    timers.stop()
-    assert fired == ["early", "late"]
-
-
-def test_a_failing_timer_callback_does_not_stop_the_others() -> None:
-    timers = Timers()
-    done = threading.Event()
-
-    def boom() -> None:
-        raise RuntimeError("bug")
-
-    timers.call_later(0.0, boom)
-    timers.call_later(0.01, done.set)
-    assert done.wait(5)
-    timers.stop()

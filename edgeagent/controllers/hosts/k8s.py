@@ -14,12 +14,15 @@ missing without reading guest code.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from edgeagent.controllers.kubeapi import ApiRequest, KubeApi
-from edgeagent.controllers.manifest import Manifest
+from edgeagent.controllers.manifest import VERBS, ApiRequestScope, Manifest
 from edgeagent.errors import PeerUnreachable
+from edgeagent.kube.api import KubeApi, resource_path
 from edgeagent.wasm.host import I32, HostModule, hostfunc
 
 log = logging.getLogger("edgeagent.controllers.k8s")
@@ -27,6 +30,130 @@ log = logging.getLogger("edgeagent.controllers.k8s")
 ERR_DENIED = -1
 ERR_INVALID = -2
 ERR_UNAVAILABLE = -3
+# Content type per patch type; the names are the API server's.
+PATCH_TYPES = {
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+}
+# (connect, read) seconds for a controller's request; well inside the host's default 10 s call limit.
+GUEST_REQUEST_TIMEOUT = (3.0, 5.0)
+_METHODS = {
+    "get": "GET",
+    "list": "GET",
+    "create": "POST",
+    "update": "PUT",
+    "patch": "PATCH",
+    "delete": "DELETE",
+    "deletecollection": "DELETE",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiRequest:
+    """A request a controller asked for, decoded from its JSON (the ``request`` record of controller.wit)."""
+
+    verb: str
+    group: str
+    version: str
+    resource: str
+    namespace: str = ""
+    name: str = ""
+    subresource: str = ""
+    body: Any = None
+    patch_type: str = "merge"
+    query: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def scope(self) -> ApiRequestScope:
+        res = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+        return ApiRequestScope(self.verb, self.group, res, self.namespace, self.name)
+
+    @property
+    def path(self) -> str:
+        return resource_path(
+            self.group,
+            self.version,
+            self.resource,
+            namespace=self.namespace,
+            name=self.name,
+            subresource=self.subresource,
+        )
+
+    def describe(self) -> str:
+        where = f" in {self.namespace}" if self.namespace else ""
+        what = self.scope.resource + (f".{self.group}" if self.group else "")
+        return f"{self.verb} {what}{'/' + self.name if self.name else ''}{where}"
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ApiRequest:
+        """Raises ValueError naming what is wrong with the controller's request."""
+        try:
+            d = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"request is not JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError("request must be a JSON object")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown request field {sorted(unknown)[0]!r}")
+        strs = {}
+        for key in ("verb", "group", "version", "resource", "namespace", "name", "subresource", "patch_type"):
+            v = d.get(key, "")
+            if not isinstance(v, str):
+                raise ValueError(f"request field {key} must be a string")
+            strs[key] = v
+        if strs["verb"] not in VERBS:
+            raise ValueError(f"unknown verb {strs['verb']!r}")
+        for key in ("version", "resource"):
+            if not strs[key]:
+                raise ValueError(f"request field {key} is required")
+        if strs["verb"] in ("get", "update", "patch", "delete") and not strs["name"]:
+            raise ValueError(f"verb {strs['verb']} needs a name")
+        if strs["verb"] in ("create", "update", "patch") and d.get("body") is None:
+            raise ValueError(f"verb {strs['verb']} needs a body")
+        if not strs["patch_type"]:
+            strs["patch_type"] = "merge"
+        if strs["patch_type"] not in PATCH_TYPES:
+            raise ValueError(f"unknown patch_type {strs['patch_type']!r}")
+        query = d.get("query") or {}
+        if not isinstance(query, dict) or not all(isinstance(v, str) for v in query.values()):
+            raise ValueError("request field query must map names to strings")
+        return cls(**strs, body=d.get("body"), query=tuple(sorted(query.items())))
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    body: bytes
+
+
+def send(
+    api: KubeApi,
+    req: ApiRequest,
+    *,
+    impersonate: str | None = None,
+    timeout: tuple[float, float] = GUEST_REQUEST_TIMEOUT,
+) -> ApiResponse:
+    """Performs a controller's request (already checked against its grants).
+
+    The timeout is short: a controller waits in this call, and an API server that hangs must cost it an
+    ``unavailable`` answer well within its call limit, not a stop for running past it.
+    """
+    headers = {"Impersonate-User": impersonate} if impersonate else None
+    content_type = PATCH_TYPES[req.patch_type] if req.verb == "patch" else "application/json"
+    resp = api.call(
+        _METHODS[req.verb],
+        req.path,
+        query=req.query,
+        body=req.body,
+        content_type=content_type,
+        headers=headers,
+        timeout=timeout,
+    )
+    return ApiResponse(int(resp.status), bytes(resp.data or b""))
+
+
 MAX_REQUEST = 4 << 20
 
 
@@ -68,7 +195,7 @@ class K8sHost(HostModule):
         if self.api is None:
             return ERR_UNAVAILABLE
         try:
-            resp = self.api.send(req, impersonate=self.manifest.impersonate_user)
+            resp = send(self.api, req, impersonate=self.manifest.impersonate_user)
         except PeerUnreachable as e:
             log.warning("controller %s: %s: %s", name, req.describe(), e)
             return ERR_UNAVAILABLE

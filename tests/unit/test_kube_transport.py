@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from edgeagent.controllers import transport
 from edgeagent.errors import ConfigError
+from edgeagent.kube import transport
 
 
 def kubeconfig(tmp_path: Path, user: dict[str, Any], cluster: dict[str, Any] | None = None) -> Path:

@@ -1,11 +1,13 @@
-"""How the host reaches the API server: HTTPS on urllib3, set up from a kubeconfig or the in-cluster account.
+"""How edgeagent reaches the API server: HTTPS on urllib3, set up from a kubeconfig, the in-cluster account or
+explicit files (the device's CA, bootstrap token or client certificate).
 
-The host speaks JSON and needs no typed models, so it does not import the official kubernetes client for the
-common configurations: a kubeconfig with a CA (file or data), a client certificate and key (files or data), a
-bearer token (inline or ``tokenFile``), and the in-cluster ServiceAccount. That client's import alone costs a
-process ~17 MB, about half of the host's fixed memory. Anything else a kubeconfig can say (``exec`` credential
-plugins, ``auth-provider``, proxies, basic auth) is handed to the official client, loaded only then
-(``ClientTransport``), so no configuration stops working.
+The controllers host and the device's enrollment speak JSON and need no typed models, so they do not import
+the official kubernetes client for the common configurations: a kubeconfig with a CA (file or data), a client
+certificate and key (files or data), a bearer token (inline or ``tokenFile``), and the in-cluster
+ServiceAccount. That client's import alone costs a process ~17 MB, about half of the controllers host's fixed
+memory. Anything else a kubeconfig can say (``exec`` credential plugins, ``auth-provider``, proxies, basic
+auth) is handed to the official client, loaded only then (``ClientTransport``), so no configuration stops
+working.
 
 Both transports return urllib3 responses: ``status``, ``data``, ``stream()``, ``release_conn()``.
 """
@@ -90,6 +92,27 @@ class DirectTransport:
         )
 
 
+def direct(
+    server: str,
+    *,
+    ca_file: Path,
+    token: str | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+) -> DirectTransport:
+    """A transport from explicit files: the CA to trust, and a bearer token or a client certificate and key.
+
+    Raises ConfigError when a file cannot be loaded.
+    """
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca_file))
+        if cert_file is not None and key_file is not None:
+            ctx.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cannot load TLS material for {server}: {e}") from None
+    return DirectTransport(server, ctx, (lambda: token) if token is not None else None)
+
+
 class ClientTransport:
     """The official client's connection (exec plugins, auth providers, proxies), for what the other lacks."""
 
@@ -108,7 +131,8 @@ class ClientTransport:
         timeout: float | tuple[float, float],
         stream: bool,
     ) -> Any:
-        hdrs = dict(headers)
+        # The client's default headers too: Impersonate-User, set there, must reach every request.
+        hdrs = {**getattr(self.client, "default_headers", {}), **headers}
         # auth_settings() runs the configuration's refresh hook (exec plugins, expiring tokens).
         for setting in self.client.configuration.auth_settings().values():
             if setting.get("in") == "header" and setting.get("value"):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from kubernetes import config as k8s_config
 
-from edgeagent.cloud import kubeconfig
 from edgeagent.errors import StateError
+from edgeagent.kube import kubeconfig
 
 CA, CERT, KEY = b"-----CA-----\n", b"-----CERT-----\n", b"-----KEY-----\n"
 
