@@ -90,7 +90,8 @@ class ControllersConfig:
     dir: Path = Path("/usr/lib/edgeagent/controllers")
     # NAMESPACE/NAME of a ConfigMap holding manifests and modules (reloaded when it changes); empty: none.
     configmap: str = ""
-    # The API server credential; empty: the node's kubeconfig from enrollment (enroll.kubeconfig).
+    # The API server credential; empty: the agent uses the node's (enroll.kubeconfig), `controllers run`
+    # $KUBECONFIG, ~/.kube/config or the in-cluster service account.
     kubeconfig: Path | None = None
     # Snapshot idle controllers to disk and drop their instances.
     swap: bool = True
@@ -98,7 +99,7 @@ class ControllersConfig:
     verify: bool = True
     # Threads that run controller calls.
     workers: int = 2
-    # At most this many controllers instantiated at once (the least recently used is swapped out).
+    # At most this many controllers instantiated at once (the least recently used is swapped out); 0: no cap.
     max_active: int = 16
 
 
@@ -325,8 +326,8 @@ def validate(cfg: AgentConfig, where: str) -> None:
     ctl = cfg.controllers
     if ctl.configmap and ctl.configmap.count("/") != 1:
         raise ConfigError(f"{where}: controllers.configmap must be NAMESPACE/NAME, got {ctl.configmap!r}")
-    if ctl.workers < 1 or ctl.max_active < 1:
-        raise ConfigError(f"{where}: controllers.workers and controllers.max_active must be >= 1")
+    if ctl.workers < 1 or ctl.max_active < 0:
+        raise ConfigError(f"{where}: controllers.workers must be >= 1 and controllers.max_active >= 0")
     if not 0 <= cfg.agent.metrics_port < 65536:
         raise ConfigError(f"{where}: agent.metrics_port {cfg.agent.metrics_port} is not a TCP port (0: none)")
     if not 0 < cfg.agent.restart_backoff <= cfg.agent.restart_backoff_max:

@@ -220,10 +220,8 @@ def main() -> int:
     from kubernetes import client as k8s
 
     from edgeagent.cloud import crd
-    from edgeagent.cloud.controller import Controller, Settings
-    from edgeagent.testbed import keylime as keylime_tb
-    from edgeagent.testbed import kube as kube_tb
     from edgeagent.testbed import procs
+    from edgeagent.testbed.cluster_side import ClusterSide
     from edgeagent.tpm import Tpm
     from edgeagent.tpm import identity as tpm_identity
     from edgeagent.tpm.swtpm import SoftwareTpm
@@ -248,42 +246,8 @@ def main() -> int:
         )
 
         t0 = time.monotonic()
-        webhook_port = procs.free_port()
-        settings = keylime_tb.make_settings(
-            run / "keylime", [template.ca_cert], webhook_url=f"https://127.0.0.1:{webhook_port}/revocation"
-        )
-        keylime = keylime_tb.Keylime(run / "keylime", settings, webhook_port=webhook_port)
-        stack.callback(keylime.stop)
-        keylime.start()
-        cluster = kube_tb.KubeCluster(run / "kube")
-        stack.callback(cluster.stop)
-        cluster.start()
-        api = cluster.client()
-        controller = Controller(
-            api,
-            Settings(
-                registrar_url=keylime.registrar_tls_url,
-                verifier_url=keylime.verifier_url,
-                keylime_ca_dir=keylime.cv_ca,
-                ek_ca_store=settings.tpm_cert_store,
-                api_server_url=cluster.api_url,
-                api_server_ca_pem=cluster.ca_cert.read_text(),
-                credential_lifetime=3600,
-                install_crd=True,
-                webhook_host="127.0.0.1",
-                webhook_port=webhook_port,
-                webhook_cert=keylime.cv_ca / "server-cert.crt",
-                webhook_key=keylime.cv_ca / "server-private.pem",
-                webhook_client_ca=keylime.ca_cert,
-                lease_duration=4.0,
-                renew_deadline=3.0,
-                retry_period=0.5,
-                reactivate_interval=1.0,
-            ),
-        )
-        stack.callback(controller.stop)
-        controller.start()
-        procs.wait_for(controller.elector.is_leader, timeout=30, what="the attestation controller to lead")
+        side = stack.enter_context(ClusterSide(run, [template.ca_cert]))
+        keylime, cluster, api = side.keylime, side.cluster, side.api
         story.beat(
             f"cluster side up in {time.monotonic() - t0:.1f} s: Keylime 7.14 verifier + registrar, "
             "etcd + kube-apiserver + kube-controller-manager, the attestation controller"
@@ -291,15 +255,7 @@ def main() -> int:
 
         core = k8s.CoreV1Api(api)
         port = procs.free_port()
-        core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=NAME)))
-        crd.EdgeNodes(api).create(
-            NAME,
-            crd.EdgeNodeSpec(
-                agent_uuid=f"{NAME}-agent",
-                ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
-                agent_address=f"127.0.0.1:{port}",
-            ),
-        )
+        side.pin_device(NAME, ek_cert=ek_cert, agent_uuid=f"{NAME}-agent", agent_address=f"127.0.0.1:{port}")
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
         core.create_namespaced_config_map(
             NAMESPACE,

@@ -32,10 +32,8 @@ REVOCATION_TARGET = 3.0
 
 
 def run(config: AgentConfig, *, repeat: int) -> Report:
-    from edgeagent.cloud.controller import Controller, Settings
-    from edgeagent.testbed import keylime as keylime_fx
-    from edgeagent.testbed import kube as kube_fx
     from edgeagent.testbed import procs
+    from edgeagent.testbed.cluster_side import ClusterSide
     from edgeagent.tpm import Tpm
     from edgeagent.tpm import identity as tpm_identity
     from edgeagent.tpm.swtpm import SoftwareTpm
@@ -64,47 +62,13 @@ def run(config: AgentConfig, *, repeat: int) -> Report:
             probe_tpm.stop()
         if ek_cert is None:
             raise EdgeAgentError("the software TPM has no EK certificate")
-        webhook_port = procs.free_port()
-        settings = keylime_fx.make_settings(
-            root / "keylime", [template.ca_cert], webhook_url=f"https://127.0.0.1:{webhook_port}/revocation"
-        )
-        keylime = keylime_fx.Keylime(root / "keylime", settings, webhook_port=webhook_port)
-        stack.callback(keylime.stop)
-        keylime.start()
-        cluster = kube_fx.KubeCluster(root / "kube")
-        stack.callback(cluster.stop)
-        cluster.start()
-        api = cluster.client()
-        controller = Controller(
-            api,
-            Settings(
-                registrar_url=keylime.registrar_tls_url,
-                verifier_url=keylime.verifier_url,
-                keylime_ca_dir=keylime.cv_ca,
-                ek_ca_store=settings.tpm_cert_store,
-                api_server_url=cluster.api_url,
-                api_server_ca_pem=cluster.ca_cert.read_text(),
-                credential_lifetime=3600,
-                install_crd=True,
-                webhook_host="127.0.0.1",
-                webhook_port=webhook_port,
-                webhook_cert=keylime.cv_ca / "server-cert.crt",
-                webhook_key=keylime.cv_ca / "server-private.pem",
-                webhook_client_ca=keylime.ca_cert,
-                lease_duration=4.0,
-                renew_deadline=3.0,
-                retry_period=0.5,
-                reactivate_interval=1.0,
-            ),
-        )
-        stack.callback(controller.stop)
-        controller.start()
-        procs.wait_for(controller.elector.is_leader, timeout=30, what="the controller to lead")
+        side = stack.enter_context(ClusterSide(root, [template.ca_cert]))
+        keylime, cluster, controller = side.keylime, side.cluster, side.controller
         report.meta.update(
             {
-                "quote_interval_s": settings.quote_interval,
+                "quote_interval_s": keylime.settings.quote_interval,
                 "runs": repeat,
-                "startup_s": {**keylime.startup_seconds, **cluster.startup_seconds},
+                "startup_s": side.startup_seconds,
             }
         )
         for i in range(repeat):
@@ -141,6 +105,7 @@ def _one_run(
     from edgeagent.attest.enroll import Enrollment
     from edgeagent.cloud import crd
     from edgeagent.kube import errors as kube_errors
+    from edgeagent.testbed.cluster_side import pin_device
 
     api = controller.api
     name = f"bench-{i}-{uuidlib.uuid4().hex[:6]}"
@@ -168,14 +133,8 @@ def _one_run(
             certificate_seconds=3600,
         ),
     )
-    crd.EdgeNodes(api).create(
-        name,
-        crd.EdgeNodeSpec(
-            agent_uuid=agent_uuid,
-            ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
-            agent_address=f"127.0.0.1:{port}",
-        ),
-    )
+    pin_device(api, name, ek_cert=ek_cert, agent_uuid=agent_uuid, agent_address=f"127.0.0.1:{port}",
+               register_node=False)
     enrollment = Enrollment(config)
     try:
         result = enrollment.enroll_steps()

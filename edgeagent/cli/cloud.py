@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import socket
 from pathlib import Path
@@ -78,7 +79,9 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=600, max=MAX_LIFETIME, help="Longest node certificate, seconds")
         ] = MAX_LIFETIME,
         require_ek_cert: Annotated[bool, typer.Option(help="Refuse TPMs without an EK certificate")] = True,
-        poll_interval: Annotated[float, typer.Option(min=0.1, help="Verifier polling, seconds")] = 1.0,
+        poll_interval: Annotated[
+            float | None, typer.Option(min=0.1, help="Verifier polling, seconds [default: 1.0, Settings']")
+        ] = None,
         lease_namespace: Annotated[str, typer.Option(help="Namespace of the leader Lease")] = "kube-system",
         identity: Annotated[str | None, typer.Option(help="Leader identity [default: hostname]")] = None,
         install_crd: Annotated[bool, typer.Option(help="Create/update the EdgeNode CRD at start")] = False,
@@ -115,7 +118,6 @@ def register(app: typer.Typer) -> None:
             api_server_ca_pem=_read(ca_path, "API server CA"),
             require_ek_cert=require_ek_cert,
             credential_lifetime=credential_lifetime,
-            poll_interval=poll_interval,
             lease_namespace=lease_namespace,
             identity=identity or socket.gethostname(),
             webhook_host=host,
@@ -126,6 +128,8 @@ def register(app: typer.Typer) -> None:
             install_crd=install_crd,
             resync_interval=resync_interval,
         )
+        if poll_interval is not None:  # the default lives in Settings, once
+            settings = dataclasses.replace(settings, poll_interval=poll_interval)
         controller = Controller(api, settings)
         signal.signal(signal.SIGTERM, lambda *_: controller.stop_event.set())
         with contextlib.suppress(KeyboardInterrupt):

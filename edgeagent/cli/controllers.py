@@ -29,16 +29,22 @@ def run(
         typer.Option("--kubeconfig", help="kubeconfig [default: $KUBECONFIG, ~/.kube/config, in-cluster]"),
     ] = None,
     no_swap: Annotated[
-        bool, typer.Option("--no-swap", help="Keep every controller instantiated (never swap to disk)")
+        bool, typer.Option("--no-swap", help="Keep every controller instantiated [default: controllers.swap]")
     ] = False,
     no_verify: Annotated[
-        bool, typer.Option("--no-verify", help="Do not check modules against `edgeagent measure`'s digests")
+        bool,
+        typer.Option("--no-verify", help="Do not check modules against `edgeagent measure`'s digests "
+                     "[default: controllers.verify]"),
     ] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Threads running controllers")] = 2,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, max=64, help="Threads running controllers "
+                                 "[default: controllers.workers]")
+    ] = None,
     max_active: Annotated[
-        int,
-        typer.Option("--max-active", min=0, help="Most controllers instantiated at once (0: no cap)"),
-    ] = 16,
+        int | None,
+        typer.Option("--max-active", min=0, help="Most controllers instantiated at once, 0: no cap "
+                     "[default: controllers.max_active]"),
+    ] = None,
     configmap: Annotated[
         str | None,
         typer.Option(
@@ -54,16 +60,10 @@ def run(
 
     st = state(ctx)
     cfg = st.config
-    opts = service.RunOptions(
-        directory=directory,
-        kubeconfig=kubeconfig,
-        configmap=service.parse_configmap_ref(configmap) if configmap is not None else None,
-        swap=not no_swap,
-        verify=not no_verify,
-        workers=workers,
-        max_active=max_active,
-    )
-    service.check(cfg, opts)  # bad input fails here, as one line, before the exec
+    # The defaults live in the config's [controllers] section; options given here override it.
+    service.apply_options(cfg, kubeconfig=kubeconfig, configmap=configmap, swap=False if no_swap else None,
+                          verify=False if no_verify else None, workers=workers, max_active=max_active)
+    service.check(cfg, directory)  # bad input fails here, as one line, before the exec
     # The host is long-lived: it runs in its own lean process image instead of carrying every command
     # group's imports (see edgeagent.controllers.service). Same pid, so signals and the status file agree.
     argv = [sys.executable, "-m", "edgeagent.controllers"]
@@ -77,7 +77,8 @@ def run(
     if configmap is not None:
         argv += ["--configmap", configmap]
     argv += ["--no-swap"] * no_swap + ["--no-verify"] * no_verify
-    argv += ["--workers", str(workers), "--max-active", str(max_active)]
+    argv += [] if workers is None else ["--workers", str(workers)]
+    argv += [] if max_active is None else ["--max-active", str(max_active)]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

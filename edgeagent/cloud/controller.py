@@ -76,7 +76,7 @@ class Settings:
     credential_lifetime: int = 86400
     token_ttl: int = 600
     max_binding_age: float = 300.0
-    poll_interval: float = 2.0
+    poll_interval: float = 1.0
     """Seconds between two verifier checks of an attested node (the fallback behind the webhook)."""
     pending_interval: float = 0.2
     """Seconds between two checks while a node enrolls (waiting for registration or the first quote)."""

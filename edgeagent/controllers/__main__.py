@@ -26,24 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("directory", type=Path, nargs="?")
     r.add_argument("--kubeconfig", type=Path)
     r.add_argument("--configmap")
-    r.add_argument("--no-swap", action="store_true")
-    r.add_argument("--no-verify", action="store_true")
-    r.add_argument("--workers", type=int, default=2)
-    r.add_argument("--max-active", type=int, default=16)
+    # Defaults live in the config's [controllers] section; an option given here overrides it.
+    r.add_argument("--no-swap", dest="swap", action="store_const", const=False)
+    r.add_argument("--no-verify", dest="verify", action="store_const", const=False)
+    r.add_argument("--workers", type=int)
+    r.add_argument("--max-active", type=int)
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     try:
         cfg = load_config(args.config, overrides={"state_dir": args.state_dir})
-        opts = service.RunOptions(
-            directory=args.directory,
-            kubeconfig=args.kubeconfig,
-            configmap=service.parse_configmap_ref(args.configmap) if args.configmap else None,
-            swap=not args.no_swap,
-            verify=not args.no_verify,
-            workers=args.workers,
-            max_active=args.max_active,
-        )
-        service.run(cfg, opts)
+        service.apply_options(cfg, kubeconfig=args.kubeconfig, configmap=args.configmap, swap=args.swap,
+                              verify=args.verify, workers=args.workers, max_active=args.max_active)
+        service.run(cfg, args.directory)
     except EdgeAgentError as e:
         print(f"edgeagent: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -7,7 +7,6 @@ client) would otherwise stay imported in it for nothing, ~25 MB of a host whose 
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 import threading
@@ -18,17 +17,6 @@ from edgeagent.config import AgentConfig
 from edgeagent.errors import ControllerError
 
 
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
-    directory: Path | None = None  # None: the config's controllers.dir, unless a ConfigMap is given
-    kubeconfig: Path | None = None
-    configmap: tuple[str, str] | None = None  # (namespace, name)
-    swap: bool = True
-    verify: bool = True
-    workers: int = 2
-    max_active: int = 16
-
-
 def parse_configmap_ref(text: str) -> tuple[str, str]:
     ns, sep, name = text.partition("/")
     if not sep or not ns or not name or "/" in name:
@@ -36,42 +24,55 @@ def parse_configmap_ref(text: str) -> tuple[str, str]:
     return ns, name
 
 
-def check(cfg: AgentConfig, opts: RunOptions) -> Path | None:
-    """The directory to load (or None), after the checks that need no API server; raises project errors."""
+def apply_options(cfg: AgentConfig, **options: Any) -> None:
+    """Command-line options (None: not given) over the config's [controllers] section, where defaults live."""
+    for name, value in options.items():
+        if value is not None:
+            setattr(cfg.controllers, name, value)
+    if cfg.controllers.configmap:
+        parse_configmap_ref(cfg.controllers.configmap)
+
+
+def check(cfg: AgentConfig, directory: Path | None) -> Path | None:
+    """The directory to load (or None), after the checks that need no API server; raises project errors.
+
+    ``directory`` None: the config's controllers.dir, unless a ConfigMap is configured.
+    """
     from edgeagent.controllers.manifest import manifest_paths
 
-    directory = opts.directory
-    if opts.configmap is None or directory is not None:
-        directory = directory or cfg.controllers.dir
+    cc = cfg.controllers
+    if not cc.configmap or directory is not None:
+        directory = directory or cc.dir
         if not manifest_paths(directory):  # ManifestError for a missing directory
             raise ControllerError(f"no controller manifests (*.toml, *.controller.json) in {directory}")
-    if opts.kubeconfig is not None and not opts.kubeconfig.is_file():
+    if cc.kubeconfig is not None and not cc.kubeconfig.is_file():
         from edgeagent.errors import ConfigError
 
-        raise ConfigError(f"kubeconfig {opts.kubeconfig} does not exist")
+        raise ConfigError(f"kubeconfig {cc.kubeconfig} does not exist")
     return directory
 
 
-def run(cfg: AgentConfig, opts: RunOptions) -> None:
+def run(cfg: AgentConfig, directory: Path | None = None) -> None:
     """Runs the host until SIGTERM/SIGINT. Raises project errors for what stops it from starting."""
     from edgeagent.controllers.host import ControllerHost, HostOptions
     from edgeagent.controllers.measured import measured_digests
     from edgeagent.controllers.source import ConfigMapSource
     from edgeagent.kube.api import KubeApi, connect
 
-    directory = check(cfg, opts)
-    api = KubeApi(connect(opts.kubeconfig))
+    cc = cfg.controllers
+    directory = check(cfg, directory)
+    api = KubeApi(connect(cc.kubeconfig))
     host = ControllerHost(
         api,
         HostOptions(
             state_dir=cfg.state_dir,
-            swap=opts.swap,
-            workers=opts.workers,
-            max_active=opts.max_active,
-            digest_for=measured_digests(cfg) if opts.verify else None,
+            swap=cc.swap,
+            workers=cc.workers,
+            max_active=cc.max_active,
+            digest_for=measured_digests(cfg) if cc.verify else None,
         ),
     )
-    source = ConfigMapSource(host, api, *opts.configmap) if opts.configmap is not None else None
+    source = ConfigMapSource(host, api, *parse_configmap_ref(cc.configmap)) if cc.configmap else None
     try:
         errors = host.load_directory(directory) if directory is not None else []
         if source is not None:

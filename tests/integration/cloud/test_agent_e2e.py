@@ -12,7 +12,6 @@ is ready again with the same AK and the same certificate (nothing re-enrolled).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import signal
 import time
@@ -22,8 +21,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
-from edgeagent.cloud import crd
 from edgeagent.cloud.controller import Controller
+from edgeagent.testbed.cluster_side import pin_device
 from edgeagent.tpm import Tpm
 from edgeagent.tpm import identity as tpm_identity
 from edgeagent.tpm.swtpm import SoftwareTpm
@@ -128,15 +127,7 @@ restart_backoff_max = 2.0
 ''')
         # the cluster side as an operator sets it up: the Node (as a kubelet registers it), the EdgeNode
         # pinning this device's EK, and the ConfigMap the device's controller mirrors into Node labels
-        core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=name)))
-        crd.EdgeNodes(admin).create(
-            name,
-            crd.EdgeNodeSpec(
-                agent_uuid=agent_uuid,
-                ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
-                agent_address=f"127.0.0.1:{port}",
-            ),
-        )
+        pin_device(admin, name, ek_cert=ek_cert, agent_uuid=agent_uuid, agent_address=f"127.0.0.1:{port}")
         try:
             core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
         except k8s.exceptions.ApiException as e:
@@ -239,8 +230,11 @@ restart_backoff_max = 2.0
         kube_cluster.start_apiserver()
         core.api_client.rest_client.pool_manager.clear()
         core.patch_namespaced_config_map(labels_cm, NAMESPACE, {"data": {"rack": "r9"}})
-        procs.wait_for(lambda: _labels(core, name).get("device.edgeagent.io/rack") == "r9", timeout=60,
-                       what="the controller to act after the API server came back")
+        procs.wait_for(
+            lambda: _labels(core, name).get("device.edgeagent.io/rack") == "r9",
+            timeout=60,
+            what="the controller to act after the API server came back",
+        )
 
         # SIGKILL while serving: ready again, same AK, the same certificate kept (nothing re-enrolled)
         cert = (tmp_path / "state" / "node").glob("*.crt")

@@ -1,0 +1,140 @@
+"""The whole cluster side on loopback: Keylime verifier + registrar, etcd + kube-apiserver +
+kube-controller-manager, and the attestation controller leading, as `make run` and the benchmarks use it.
+
+The pieces are the testbed's own launchers; this only wires them the one way a device expects to find them
+(the controller acting as Keylime's tenant and webhook receiver) and pins devices as an operator would.
+Everything it starts is stopped by ``stop()`` (or leaving the ``with`` block), in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from edgeagent.testbed import procs
+from edgeagent.testbed.keylime import Keylime, make_settings
+from edgeagent.testbed.kube import KubeCluster
+
+
+class ClusterSide:
+    def __init__(self, root: Path, ek_ca_certs: Sequence[Path], **controller_settings: Any) -> None:
+        """``ek_ca_certs``: the CAs of the TPMs' EK certificates (Keylime's and the controller's trust store);
+        ``controller_settings``: overrides of the attestation controller's Settings."""
+        self.root = root
+        self.ek_ca_certs = list(ek_ca_certs)
+        self.controller_settings = controller_settings
+        self._keylime: Keylime | None = None
+        self._cluster: KubeCluster | None = None
+        self.controller: Any = None
+        self.api: Any = None
+        self.startup_seconds: dict[str, float] = {}
+        self._stack = contextlib.ExitStack()
+
+    def start(self, *, timeout: float = 30.0) -> ClusterSide:
+        from edgeagent.cloud.controller import Controller, Settings
+
+        try:
+            webhook_port = procs.free_port()
+            settings = make_settings(
+                self.root / "keylime",
+                self.ek_ca_certs,
+                webhook_url=f"https://127.0.0.1:{webhook_port}/revocation",
+            )
+            self._keylime = keylime = Keylime(self.root / "keylime", settings, webhook_port=webhook_port)
+            self._stack.callback(keylime.stop)
+            keylime.start()
+            self._cluster = cluster = KubeCluster(self.root / "kube")
+            self._stack.callback(cluster.stop)
+            cluster.start()
+            self.api = cluster.client()
+            values: dict[str, Any] = dict(
+                registrar_url=keylime.registrar_tls_url,
+                verifier_url=keylime.verifier_url,
+                keylime_ca_dir=keylime.cv_ca,
+                ek_ca_store=settings.tpm_cert_store,
+                api_server_url=cluster.api_url,
+                api_server_ca_pem=cluster.ca_cert.read_text(),
+                credential_lifetime=3600,
+                install_crd=True,
+                webhook_host="127.0.0.1",
+                webhook_port=webhook_port,
+                # Keylime's notifier trusts its own CA: serve the verifier's certificate, require its client's
+                webhook_cert=keylime.cv_ca / "server-cert.crt",
+                webhook_key=keylime.cv_ca / "server-private.pem",
+                webhook_client_ca=keylime.ca_cert,
+                lease_duration=4.0,
+                renew_deadline=3.0,
+                retry_period=0.5,
+                reactivate_interval=1.0,
+            )
+            values.update(self.controller_settings)
+            self.controller = controller = Controller(self.api, Settings(**values))
+            self._stack.callback(controller.stop)
+            controller.start()
+            procs.wait_for(
+                controller.elector.is_leader, timeout=timeout, what="the attestation controller to lead"
+            )
+            self.startup_seconds = {**keylime.startup_seconds, **cluster.startup_seconds}
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self._stack.close()
+
+    @property
+    def keylime(self) -> Keylime:
+        if self._keylime is None:
+            raise RuntimeError("the cluster side is not started")
+        return self._keylime
+
+    @property
+    def cluster(self) -> KubeCluster:
+        if self._cluster is None:
+            raise RuntimeError("the cluster side is not started")
+        return self._cluster
+
+    def __enter__(self) -> ClusterSide:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def pin_device(self, name: str, **kwargs: Any) -> None:
+        pin_device(self.api, name, **kwargs)
+
+    def forget_device(self, name: str, agent_uuid: str) -> None:
+        """Removes what ``pin_device`` and the enrollment left on the cluster side (EdgeNode, Keylime)."""
+        from edgeagent.cloud import crd
+
+        crd.EdgeNodes(self.api).delete(name)
+        self.keylime.tenant("-c", "delete", "-u", agent_uuid)
+        self.keylime.tenant("-c", "regdelete", "-u", agent_uuid)
+
+
+def pin_device(
+    api: Any, name: str, *, ek_cert: bytes, agent_uuid: str, agent_address: str, register_node: bool = True
+) -> None:
+    """What an operator does for a new device: an EdgeNode pinning its EK certificate; ``register_node`` also
+    creates the Node object as a kubelet registers it (no kubelet runs here)."""
+    from kubernetes import client as k8s
+
+    from edgeagent.cloud import crd
+
+    if register_node:
+        k8s.CoreV1Api(api).create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=name)))
+    crd.EdgeNodes(api).create(
+        name,
+        crd.EdgeNodeSpec(
+            agent_uuid=agent_uuid,
+            ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
+            agent_address=agent_address,
+        ),
+    )
