@@ -221,7 +221,7 @@ def main() -> int:
 
     from edgeagent.cloud import crd
     from edgeagent.testbed import procs
-    from edgeagent.testbed.cluster_side import ClusterSide
+    from edgeagent.testbed.cluster_side import ClusterSide, labels_configmap
     from edgeagent.tpm import Tpm
     from edgeagent.tpm import identity as tpm_identity
     from edgeagent.tpm.swtpm import SoftwareTpm
@@ -256,14 +256,7 @@ def main() -> int:
         core = k8s.CoreV1Api(api)
         port = procs.free_port()
         side.pin_device(NAME, ek_cert=ek_cert, agent_uuid=f"{NAME}-agent", agent_address=f"127.0.0.1:{port}")
-        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
-        core.create_namespaced_config_map(
-            NAMESPACE,
-            k8s.V1ConfigMap(
-                metadata=k8s.V1ObjectMeta(name=LABELS, labels={"edgeagent.io/node-labels": "true"}),
-                data={"zone": "lab"},
-            ),
-        )
+        labels_configmap(api, NAMESPACE, LABELS, {"zone": "lab"})
         story.beat(
             f"operator: EdgeNode {NAME} pins the device's EK (sha256 "
             f"{hashlib.sha256(ek_cert).hexdigest()[:16]}…); a ConfigMap of labels for it"

@@ -23,12 +23,16 @@ from edgeagent.testbed.kube import KubeCluster
 class ClusterSide:
     def __init__(self, root: Path, ek_ca_certs: Sequence[Path], **controller_settings: Any) -> None:
         """``ek_ca_certs``: the CAs of the TPMs' EK certificates (Keylime's and the controller's trust store);
-        ``controller_settings``: overrides of the attestation controller's Settings."""
+        ``controller_settings``: overrides of the attestation controller's Settings. Nothing runs before
+        ``start()``."""
         self.root = root
-        self.ek_ca_certs = list(ek_ca_certs)
         self.controller_settings = controller_settings
-        self._keylime: Keylime | None = None
-        self._cluster: KubeCluster | None = None
+        webhook_port = procs.free_port()
+        settings = make_settings(
+            root / "keylime", list(ek_ca_certs), webhook_url=f"https://127.0.0.1:{webhook_port}/revocation"
+        )
+        self.keylime = Keylime(root / "keylime", settings, webhook_port=webhook_port)
+        self.cluster = KubeCluster(root / "kube")
         self.controller: Any = None
         self.api: Any = None
         self.startup_seconds: dict[str, float] = {}
@@ -37,17 +41,10 @@ class ClusterSide:
     def start(self, *, timeout: float = 30.0) -> ClusterSide:
         from edgeagent.cloud.controller import Controller, Settings
 
+        keylime, cluster = self.keylime, self.cluster
         try:
-            webhook_port = procs.free_port()
-            settings = make_settings(
-                self.root / "keylime",
-                self.ek_ca_certs,
-                webhook_url=f"https://127.0.0.1:{webhook_port}/revocation",
-            )
-            self._keylime = keylime = Keylime(self.root / "keylime", settings, webhook_port=webhook_port)
             self._stack.callback(keylime.stop)
             keylime.start()
-            self._cluster = cluster = KubeCluster(self.root / "kube")
             self._stack.callback(cluster.stop)
             cluster.start()
             self.api = cluster.client()
@@ -55,13 +52,13 @@ class ClusterSide:
                 registrar_url=keylime.registrar_tls_url,
                 verifier_url=keylime.verifier_url,
                 keylime_ca_dir=keylime.cv_ca,
-                ek_ca_store=settings.tpm_cert_store,
+                ek_ca_store=keylime.settings.tpm_cert_store,
                 api_server_url=cluster.api_url,
                 api_server_ca_pem=cluster.ca_cert.read_text(),
                 credential_lifetime=3600,
                 install_crd=True,
                 webhook_host="127.0.0.1",
-                webhook_port=webhook_port,
+                webhook_port=keylime.webhook_port,
                 # Keylime's notifier trusts its own CA: serve the verifier's certificate, require its client's
                 webhook_cert=keylime.cv_ca / "server-cert.crt",
                 webhook_key=keylime.cv_ca / "server-private.pem",
@@ -87,18 +84,6 @@ class ClusterSide:
     def stop(self) -> None:
         self._stack.close()
 
-    @property
-    def keylime(self) -> Keylime:
-        if self._keylime is None:
-            raise RuntimeError("the cluster side is not started")
-        return self._keylime
-
-    @property
-    def cluster(self) -> KubeCluster:
-        if self._cluster is None:
-            raise RuntimeError("the cluster side is not started")
-        return self._cluster
-
     def __enter__(self) -> ClusterSide:
         return self.start()
 
@@ -120,10 +105,18 @@ class ClusterSide:
 
 
 def pin_device(
-    api: Any, name: str, *, ek_cert: bytes, agent_uuid: str, agent_address: str, register_node: bool = True
+    api: Any,
+    name: str,
+    *,
+    ek_cert: bytes,
+    agent_uuid: str,
+    agent_address: str,
+    register_node: bool = True,
+    **spec: Any,
 ) -> None:
-    """What an operator does for a new device: an EdgeNode pinning its EK certificate; ``register_node`` also
-    creates the Node object as a kubelet registers it (no kubelet runs here)."""
+    """What an operator does for a new device: an EdgeNode pinning its EK certificate (``spec``: more
+    EdgeNodeSpec fields, e.g. boot_pcrs); ``register_node`` also creates the Node object as a kubelet
+    registers it (no kubelet runs here)."""
     from kubernetes import client as k8s
 
     from edgeagent.cloud import crd
@@ -136,5 +129,24 @@ def pin_device(
             agent_uuid=agent_uuid,
             ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
             agent_address=agent_address,
+            **spec,
+        ),
+    )
+
+
+def labels_configmap(api: Any, namespace: str, name: str, data: dict[str, str]) -> None:
+    """A ConfigMap the node-labeler controller mirrors into Node labels (its namespace created if needed)."""
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(api)
+    try:
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
+    except k8s.exceptions.ApiException as e:
+        if e.status != 409:
+            raise
+    core.create_namespaced_config_map(
+        namespace,
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name=name, labels={"edgeagent.io/node-labels": "true"}), data=data
         ),
     )

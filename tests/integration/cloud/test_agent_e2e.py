@@ -22,7 +22,7 @@ import pytest
 from kubernetes import client as k8s
 
 from edgeagent.cloud.controller import Controller
-from edgeagent.testbed.cluster_side import pin_device
+from edgeagent.testbed.cluster_side import labels_configmap, pin_device
 from edgeagent.tpm import Tpm
 from edgeagent.tpm import identity as tpm_identity
 from edgeagent.tpm.swtpm import SoftwareTpm
@@ -128,19 +128,8 @@ restart_backoff_max = 2.0
         # the cluster side as an operator sets it up: the Node (as a kubelet registers it), the EdgeNode
         # pinning this device's EK, and the ConfigMap the device's controller mirrors into Node labels
         pin_device(admin, name, ek_cert=ek_cert, agent_uuid=agent_uuid, agent_address=f"127.0.0.1:{port}")
-        try:
-            core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
-        except k8s.exceptions.ApiException as e:
-            if e.status != 409:
-                raise
         labels_cm = f"labels-{name}"
-        core.create_namespaced_config_map(
-            NAMESPACE,
-            k8s.V1ConfigMap(
-                metadata=k8s.V1ObjectMeta(name=labels_cm, labels={"edgeagent.io/node-labels": "true"}),
-                data={"zone": "lab"},
-            ),
-        )
+        labels_configmap(admin, NAMESPACE, labels_cm, {"zone": "lab"})
 
         agent = AgentProcess(cfg, tpm.tcti, tmp_path / "agent.sock")
         agent.start(timeout=60)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import threading
 import uuid
@@ -32,10 +31,10 @@ from kubernetes.client.rest import ApiException
 
 from edgeagent.attest import nodekey
 from edgeagent.attest.enroll import Enrollment
-from edgeagent.cloud import crd
 from edgeagent.cloud.controller import Controller
 from edgeagent.config import AgentConfig, EnrollConfig, MeasureConfig
 from edgeagent.measure import cel, measurer, simboot, tcg2
+from edgeagent.testbed.cluster_side import pin_device
 from edgeagent.tpm import Tpm
 from edgeagent.tpm import identity as tpm_identity
 from edgeagent.tpm.swtpm import SoftwareTpm
@@ -146,16 +145,14 @@ def enrolled_device(
             measure=MeasureConfig(extra_paths=[measured], firmware_log=firmware_log),
             enroll=EnrollConfig(**settings),
         )
-        k8s.CoreV1Api(api).create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=name)))
-        crd.EdgeNodes(api).create(
+        pin_device(
+            api,
             name,
-            crd.EdgeNodeSpec(
-                agent_uuid=agent_uuid,
-                ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
-                agent_address=f"127.0.0.1:{port}",
-                boot_pcrs=boot_pcrs,
-                mb_refstate=mb_refstate,
-            ),
+            ek_cert=ek_cert,
+            agent_uuid=agent_uuid,
+            agent_address=f"127.0.0.1:{port}",
+            boot_pcrs=boot_pcrs,
+            mb_refstate=mb_refstate,
         )
         enrollment = Enrollment(config)
         outcome: dict[str, Any] = {}
@@ -211,22 +208,35 @@ def test_enroll_lose_access_on_tamper_and_regain_it(
         # what a thief copying the files would hold: usable until the certificate expires, RBAC aside
         first_cert = dev.cert_path.read_bytes()
         key_pem = (dev.config.state_dir / "node" / nodekey.KEY_FILE).read_bytes()
-        stolen = kube_cluster.write_kubeconfig(tmp_path / "stolen.kubeconfig", first_cert, key_pem,
-                                               user=f"system:node:{dev.name}")
+        stolen = kube_cluster.write_kubeconfig(
+            tmp_path / "stolen.kubeconfig", first_cert, key_pem, user=f"system:node:{dev.name}"
+        )
         as_thief = k8s.CoreV1Api(kube_cluster.client(stolen))
 
         segment = dev.tamper()
-        procs.wait_for(lambda: not _allowed(as_thief), timeout=30, interval=0.1,
-                       what="access to be withdrawn after the tamper")
+        procs.wait_for(
+            lambda: not _allowed(as_thief),
+            timeout=30,
+            interval=0.1,
+            what="access to be withdrawn after the tamper",
+        )
         en = wait_edgenode(api, dev.name, lambda en: en.phase == "Unattested", what="to be unattested")
         assert en.status["attested"] is False
-        procs.wait_for(dev.enrollment.revoked.is_set, timeout=30, interval=0.1,
-                       what="the device to act on the verifier's revocation notification")
+        procs.wait_for(
+            dev.enrollment.revoked.is_set,
+            timeout=30,
+            interval=0.1,
+            what="the device to act on the verifier's revocation notification",
+        )
         assert not dev.cert_path.exists() and not kubeconfig.exists()
 
         dev.restore(segment)
-        procs.wait_for(kubeconfig.exists, timeout=60, interval=0.1,
-                       what="a new credential from the join material sent after the restore")
+        procs.wait_for(
+            kubeconfig.exists,
+            timeout=60,
+            interval=0.1,
+            what="a new credential from the join material sent after the restore",
+        )
         assert dev.cert_path.read_bytes() != first_cert
         assert dev.cert().public_key() == x509.load_pem_x509_certificate(first_cert).public_key()
         as_node = k8s.CoreV1Api(kube_cluster.client(kubeconfig))
@@ -249,12 +259,23 @@ def test_renewal_while_attested_and_refused_while_not(
     other = kube_pki.make_ca("not-the-revocation-key")
     unverifiable = tmp_path / "other-revocation.crt"
     unverifiable.write_bytes(other.cert_pem)
-    with enrolled_device(keylime, kube_cluster, swtpm_template, tmp_path, renew_fraction=0.002,
-                         renew_retry=1.0, revocation_cert=unverifiable) as dev:
+    with enrolled_device(
+        keylime,
+        kube_cluster,
+        swtpm_template,
+        tmp_path,
+        renew_fraction=0.002,
+        renew_retry=1.0,
+        revocation_cert=unverifiable,
+    ) as dev:
         first = dev.cert()
         mode = dev.cert_path.stat().st_mode & 0o777
-        procs.wait_for(lambda: dev.enrollment.renewals >= 1, timeout=60, interval=0.2,
-                       what="the node certificate to be renewed")
+        procs.wait_for(
+            lambda: dev.enrollment.renewals >= 1,
+            timeout=60,
+            interval=0.2,
+            what="the node certificate to be renewed",
+        )
         renewed = dev.cert()
         assert renewed.serial_number != first.serial_number
         assert renewed.public_key() == first.public_key()  # same node key
@@ -267,18 +288,27 @@ def test_renewal_while_attested_and_refused_while_not(
         segment = dev.tamper()
         wait_edgenode(api, dev.name, lambda en: en.phase == "Unattested", what="to be unattested")
         failures = dev.enrollment.renewal_failures
-        procs.wait_for(lambda: dev.enrollment.renewal_failures >= failures + 2, timeout=60, interval=0.2,
-                       what="renewals to be refused while unattested")
+        procs.wait_for(
+            lambda: dev.enrollment.renewal_failures >= failures + 2,
+            timeout=60,
+            interval=0.2,
+            what="renewals to be refused while unattested",
+        )
         assert "denied" in (dev.enrollment.last_renewal_error or "") or "403" in (
-            dev.enrollment.last_renewal_error or "")
+            dev.enrollment.last_renewal_error or ""
+        )
         assert not dev.enrollment.revoked.is_set()
         held = dev.cert_path.read_bytes()
         renewals = dev.enrollment.renewals
 
         dev.restore(segment)
         wait_edgenode(api, dev.name, lambda en: en.status.get("attested") is True, what="to be attested")
-        procs.wait_for(lambda: dev.enrollment.renewals > renewals, timeout=120, interval=0.2,
-                       what="renewal to succeed again once attested")
+        procs.wait_for(
+            lambda: dev.enrollment.renewals > renewals,
+            timeout=120,
+            interval=0.2,
+            what="renewal to succeed again once attested",
+        )
         assert dev.cert_path.read_bytes() != held
 
 
@@ -305,14 +335,28 @@ def test_measured_boot_reference_admits_the_known_firmware_and_refuses_another(
     refstate = {"edgeagent": "simboot reference"}
     (tmp_path / "good").mkdir()
     (tmp_path / "other").mkdir()
-    with enrolled_device(keylime, kube_cluster, swtpm_template, tmp_path / "good", firmware=GOOD_FIRMWARE,
-                         boot_pcrs=reference, mb_refstate=refstate) as dev:
+    with enrolled_device(
+        keylime,
+        kube_cluster,
+        swtpm_template,
+        tmp_path / "good",
+        firmware=GOOD_FIRMWARE,
+        boot_pcrs=reference,
+        mb_refstate=refstate,
+    ) as dev:
         en = wait_edgenode(api, dev.name, lambda en: en.status.get("attested") is True, what="to be attested")
         assert _allowed(k8s.CoreV1Api(kube_cluster.client(dev.config.enroll.kubeconfig)))
 
-    with enrolled_device(keylime, kube_cluster, swtpm_template, tmp_path / "other",
-                         firmware="edgeagent simulated firmware 1.1", boot_pcrs=reference,
-                         mb_refstate=refstate, wait_credential=False) as dev:
+    with enrolled_device(
+        keylime,
+        kube_cluster,
+        swtpm_template,
+        tmp_path / "other",
+        firmware="edgeagent simulated firmware 1.1",
+        boot_pcrs=reference,
+        mb_refstate=refstate,
+        wait_credential=False,
+    ) as dev:
         en = wait_edgenode(api, dev.name, lambda en: en.phase == "Unattested", what="to be refused")
         assert en.status.get("attested") is False
         assert "attest" not in dev.enrollment.state.steps  # the payload never opened
