@@ -70,8 +70,8 @@ TARGET_B_MIB = 14.0
 TARGET_CPU_PCT = 1.0
 TARGET_READY_S = 1.0
 FLOOR_IMPORTS = ("tpm2_pytss", "wasmtime", "cryptography.x509", "ssl")
-# What an agent imports on top of the floor, cumulatively, for the import breakdown in the report's meta
-# (the lazily imported parts as the running service loads them).
+# What the agent imports, cumulatively, for the import breakdown in the report's meta: the floor's modules,
+# then the agent's own in the order the running service loads them (at start, or lazily by its parts).
 IMPORT_STEPS = (
     ("ssl", "import ssl"),
     ("cryptography.x509", "import cryptography.x509"),
@@ -84,8 +84,9 @@ IMPORT_STEPS = (
     ("edgeagent.drivers.loader", "import edgeagent.drivers.loader"),
     ("edgeagent.controllers.host", "import edgeagent.controllers.host"),
     ("edgeagent.kube.api", "import edgeagent.kube.api"),
-    ("edgeagent.agent.metrics", "import edgeagent.agent.metrics"),
-    ("kubernetes.client (not used by the agent)", "import kubernetes.client"),
+    ("yaml (kubeconfig parsing)", "import yaml"),
+    ("edgeagent.agent.metrics (prometheus_client)", "import edgeagent.agent.metrics"),
+    ("kubernetes.client (for comparison: the agent does not import it)", "import kubernetes.client"),
 )
 
 
