@@ -21,6 +21,10 @@ AREAS: dict[str, tuple[str, str]] = {
         "edgeagent.bench.controllers",
         "Ring of N Wasm controllers (swapping or not) vs Python processes/objects: memory, rounds, wakes",
     ),
+    "agent": (
+        "edgeagent.bench.agent",
+        "The agent service: memory and idle CPU (vs separate processes and a bare floor), start -> READY",
+    ),
 }
 
 

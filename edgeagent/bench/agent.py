@@ -1,0 +1,827 @@
+"""`edgeagent bench agent`: what the one on-device service costs, against the processes it replaced.
+
+One run, everything real on loopback, set up as `make run` does (scripts/run-embedded.py): a software TPM,
+stock Keylime (verifier + registrar, quoting every ``quote_interval``), etcd + kube-apiserver +
+kube-controller-manager and the attestation controller. The device is enrolled once, by the agent itself;
+every later process resumes that enrollment (same state directory, same AK, same credential).
+
+Measured, each a case of the report:
+
+- Memory (RSS and PSS from /proc/PID/smaps_rollup, summed over the process tree; a few samples spread over
+  the window, the median reported) and idle CPU (utime+stime from /proc/PID/stat, as % of one core) of
+  (a) `edgeagent agent` attesting and running three simulated sensor drivers at 1 Hz, and (b) the same plus
+  20 controllers (node-labeler, each watching ConfigMaps with its own selector), measured once all are
+  swapped to disk.
+- The same work as separate processes, as before the agent existed (`edgeagent enroll` resuming and serving,
+  one `edgeagent run-driver` per driver, and for (b) `edgeagent controllers run`): (1a) and (1b). They run
+  only while the agent is stopped: a software TPM serves one client at a time.
+- The floor: a bare interpreter that imports only what the agent cannot do without (tpm2_pytss, wasmtime,
+  cryptography.x509, ssl) and sleeps. Targets are "floor + 6 MiB" for (a) and "floor + 14 MiB" for (b): the
+  "(a) - floor" and "(b) - floor" cases carry them (each sample minus the floor's median).
+- Start -> READY=1 with an existing enrollment (Popen -> the datagram on a NOTIFY_SOCKET this benchmark
+  binds, as systemd's ``Type=notify`` sees it), through the console script systemd runs and through the
+  lean service process alone; and SIGKILL -> a new process -> READY=1 (systemd's ``Restart=``).
+
+(a) and (b) share one configuration file so that the measured files (PCR 23, which the verifier pins on first
+use) never change: (a) points ``controllers.dir`` at an empty directory through EDGEAGENT_CONTROLLERS_DIR,
+which measures nothing new. Every start is checked to have measured nothing new.
+
+Threads: the caller's runs the benchmark; a ``bench-notify`` thread receives the notify datagrams (the agent
+pings the watchdog every second once NOTIFY_SOCKET is set, and a full socket would block its main loop); the
+attestation controller runs its own threads in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import edgeagent
+from edgeagent.bench.controllers import process_tree
+from edgeagent.bench.harness import Case, Report
+from edgeagent.config import AgentConfig
+from edgeagent.errors import EdgeAgentError
+
+MiB = 1 << 20
+DRIVERS = ("bme280", "hts221", "tmp102")
+N_CONTROLLERS = 20
+NAMESPACE = "edgeagent-bench"
+WINDOW = 20.0  # seconds of idle measurement per variant
+TARGET_A_MIB = 6.0
+TARGET_B_MIB = 14.0
+TARGET_CPU_PCT = 1.0
+TARGET_READY_S = 1.0
+FLOOR_IMPORTS = ("tpm2_pytss", "wasmtime", "cryptography.x509", "ssl")
+# What the agent imports, cumulatively, for the import breakdown in the report's meta: the floor's modules,
+# then the agent's own in the order the running service loads them (at start, or lazily by its parts).
+IMPORT_STEPS = (
+    ("ssl", "import ssl"),
+    ("cryptography.x509", "import cryptography.x509"),
+    ("tpm2_pytss", "import tpm2_pytss"),
+    ("wasmtime", "import wasmtime"),
+    ("edgeagent.agent.supervisor", "import edgeagent.agent.supervisor"),
+    ("edgeagent.tpm.connection", "import edgeagent.tpm.connection"),
+    ("edgeagent.measure.measurer", "import edgeagent.measure.measurer"),
+    ("edgeagent.attest.enroll", "import edgeagent.attest.enroll"),
+    ("edgeagent.drivers.loader", "import edgeagent.drivers.loader"),
+    ("edgeagent.controllers.host", "import edgeagent.controllers.host"),
+    ("edgeagent.kube.api", "import edgeagent.kube.api"),
+    ("yaml (kubeconfig parsing)", "import yaml"),
+    ("edgeagent.agent.metrics (prometheus_client)", "import edgeagent.agent.metrics"),
+    ("kubernetes.client (for comparison: the agent does not import it)", "import kubernetes.client"),
+)
+
+
+# ---------------------------------------------------------------------------------------------- /proc
+def _tree(roots: list[int]) -> list[int]:
+    return [p for r in roots for p in process_tree(r)]
+
+
+def memory(roots: list[int]) -> tuple[int, int]:
+    """(RSS, PSS) in bytes summed over ``roots`` and their descendants (smaps_rollup)."""
+    rss = pss = 0
+    for pid in _tree(roots):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return rss, pss
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """utime + stime of ``roots`` and their descendants (dead threads included: /proc/PID/stat sums them)."""
+    ticks = 0
+    for pid in _tree(roots):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class Window:
+    rss: list[float]  # MiB per sample
+    pss: list[float]
+    cpu: list[float]  # % of one core per sub-window
+    cpu_total: float  # % of one core over the whole window
+    load: tuple[float, float]  # 1-minute load average before and after
+
+
+def measure_window(roots: list[int], *, window: float, samples: int, parts: int) -> Window:
+    """Memory ``samples`` times spread over ``window`` seconds, CPU over ``parts`` equal sub-windows."""
+    load0 = os.getloadavg()[0]
+    t0 = time.monotonic()
+    events = sorted(
+        [(window * (i + 0.5) / samples, "mem") for i in range(samples)]
+        + [(window * (j + 1) / parts, "cpu") for j in range(parts)]
+    )
+    rss: list[float] = []
+    pss: list[float] = []
+    cpu: list[float] = []
+    c_start = c_last = cpu_seconds(roots)
+    t_last = time.monotonic()
+    for at, kind in events:
+        delay = t0 + at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if kind == "mem":
+            r, p = memory(roots)
+            rss.append(r / MiB)
+            pss.append(p / MiB)
+        else:
+            c, t = cpu_seconds(roots), time.monotonic()
+            cpu.append(100.0 * (c - c_last) / (t - t_last))
+            c_last, t_last = c, t
+    total = 100.0 * (c_last - c_start) / (t_last - t0)
+    return Window(rss, pss, cpu, total, (load0, os.getloadavg()[0]))
+
+
+# ---------------------------------------------------------------------------------------------- notify
+class NotifyListener:
+    """The service manager's end of NOTIFY_SOCKET: every datagram with the time it arrived."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="bench-notify", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            at = time.perf_counter()
+            with self._cond:
+                self.messages.append((at, data.decode(errors="replace")))
+                self._cond.notify_all()
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.messages)
+
+    def wait_ready(self, after: int, proc: subprocess.Popen[bytes], *, timeout: float) -> float:
+        """perf_counter() at which the first READY=1 after message ``after`` arrived."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for at, text in self.messages[after:]:
+                    if "READY=1" in text.split("\n"):
+                        return at
+                if proc.poll() is not None:
+                    raise EdgeAgentError(f"the agent exited with {proc.returncode} before READY=1")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EdgeAgentError(f"no READY=1 within {timeout:.0f} s")
+                self._cond.wait(min(left, 0.2))
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def _edgeagent() -> list[str]:
+    """The console script systemd's unit runs; `python -m edgeagent.cli.main` where it is not installed."""
+    script = Path(sys.executable).parent / "edgeagent"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "edgeagent.cli.main"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEAGENT_") and k != "NOTIFY_SOCKET"}
+    env.update(extra)
+    return env
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Signals ``proc``, waits, then kills its group (whatever it left behind)."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+def _wait(pred: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise EdgeAgentError(f"bench agent: timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Agent:
+    """`edgeagent agent` as systemd runs it, with NOTIFY_SOCKET pointing at the benchmark's listener."""
+
+    def __init__(self, cfg: Path, sock: Path, log: Path, notify: NotifyListener) -> None:
+        from edgeagent.agent.client import AgentClient
+
+        self.cfg, self.log, self.notify = cfg, log, notify
+        self.client = AgentClient(sock, timeout=5)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self, lean: bool) -> list[str]:
+        if lean:  # what the console script execs into
+            return [sys.executable, "-m", "edgeagent.agent", "--config", str(self.cfg)]
+        return [*_edgeagent(), "--config", str(self.cfg), "agent"]
+
+    def start(self, *, lean: bool = False, env: dict[str, str] | None = None, timeout: float = 60.0) -> float:
+        """Spawns the agent; seconds from Popen to its READY=1 datagram."""
+        mark = self.notify.mark()
+        t0 = time.perf_counter()
+        self.proc = _spawn(
+            self.argv(lean), self.log, _env(NOTIFY_SOCKET=str(self.notify.path), **(env or {}))
+        )
+        try:
+            return self.notify.wait_ready(mark, self.proc, timeout=timeout) - t0
+        except EdgeAgentError as e:
+            raise EdgeAgentError(f"{e}; agent log: {self.log}") from None
+
+    def sigkill_restart(self, *, timeout: float = 60.0) -> float:
+        """SIGKILL, then at once a new process; seconds from the kill to the new one's READY=1."""
+        assert self.proc is not None
+        mark = self.notify.mark()
+        t0 = time.perf_counter()
+        os.kill(self.proc.pid, signal.SIGKILL)
+        env = _env(NOTIFY_SOCKET=str(self.notify.path))
+        old, self.proc = self.proc, _spawn(self.argv(False), self.log, env)
+        try:
+            return self.notify.wait_ready(mark, self.proc, timeout=timeout) - t0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(old.pid, signal.SIGKILL)
+            old.wait(10)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def status(self) -> dict[str, Any] | None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise EdgeAgentError(f"the agent exited with {self.proc.returncode}; see {self.log}")
+        try:
+            return self.client.status()
+        except EdgeAgentError:
+            return None
+
+    def wait_status(
+        self, pred: Callable[[dict[str, Any]], Any], *, timeout: float, what: str
+    ) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            s = self.status()
+            return s if s is not None and pred(s) else None
+
+        return _wait(check, timeout=timeout, what=what)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+# ---------------------------------------------------------------------------------------------- staging
+def _source_root() -> Path:
+    return Path(edgeagent.__file__).resolve().parent.parent
+
+
+def stage(root: Path, node: str) -> tuple[Path, Path, Path]:
+    """Driver modules, their policies, and 20 controllers (one node-labeler module, 20 manifests)."""
+    src = _source_root()
+    drivers = root / "drivers"
+    drivers.mkdir()
+    for name in DRIVERS:
+        module = src / "drivers" / "build" / f"{name}.wasm"
+        if not module.is_file():
+            raise EdgeAgentError(f"{module} missing: run `make -C drivers`")
+        shutil.copyfile(module, drivers / module.name)
+    policies = root / "policies"
+    policies.mkdir()
+    shutil.copytree(src / "policies" / "drivers", policies / "drivers")
+    controllers = root / "controllers"
+    controllers.mkdir()
+    labeler = src / "controllers" / "build" / "node-labeler.wasm"
+    if not labeler.is_file():
+        raise EdgeAgentError(f"{labeler} missing: run `make -C controllers`")
+    shutil.copyfile(labeler, controllers / "node-labeler.wasm")
+    for i in range(N_CONTROLLERS):
+        (controllers / f"labeler-{i:02d}.toml").write_text(f'''
+name = "labeler-{i:02d}"
+module = "node-labeler.wasm"
+memory_limit = "1MiB"
+idle_timeout = 1.0
+config = {{ node = "{node}", prefix = "bench-{i:02d}.edgeagent.io/" }}
+
+[[watches]]
+version = "v1"
+kind = "ConfigMap"
+plural = "configmaps"
+namespace = "{NAMESPACE}"
+label_selector = "edgeagent.io/bench-labels-{i:02d}=true"
+
+[[grants]]
+verbs = ["patch"]
+resources = ["nodes"]
+resource_names = ["{node}"]
+''')
+    return drivers, policies, controllers
+
+
+def write_config(root: Path, node: str, tcti: str, keylime: Any, port: int, metrics_port: int) -> Path:
+    drivers, policies, controllers = stage(root, node)
+    instances = "".join(
+        f'[[drivers.instances]]\nname = "{d}"\ndriver = "{d}"\ninterval = 1.0\nsim = "true"\n'
+        for d in DRIVERS
+    )
+    cfg = root / "agent.toml"
+    cfg.write_text(f'''# edgeagent bench agent: the device's configuration, pointed at the loopback testbed
+state_dir = "{root / "state"}"
+policies_dir = "{policies}"
+tpm_tcti = "{tcti}"
+[measure]
+firmware_log = "{root / "no-firmware-log"}"
+[drivers]
+modules_dir = "{drivers}"
+{instances}
+[controllers]
+dir = "{controllers}"
+[enroll]
+registrar_url = "{keylime.registrar_url}"
+agent_port = {port}
+node_name = "{node}"
+uuid = "{node}-agent"
+keylime_ca = "{keylime.ca_cert}"
+payload_dir = "{root / "run"}"
+kubeconfig = "{root / "kubelet" / "kubeconfig"}"
+retry_timeout = 60
+certificate_timeout = 120
+certificate_seconds = 3600
+[agent]
+socket = "{root / "agent.sock"}"
+metrics_port = {metrics_port}
+restart_backoff = 0.5
+restart_backoff_max = 5.0
+''')
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- cluster
+@contextlib.contextmanager
+def cluster_side(root: Path, ek_ca: Path) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """Keylime, the kube control plane and the attestation controller, as `make run` starts them."""
+    from edgeagent.cloud.controller import Controller, Settings
+    from edgeagent.testbed import keylime as keylime_tb
+    from edgeagent.testbed import kube as kube_tb
+    from edgeagent.testbed import procs
+
+    with contextlib.ExitStack() as stack:
+        webhook_port = procs.free_port()
+        settings = keylime_tb.make_settings(
+            root / "keylime", [ek_ca], webhook_url=f"https://127.0.0.1:{webhook_port}/revocation"
+        )
+        keylime = keylime_tb.Keylime(root / "keylime", settings, webhook_port=webhook_port)
+        stack.callback(keylime.stop)
+        keylime.start()
+        cluster = kube_tb.KubeCluster(root / "kube")
+        stack.callback(cluster.stop)
+        cluster.start()
+        api = cluster.client()
+        controller = Controller(
+            api,
+            Settings(
+                registrar_url=keylime.registrar_tls_url,
+                verifier_url=keylime.verifier_url,
+                keylime_ca_dir=keylime.cv_ca,
+                ek_ca_store=settings.tpm_cert_store,
+                api_server_url=cluster.api_url,
+                api_server_ca_pem=cluster.ca_cert.read_text(),
+                credential_lifetime=3600,
+                install_crd=True,
+                webhook_host="127.0.0.1",
+                webhook_port=webhook_port,
+                webhook_cert=keylime.cv_ca / "server-cert.crt",
+                webhook_key=keylime.cv_ca / "server-private.pem",
+                webhook_client_ca=keylime.ca_cert,
+                lease_duration=4.0,
+                renew_deadline=3.0,
+                retry_period=0.5,
+                reactivate_interval=1.0,
+            ),
+        )
+        stack.callback(controller.stop)
+        controller.start()
+        procs.wait_for(controller.elector.is_leader, timeout=60, what="the attestation controller to lead")
+        yield keylime, cluster, api, settings
+
+
+# ---------------------------------------------------------------------------------------------- floor
+def _floor_code(imports: tuple[str, ...]) -> str:
+    return f"import {', '.join(imports)}, sys, time; print('ready', flush=True); time.sleep(3600)"
+
+
+def measure_floor(*, samples: int) -> tuple[list[float], list[float]]:
+    """RSS and PSS (MiB) of a sleeping interpreter that imported only the floor's modules."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _floor_code(FLOOR_IMPORTS)], stdout=subprocess.PIPE, env=_env()
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise EdgeAgentError("the floor process did not start")
+        time.sleep(0.5)
+        rss, pss = [], []
+        for _ in range(samples):
+            r, p = memory([proc.pid])
+            rss.append(r / MiB)
+            pss.append(p / MiB)
+            time.sleep(0.1)
+        return rss, pss
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def import_breakdown() -> list[dict[str, Any]]:
+    """RSS of a fresh interpreter after each of IMPORT_STEPS, cumulatively: where the agent's memory goes."""
+    code = (
+        "import json, sys\n"
+        "def rss():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmRSS:'): return int(line.split()[1]) * 1024\n"
+        "out = [('python', rss())]\n"
+        f"for label, stmt in {list(IMPORT_STEPS)!r}:\n"
+        "    try:\n"
+        "        exec(stmt)\n"
+        "    except ImportError as e:\n"
+        "        out.append((label + ' (not importable: ' + str(e) + ')', rss())); continue\n"
+        "    out.append((label, rss()))\n"
+        "print(json.dumps(out))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120, check=False
+    )
+    if res.returncode != 0:
+        return [{"error": res.stderr.strip().splitlines()[-1:] or ["?"]}]
+    steps = json.loads(res.stdout)
+    out, prev = [], 0
+    for label, rss in steps:
+        added = round((rss - prev) / MiB, 2)
+        out.append({"import": label, "rss_mib": round(rss / MiB, 2), "added_mib": added})
+        prev = rss
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- run
+def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
+    """``window``: seconds of idle measurement per variant (the smoke test passes a short one)."""
+    from edgeagent.testbed import procs
+    from edgeagent.tpm import Tpm
+    from edgeagent.tpm import identity as tpm_identity
+    from edgeagent.tpm.swtpm import SoftwareTpm
+
+    samples = max(3, min(repeat, 10))  # memory samples per window
+    parts = max(1, min(samples, 4))  # CPU sub-windows per window
+    n_start = max(3, min(repeat, 8))
+    n_kill = max(3, min(repeat, 5))
+    report = Report("agent")
+    report.meta.update(
+        {
+            "load_before": os.getloadavg(),
+            "python": platform.python_version(),
+            "wasmtime": importlib.metadata.version("wasmtime"),
+            "window_s": window,
+            "memory_samples_per_window": samples,
+            "cpu_subwindows": parts,
+            "drivers": list(DRIVERS),
+            "controllers": N_CONTROLLERS,
+        }
+    )
+    mem: dict[str, Window] = {}
+    ready: dict[str, list[float]] = {"cli": [], "lean": [], "kill": []}
+    with contextlib.ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeagent-bench-agent-")))
+        template = SoftwareTpm(root / "swtpm-template").setup()
+        tpm = template.clone(root / "swtpm").start()
+        stack.callback(tpm.stop)
+        with Tpm.open(tpm.tcti) as t:
+            ek_cert = tpm_identity.load_ek(t).cert
+        if ek_cert is None:
+            raise EdgeAgentError("the software TPM has no EK certificate")
+        keylime, cluster, api, settings = stack.enter_context(cluster_side(root, template.ca_cert))
+        report.meta["quote_interval_s"] = settings.quote_interval
+        report.meta["startup_s"] = {**keylime.startup_seconds, **cluster.startup_seconds}
+
+        node = f"bench-agent-{uuidlib.uuid4().hex[:6]}"
+        port = procs.free_port()
+        _operator(api, node, ek_cert, port)
+        stack.callback(lambda: keylime.tenant("-c", "delete", "-u", f"{node}-agent"))
+        stack.callback(lambda: keylime.tenant("-c", "regdelete", "-u", f"{node}-agent"))
+        cfg = write_config(root, node, tpm.tcti, keylime, port, procs.free_port())
+        empty = root / "no-controllers"
+        empty.mkdir()
+        notify = NotifyListener(root / "notify.sock")
+        stack.callback(notify.close)
+        agent = Agent(cfg, root / "agent.sock", root / "agent.log", notify)
+        stack.callback(agent.stop)
+
+        # enrolled once: register, attested, credential; controllers up and swapped
+        t0 = time.monotonic()
+        agent.start(timeout=120)
+        agent.wait_status(
+            lambda s: s["attestation"].get("credential_expiry"), timeout=180, what="the node credential"
+        )
+        report.meta["enroll_s"] = round(time.monotonic() - t0, 2)
+        agent.stop()
+
+        # start -> READY, with the enrollment on disk: the console script, and the lean process alone
+        for _ in range(n_start):
+            for kind in ("cli", "lean"):
+                ready[kind].append(agent.start(lean=kind == "lean"))
+                _check_nothing_new(agent)
+                agent.stop()
+
+        # SIGKILL -> restart -> READY (what systemd's Restart= gives); the last one runs on as (b)
+        agent.start()
+        for _ in range(n_kill):
+            _check_nothing_new(agent)
+            _settle_agent(agent, controllers=None)  # killed while running, not while starting
+            ready["kill"].append(agent.sigkill_restart())
+        _settle_agent(agent, controllers=N_CONTROLLERS)
+        mem["b"] = measure_window([agent.pid], window=window, samples=samples, parts=parts)
+        _check_attested(agent)
+        agent.stop()
+
+        # (a): no controllers (an empty controllers dir: nothing new to measure)
+        agent.start(env={"EDGEAGENT_CONTROLLERS_DIR": str(empty)})
+        _check_nothing_new(agent)
+        _settle_agent(agent, controllers=0)
+        mem["a"] = measure_window([agent.pid], window=window, samples=samples, parts=parts)
+        _check_attested(agent)
+        agent.stop()
+
+        # (1a) and (1b): the same work as separate processes, as before the agent existed
+        mem.update(_separate_processes(root, cfg, window=window, samples=samples, parts=parts))
+        floor_rss, floor_pss = measure_floor(samples=samples)
+        report.meta["imports"] = import_breakdown()
+        report.meta["load_during"] = {k: w.load for k, w in mem.items()}
+        report.meta["cpu_whole_window_pct"] = {k: round(w.cpu_total, 3) for k, w in mem.items()}
+    report.meta["load_after"] = os.getloadavg()
+    _cases(report, mem, floor_rss, floor_pss, ready)
+    return report
+
+
+def _operator(api: Any, node: str, ek_cert: bytes, port: int) -> None:
+    """The cluster side as an operator sets it up: the Node, the EdgeNode pinning the EK, a namespace."""
+    from kubernetes import client as k8s
+
+    from edgeagent.cloud import crd
+
+    core = k8s.CoreV1Api(api)
+    core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=node)))
+    crd.EdgeNodes(api).create(
+        node,
+        crd.EdgeNodeSpec(
+            agent_uuid=f"{node}-agent",
+            ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
+            agent_address=f"127.0.0.1:{port}",
+        ),
+    )
+    with contextlib.suppress(k8s.exceptions.ApiException):
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
+
+
+def _check_nothing_new(agent: Agent) -> None:
+    """A start that measured a new file would change PCR 23 and get the device revoked: stop here instead."""
+    s = agent.wait_status(lambda s: s["measure"]["state"] == "measured", timeout=30, what="the measurement")
+    if s["measure"]["new"]:
+        raise EdgeAgentError(f"bench agent: a start measured {s['measure']['new']} new files into PCR 23")
+
+
+def _settle_agent(agent: Agent, *, controllers: int | None) -> None:
+    """Serving, every driver reading, and every controller swapped to disk (None: controllers not checked)."""
+
+    def settled(s: dict[str, Any]) -> bool:
+        drivers_ok = len(s["drivers"]) == len(DRIVERS) and all(
+            d["state"] == "running" and d["readings"] > 1 for d in s["drivers"]
+        )
+        ctl = s["controllers"].get("controllers", [])
+        if controllers is None:
+            ctl_ok = True
+        elif controllers:
+            ctl_ok = len(ctl) == controllers and all(c["state"] == "swapped" for c in ctl)
+        else:
+            ctl_ok = not ctl
+        return bool(s["attestation"]["phase"] == "serving" and drivers_ok and ctl_ok)
+
+    agent.wait_status(settled, timeout=120, what=f"drivers reading and {controllers} controllers swapped")
+
+
+def _check_attested(agent: Agent) -> None:
+    s = agent.status()
+    if s is None or s["attestation"].get("revoked") or s["attestation"]["phase"] != "serving":
+        raise EdgeAgentError(f"bench agent: the device is no longer attested: {s and s['attestation']}")
+
+
+def _separate_processes(
+    root: Path, cfg: Path, *, window: float, samples: int, parts: int
+) -> dict[str, Window]:
+    """`edgeagent enroll` (resuming: it skips to serving) + one `run-driver` per driver, then + `controllers
+    run`; measured the way the agent is."""
+    from edgeagent.controllers.host import host_alive, read_status
+
+    base = [*_edgeagent(), "--config", str(cfg)]
+    logs = root / "separate"
+    logs.mkdir()
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        enroll = _spawn([*base, "enroll", "--json"], logs / "enroll.log", _env())
+        started.append(enroll)
+
+        def enrolled() -> bool:
+            if enroll.poll() is not None:
+                raise EdgeAgentError(f"`edgeagent enroll` exited with {enroll.returncode}; see {logs}")
+            return '"ak_name"' in (logs / "enroll.log").read_text(errors="replace")
+
+        _wait(enrolled, timeout=120, what="`edgeagent enroll` to resume and serve")
+        for d in DRIVERS:
+            argv = [*base, "run-driver", d, "--sim", "--interval", "1", "--count", "100000000", "--json"]
+            started.append(_spawn(argv, logs / f"{d}.log", _env()))
+
+        def reading() -> bool:
+            for p in started:
+                if p.poll() is not None:
+                    raise EdgeAgentError(f"a baseline process exited with {p.returncode}; see {logs}")
+            return all(len((logs / f"{d}.log").read_bytes().splitlines()) >= 2 for d in DRIVERS)
+
+        _wait(reading, timeout=120, what="every run-driver to read")
+        out = {"1a": measure_window([p.pid for p in started], window=window, samples=samples, parts=parts)}
+
+        kubeconfig = root / "kubelet" / "kubeconfig"
+        ctl = _spawn(
+            [*base, "controllers", "run", str(root / "controllers"), "--kubeconfig", str(kubeconfig)],
+            logs / "controllers.log",
+            _env(),
+        )
+        started.append(ctl)
+        state_dir = root / "state"
+
+        def swapped() -> bool:
+            if ctl.poll() is not None:
+                raise EdgeAgentError(f"`edgeagent controllers run` exited with {ctl.returncode}; see {logs}")
+            try:
+                st = read_status(state_dir)
+            except EdgeAgentError:
+                return False
+            c = st.get("controllers", [])
+            return (
+                host_alive(st)
+                and st.get("pid") == ctl.pid
+                and len(c) == N_CONTROLLERS
+                and all(x["state"] == "swapped" for x in c)
+            )
+
+        _wait(swapped, timeout=120, what="`controllers run` to swap its 20 controllers")
+        out["1b"] = measure_window([p.pid for p in started], window=window, samples=samples, parts=parts)
+        return out
+    finally:
+        for p in reversed(started):
+            _stop(p)
+
+
+def _cases(
+    report: Report,
+    mem: dict[str, Window],
+    floor_rss: list[float],
+    floor_pss: list[float],
+    ready: dict[str, list[float]],
+) -> None:
+    label = {
+        "a": "(a) agent: attesting + 3 drivers",
+        "b": f"(b) agent: (a) + {N_CONTROLLERS} controllers swapped",
+        "1a": "(1a) separate: enroll + 3 run-driver",
+        "1b": "(1b) separate: (1a) + controllers run",
+    }
+    floor = {"RSS": "floor: python + " + "/".join(FLOOR_IMPORTS) + ", RSS", "PSS": ""}
+    floor["PSS"] = floor["RSS"][: -len("RSS")] + "PSS"
+    report.add(Case(floor["RSS"], floor_rss, unit="MiB"))
+    report.add(Case(floor["PSS"], floor_pss, unit="MiB"))
+    targets = {"a": TARGET_A_MIB, "b": TARGET_B_MIB}
+    for key in ("a", "b"):
+        w = mem[key]
+        for kind, values, fl in (("RSS", w.rss, floor_rss), ("PSS", w.pss, floor_pss)):
+            report.add(
+                Case(
+                    f"{label[key]}, {kind}",
+                    values,
+                    unit="MiB",
+                    baseline=floor[kind],
+                    note=f"target: floor + {targets[key]:g} MiB (the '- floor' case)",
+                )
+            )
+            floor_median = statistics.median(fl)
+            report.add(
+                Case(
+                    f"{label[key]} - floor, {kind}",
+                    [v - floor_median for v in values],
+                    unit="MiB",
+                    target=targets[key],
+                    note=f"each sample minus the floor's median {kind} ({floor_median:.2f} MiB)",
+                )
+            )
+    for key in ("1a", "1b"):
+        w = mem[key]
+        note = "RSS summed: pages the processes share are counted once per process"
+        report.add(Case(f"{label[key]}, RSS", w.rss, unit="MiB", note=note))
+        report.add(Case(f"{label[key]}, PSS", w.pss, unit="MiB"))
+    for key, base in (("a", "1a"), ("b", "1b")):
+        report.add(
+            Case(
+                f"{label[key]} vs {label[base][:4]}, PSS",
+                mem[key].pss,
+                unit="MiB",
+                baseline=f"{label[base]}, PSS",
+                note="one process against the separate processes doing the same work",
+            )
+        )
+    for key in ("a", "b", "1a", "1b"):
+        w = mem[key]
+        report.add(
+            Case(
+                f"idle CPU {label[key]}",
+                w.cpu,
+                unit="%",
+                target=TARGET_CPU_PCT if key in ("a", "b") else None,
+                note=f"% of one core per sub-window; whole window {w.cpu_total:.3f} %",
+            )
+        )
+    report.add(
+        Case(
+            "start -> READY=1 (edgeagent agent, enrolled)",
+            ready["cli"],
+            target=TARGET_READY_S,
+            note="Popen of the console script systemd runs -> READY=1 datagram",
+        )
+    )
+    report.add(
+        Case(
+            "start -> READY=1 (python -m edgeagent.agent)",
+            ready["lean"],
+            note="the service process alone, without the CLI that execs into it",
+        )
+    )
+    report.add(
+        Case(
+            "SIGKILL -> new process -> READY=1",
+            ready["kill"],
+            target=TARGET_READY_S,
+            note="kill -9, the console script spawned at once, its READY=1",
+        )
+    )
