@@ -20,8 +20,8 @@ from typing import Any
 from cryptography import x509
 
 from edgeagent.agent.backoff import Backoff
+from edgeagent.agent.part import Part
 from edgeagent.config import AgentConfig
-from edgeagent.errors import EdgeAgentError
 from edgeagent.tpm.connection import Tpm
 
 log = logging.getLogger(__name__)
@@ -39,70 +39,49 @@ _PHASE_OF_STEP = {
 }
 
 
-class AttestationWorker:
+class AttestationWorker(Part):
     def __init__(self, config: AgentConfig, tpm: Tpm, *, backoff: Backoff) -> None:
+        super().__init__(backoff=backoff, thread_name="attestation")
         self.config = config
         self.tpm = tpm
-        self.backoff = backoff
-        self.phase = "starting"
-        self.last_error = ""
         self.serving = threading.Event()
         """Set once the agent API answers the verifier (systemd's READY=1 waits for it)."""
         self.enrollment: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._steps: dict[str, dict[str, Any]] = {}
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="attestation", daemon=True)
-        self._thread.start()
+    @property
+    def phase(self) -> str:
+        return self.state
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ends serving and closes the agent API (the TPM connection stays: the supervisor owns it)."""
         self._stop.set()
         if self.enrollment is not None:
             self.enrollment.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self.phase = "stopped"
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        self._join(timeout)
+        self.state = "stopped"
 
     def _on_event(self, event: Any) -> None:  # runs in the attestation thread
-        self.phase = _PHASE_OF_STEP.get(event.step, self.phase)
+        self.state = _PHASE_OF_STEP.get(event.step, self.state)
         if event.step in ("register", "attest", "serve"):
             self.serving.set()  # the agent API starts before registration (see Enrollment._register)
         self._steps[event.step] = {"status": event.status, "seconds": event.seconds, "detail": event.detail}
 
-    def _run(self) -> None:
+    def _cycle(self) -> None:
         from edgeagent.attest.enroll import Enrollment
 
-        while not self._stop.is_set():
-            run = Enrollment(self.config, on_event=self._on_event, tpm=self.tpm)
-            self.enrollment = run
-            self.backoff.started()
-            try:
-                run.enroll_steps()
-                self.last_error = ""
-                if not self._stop.is_set():
-                    run.serve()
-            except EdgeAgentError as e:
-                if not self._stop.is_set():
-                    self.last_error = str(e)
-                    log.error("attestation: %s", e)
-            except Exception as e:  # a bug: reported and restarted, never a silent dead thread
-                log.exception("attestation: internal error")
-                self.last_error = f"{type(e).__name__}: {e}"
-            finally:
-                run.close()
-                self.serving.clear()
-            if self._stop.is_set():
-                break
-            delay = self.backoff.failed()
-            self.phase = "backoff"
-            log.warning("attestation: restarting in %.1f s", delay)
-            self._stop.wait(delay)
+        run = Enrollment(self.config, on_event=self._on_event, tpm=self.tpm)
+        self.enrollment = run
+        self.backoff.started()
+        run.enroll_steps()
+        self.last_error = ""
+        if not self._stop.is_set():
+            run.serve()
+
+    def _cleanup(self) -> None:
+        if self.enrollment is not None:
+            self.enrollment.close()
+        self.serving.clear()
 
     # ------------------------------------------------------------ status (any thread)
     def credential_expiry(self) -> float | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent.agent.backoff import Backoff
+from edgeagent.agent.part import Part
 from edgeagent.config import AgentConfig
 from edgeagent.errors import EdgeAgentError
 
@@ -51,18 +52,14 @@ def _manifest_digest(path: Path, module: Path) -> str:
     return h.hexdigest()
 
 
-class ControllersRunner:
+class ControllersRunner(Part):
     def __init__(self, config: AgentConfig, *, backoff: Backoff, credential_files: list[Path]) -> None:
+        super().__init__(backoff=backoff, thread_name="controllers")
         self.config = config
-        self.backoff = backoff
         self.credential_files = credential_files
-        self.state = "starting"
-        self.last_error = ""
         self.host: Any = None
         self._source: Any = None
-        self._stop = threading.Event()
         self._reload = threading.Event()
-        self._thread: threading.Thread | None = None
         self._loaded: dict[str, str] = {}  # controller name -> manifest+module digest
 
     @property
@@ -80,23 +77,14 @@ class ControllersRunner:
             return False
 
     # ------------------------------------------------------------ control (supervisor thread)
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="controllers", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout: float = 15.0) -> None:
         """Stops the host with every controller's state saved to its snapshot."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._join(timeout)
         self.state = "stopped"
 
     def reload(self, config: AgentConfig) -> None:
         self.config = config
         self._reload.set()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def restart_controller(self, name: str) -> None:
         """Restarts one controller (a stopped one comes back too); EdgeAgentError if there is no such one."""
@@ -111,24 +99,6 @@ class ControllersRunner:
         host.add(manifest, origin=origin)  # a running host subscribes it: it gets every object as ADDED
 
     # ------------------------------------------------------------ the thread
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._cycle()
-            except EdgeAgentError as e:
-                self.last_error = str(e)
-                log.error("controllers: %s", e)
-            except Exception as e:  # a bug: reported and restarted, never a silent dead thread
-                log.exception("controllers: internal error")
-                self.last_error = f"{type(e).__name__}: {e}"
-            finally:
-                self._stop_host()
-            if self._stop.is_set():
-                break
-            delay = self.backoff.failed()
-            self.state = "backoff"
-            self._stop.wait(delay)
-
     def _cycle(self) -> None:
         """Waits for the credential, runs the host until the credential changes, then returns normally."""
         if not self.configured():
@@ -224,7 +194,7 @@ class ControllersRunner:
                 log.error("%s", e)
         host.set_failed_loads("dir", errors)
 
-    def _stop_host(self) -> None:
+    def _cleanup(self) -> None:
         source, self._source = self._source, None
         if source is not None:
             source.stop()

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent.agent.backoff import Backoff
+from edgeagent.agent.part import Part
 from edgeagent.config import AgentConfig, DriverInstance
-from edgeagent.errors import AccessDenied, DriverError, EdgeAgentError, HardwareError, StateError
+from edgeagent.errors import AccessDenied, DriverError, HardwareError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def check_measured(what: str, path: Path, digests: DigestLookup) -> str:
     return digest
 
 
-class DriverWorker:
+class DriverWorker(Part):
     """One configured driver instance and the thread that runs it."""
 
     def __init__(
@@ -74,24 +75,20 @@ class DriverWorker:
         backoff: Backoff,
         on_reading: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        super().__init__(backoff=backoff, thread_name=f"driver-{inst.name}")
         self.inst = inst
         self.config = config
         self.digests = digests
-        self.backoff = backoff
         self.on_reading = on_reading
-        self.state = "starting"
         self.kind = ""  # "sensor" or "output" once open
         self.device = ""
         self.sim: bool | None = None
         self.latest: dict[str, Any] | None = None
         self.readings = 0
         self.errors = 0
-        self.last_error = ""
         self.module_sha256 = ""
         self._session: Any = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._log_file: Any = None
 
     @property
@@ -99,21 +96,11 @@ class DriverWorker:
         return self.inst.name
 
     # ------------------------------------------------------------ control (supervisor thread)
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"driver-{self.name}", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stops the thread and closes the driver (waits up to ``timeout`` for a call in progress)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("driver %s: still in a call after %.0f s; abandoned", self.name, timeout)
+        if not self._join(timeout):
+            log.warning("driver %s: still in a call after %.0f s; abandoned", self.name, timeout)
         self.state = "stopped"
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------ local API (request threads)
     def write(self, text: str) -> None:
@@ -131,7 +118,7 @@ class DriverWorker:
             try:
                 session.driver.write(text)
             except (HardwareError, AccessDenied) as e:
-                self._error(e)
+                self._failed(e)
                 raise
             self.latest = {"time": time.time(), "written": text}
             self.readings += 1
@@ -154,31 +141,16 @@ class DriverWorker:
         }
 
     # ------------------------------------------------------------ the driver's thread
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._open()
-                self.backoff.started()
-                self.state = "running"
-                log.info("driver %s: running (%s on %s)", self.name, self.kind, self.device)
-                self._serve()
-            except EdgeAgentError as e:
-                self._error(e)
-            except Exception as e:  # a bug must not end the thread silently: reported and restarted
-                log.exception("driver %s: internal error", self.name)
-                self._error(e)
-            finally:
-                self._close()
-            if self._stop.is_set():
-                break
-            delay = self.backoff.failed()
-            self.state = "backoff"
-            log.warning("driver %s: restarting in %.1f s (%s)", self.name, delay, self.last_error)
-            self._stop.wait(delay)
+    def _cycle(self) -> None:
+        self._open()
+        self.backoff.started()
+        self.state = "running"
+        log.info("driver %s: running (%s on %s)", self.name, self.kind, self.device)
+        self._serve()
 
-    def _error(self, e: BaseException) -> None:
+    def _failed(self, e: BaseException) -> None:
         self.errors += 1
-        self.last_error = str(e) if isinstance(e, EdgeAgentError) else f"{type(e).__name__}: {e}"
+        super()._failed(e)
 
     def _open(self) -> None:
         from edgeagent.drivers import loader
@@ -225,7 +197,7 @@ class DriverWorker:
             try:
                 reading = read()
             except HardwareError as e:  # the bus or the part: the driver is fine, the stream goes on
-                self._error(e)
+                self._failed(e)
                 self.state = "errors"
                 log.warning("driver %s: %s", self.name, e)
                 if self._stop.wait(max(self.inst.interval, self.backoff.failed())):
@@ -248,10 +220,10 @@ class DriverWorker:
                     self._log_file.write(json.dumps({"driver": self.name, **self.latest}) + "\n")
                     self._log_file.flush()
                 except OSError as e:
-                    self._error(StateError(f"driver {self.name}: readings log: {e.strerror}"))
+                    self._failed(StateError(f"driver {self.name}: readings log: {e.strerror}"))
             self._stop.wait(max(0.0, self.inst.interval - (time.monotonic() - t0)))
 
-    def _close(self) -> None:
+    def _cleanup(self) -> None:
         with self._lock:
             session, self._session = self._session, None
         if session is not None:
