@@ -63,7 +63,7 @@ run: setup kube keylime
 #                                       Debian 12's Python is externally managed (PEP 668), and apt's python3-*
 #                                       versions do not match ours (wasmtime 50, kubernetes>=29), so a private
 #                                       venv rather than `pip install --prefix` into the system site.
-#   $(PREFIX)/bin/edgeagent             a wrapper running `python -m edgeagent.cli.main` in that venv (the venv
+#   $(PREFIX)/bin/edgeagent             a wrapper running `python -m edgeagent.cli.entry` in that venv (the venv
 #                                       is built under DESTDIR and moved: only its console scripts would carry
 #                                       the staging path, and the wrapper does not use them)
 #   $(PREFIX)/lib/edgeagent/drivers     drivers/build/*.wasm        (config drivers.modules_dir)
@@ -98,7 +98,7 @@ install-files: wasm
 	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/drivers $(DESTDIR)$(LIBDIR)/controllers \
 		$(DESTDIR)$(UNITDIR)/kubelet.service.d $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
 		$(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/policies
-	printf '#!/bin/sh\n# edgeagent, installed by make install: the package lives in its own venv.\nexec %s -m edgeagent.cli.main "$$@"\n' \
+	printf '#!/bin/sh\n# edgeagent, installed by make install: the package lives in its own venv.\nexec %s -m edgeagent.cli.entry "$$@"\n' \
 		'$(LIBDIR)/venv/bin/python' > $(DESTDIR)$(BINDIR)/edgeagent
 	chmod 0755 $(DESTDIR)$(BINDIR)/edgeagent
 	install -m 0644 drivers/build/*.wasm $(DESTDIR)$(LIBDIR)/drivers/

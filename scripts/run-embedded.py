@@ -107,7 +107,7 @@ class Agent:
                 [
                     sys.executable,
                     "-m",
-                    "edgeagent.cli.main",
+                    "edgeagent.cli.entry",
                     "--config",
                     str(self.config),
                     "--tpm",

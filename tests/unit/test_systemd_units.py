@@ -177,7 +177,7 @@ def test_install_tree_and_modes(installed: Path) -> None:
     lib = installed / "usr/lib/edgeagent"
     wrapper = installed / "usr/bin/edgeagent"
     assert mode(wrapper) == 0o755
-    assert "exec /usr/lib/edgeagent/venv/bin/python -m edgeagent.cli.main" in wrapper.read_text()
+    assert "exec /usr/lib/edgeagent/venv/bin/python -m edgeagent.cli.entry" in wrapper.read_text()
     units = installed / "usr/lib/systemd/system"
     for name in (
         "edgeagent.service",
