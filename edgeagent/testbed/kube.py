@@ -1,4 +1,5 @@
-"""A real Kubernetes control plane on loopback: etcd + kube-apiserver (+ kube-controller-manager), 1.20.2 or 1.36.
+"""A real Kubernetes control plane on loopback: etcd + kube-apiserver (+ kube-controller-manager), 1.20 or
+1.36 (`EDGEAGENT_KUBE`).
 
 `KubeCluster` runs on 127.0.0.1 free ports with a throwaway PKI: the cluster CA (serves the API), a separate
 CSR signing CA for kube-controller-manager with a short `--cluster-signing-duration` (`signing_duration`,
@@ -41,7 +42,7 @@ from edgeagent.errors import ConfigError
 from edgeagent.testbed import kube_pki, procs
 
 KUBE_RELEASES = {"1.20": "1.20.2", "1.36": "1.36.5"}
-"""Releases the testbed can run, by the minor version `EDGEAGENT_KUBE` names; each has its own build script."""
+"""Releases the testbed runs, by the minor version `EDGEAGENT_KUBE` names; each has its own build script."""
 KUBE_BUILD = {"1.20": "make kube (scripts/build-kubernetes.sh)",
               "1.36": "make kube-current (scripts/build-kubernetes-current.sh)"}
 DEFAULT_KUBE = "1.20"
@@ -265,8 +266,8 @@ class KubeCluster:
              *(["--port=0"] if version < (1, 24) else []),
              *self._log_flags(version), "--v=2"],
             log=log)
-        # No port to probe (--secure-port=0): ready once the CSR signers' informers have synced. 1.20 names the
-        # kubelet-client signer in the line; 1.36 logs it structured, naming the controller by its logger.
+        # No port to probe (--secure-port=0): ready once the CSR signers' informers have synced. 1.20 names
+        # the kubelet-client signer in the line; 1.36 logs it structured, naming the controller by its logger.
         synced = ("Caches are synced for certificate-csrsigning-kubelet-client",
                   '"Caches are synced" logger="certificatesigningrequest-signing-controller"')
         procs.wait_for(lambda: self._log_has(log, synced, self.kcm), timeout=timeout, interval=0.1,
@@ -313,6 +314,6 @@ class KubeCluster:
     @staticmethod
     def _log_has(log: Path, texts: tuple[str, ...], proc: subprocess.Popen | None) -> bool:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}: see {log}")
+            raise RuntimeError(f"{log.stem} exited with {proc.returncode}: see {log}")
         content = log.read_text(errors="replace") if log.exists() else ""
         return any(text in content for text in texts)
