@@ -266,11 +266,8 @@ class KubeCluster:
              *(["--port=0"] if version < (1, 24) else []),
              *self._log_flags(version), "--v=2"],
             log=log)
-        # No port to probe (--secure-port=0): ready once the CSR signers' informers have synced. 1.20 names
-        # the kubelet-client signer in the line; 1.36 logs it structured, naming the controller by its logger.
-        synced = ("Caches are synced for certificate-csrsigning-kubelet-client",
-                  '"Caches are synced" logger="certificatesigningrequest-signing-controller"')
-        procs.wait_for(lambda: self._log_has(log, synced, self.kcm), timeout=timeout, interval=0.1,
+        # No port to probe (--secure-port=0): ready once the kubelet-client signer's informer has synced.
+        procs.wait_for(lambda: self._kcm_signer_synced(log), timeout=timeout, interval=0.1,
                        what="kube-controller-manager's CSR signer")
         self.startup_seconds["kube-controller-manager"] = time.perf_counter() - t0
 
@@ -311,9 +308,18 @@ class KubeCluster:
         except (urllib.error.URLError, OSError):
             return False
 
-    @staticmethod
-    def _log_has(log: Path, texts: tuple[str, ...], proc: subprocess.Popen | None) -> bool:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{log.stem} exited with {proc.returncode}: see {log}")
+    def _kcm_signer_synced(self, log: Path) -> bool:
+        """Whether kube-controller-manager's kubelet-client CSR signer has synced its informer, from its log.
+
+        1.20 names the signer on the line. 1.36's text log says "Caches are synced" without a name, so
+        there: the kubelet-client signer has started waiting, and as many waits have ended as
+        were begun (each "Waiting for caches to sync" is followed by one "Caches are synced" once done).
+        """
+        if self.kcm is not None and self.kcm.poll() is not None:
+            raise RuntimeError(f"kube-controller-manager exited with {self.kcm.returncode}: see {log}")
         content = log.read_text(errors="replace") if log.exists() else ""
-        return any(text in content for text in texts)
+        if "Caches are synced for certificate-csrsigning-kubelet-client" in content:
+            return True
+        started = '"Starting certificate controller" name="csrsigning-kubelet-client"' in content
+        waits = content.count('"Waiting for caches to sync"')
+        return started and content.count('"Caches are synced"') >= waits
