@@ -27,18 +27,40 @@ installed() {
 installed && exit 0
 
 die() { echo "build-kubernetes-current: $*" >&2; exit 1; }
-command -v go >/dev/null || die "no go on PATH (Go >= 1.26 is needed: k8s.io/kubernetes $KUBE_VERSION says go 1.26.0)"
-GOVER="$(go env GOVERSION)"
-case "$GOVER" in
-  go1.2[6-9]*|go1.[3-9][0-9]*) ;;
-  *) die "$GOVER is too old: k8s.io/kubernetes $KUBE_VERSION needs Go >= 1.26" ;;
-esac
-
+go_ok() { # go_ok GO: whether GO runs and is Go >= 1.26
+  case "$("$1" env GOVERSION 2>/dev/null)" in go1.2[6-9]*|go1.[3-9][0-9]*) return 0 ;; *) return 1 ;; esac
+}
 mkdir -p "$ROOT"
 # One build at a time per machine: a second caller waits, then finds the binaries installed.
 exec 9>"$ROOT/.lock"
 flock 9
 installed && exit 0
+
+# Go >= 1.26 (k8s.io/kubernetes $KUBE_VERSION says go 1.26.0): the one on PATH if new enough, else the official
+# toolchain fetched as the Go module golang.org/toolchain (as `go` itself does for GOTOOLCHAIN), with whatever
+# older go is at hand (Debian bookworm's golang-go is 1.19, from scripts/install-system-deps.sh).
+GO_FALLBACK="1.26.11"
+GO="$(command -v go || true)"
+if [ -z "$GO" ] || ! go_ok "$GO"; then
+  GOROOT_NEW="$CACHE/go$GO_FALLBACK"
+  if ! go_ok "$GOROOT_NEW/bin/go"; then
+    BOOT="${GO:-$(command -v /usr/lib/go-*/bin/go | tail -1)}"
+    [ -n "$BOOT" ] && [ -x "$BOOT" ] || die "no go found: install Go >= 1.26, or Debian's golang-go to fetch it"
+    echo "build-kubernetes-current: $("$BOOT" env GOVERSION) is too old; fetching go$GO_FALLBACK" \
+      "(golang.org/toolchain from the module proxy)" >&2
+    TC="golang.org/toolchain@v0.0.1-go$GO_FALLBACK.$("$BOOT" env GOHOSTOS)-$("$BOOT" env GOHOSTARCH)"
+    DIR=$(cd "$ROOT" && GOFLAGS=-modcacherw GO111MODULE=on "$BOOT" mod download -json "$TC" \
+      | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') || true
+    [ -n "$DIR" ] && [ -d "$DIR" ] || die "could not download $TC"
+    rm -rf "$GOROOT_NEW.tmp" && cp -r "$DIR" "$GOROOT_NEW.tmp"
+    # Module zips carry no execute bits; the toolchain's programs need them (cmd/go does the same).
+    chmod -R u+w "$GOROOT_NEW.tmp" && chmod +x "$GOROOT_NEW.tmp"/bin/* "$GOROOT_NEW.tmp"/pkg/tool/*/*
+    rm -rf "$GOROOT_NEW" && mv "$GOROOT_NEW.tmp" "$GOROOT_NEW"
+    go_ok "$GOROOT_NEW/bin/go" || die "the fetched go$GO_FALLBACK does not run"
+  fi
+  export PATH="$GOROOT_NEW/bin:$PATH"
+fi
+unset GOROOT
 
 WORK="$ROOT/build"
 LOG="$ROOT/build.log"
@@ -46,8 +68,11 @@ TIMES="$ROOT/build-times.txt"
 mkdir -p "$WORK/kube" "$WORK/etcd"
 : >"$LOG"
 : >"$TIMES"
+T_START=$(date +%s)
 # Others share this machine's 2 cores: one package compiled at a time, at the lowest priority.
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-p=1 -buildvcs=false" GOWORK=off
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-p=1 -buildvcs=false -modcacherw" GOWORK=off
+# Private module and build caches (~1 GB + ~3 GB), removed with the work dir once the binaries are installed.
+export GOMODCACHE="$WORK/gomod" GOCACHE="$WORK/gocache"
 NICE=(nice -n 19)
 LDFLAGS_BASE="-s -w"
 
@@ -125,4 +150,6 @@ rm -rf "$OUT.old"
 [ -d "$OUT" ] && mv "$OUT" "$OUT.old"
 mv "$OUT.tmp" "$OUT"
 rm -rf "$OUT.old"
+rm -rf "$WORK"
+printf '%-28s %5ss\n' "total" "$(($(date +%s) - T_START))" | tee -a "$TIMES" >&2
 echo "kubernetes $KUBE_VERSION + etcd $ETCD_VERSION binaries in $OUT (times: $TIMES)" >&2
