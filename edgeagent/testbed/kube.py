@@ -1,4 +1,5 @@
-"""A real Kubernetes control plane on loopback: etcd + kube-apiserver (+ kube-controller-manager) 1.20.2.
+"""A real Kubernetes control plane on loopback: etcd + kube-apiserver (+ kube-controller-manager), 1.20 or
+1.36 (`EDGEAGENT_KUBE`).
 
 `KubeCluster` runs on 127.0.0.1 free ports with a throwaway PKI: the cluster CA (serves the API), a separate
 CSR signing CA for kube-controller-manager with a short `--cluster-signing-duration` (`signing_duration`,
@@ -11,13 +12,19 @@ kube-controller-manager runs only the controllers the project's tests rely on: C
 bootstrap tokens, service-account tokens, namespace deletion. Not `csrapproving`: it would auto-approve
 kubelet CSRs that the admin user creates, and approval is what the attestation controller decides.
 
-Binaries: `make kube` (scripts/build-kubernetes.sh) caches them; etcd is Debian's etcd-server.
+Binaries: `make kube` (scripts/build-kubernetes.sh) caches 1.20.2, and etcd is Debian's etcd-server (3.4).
+`EDGEAGENT_KUBE=1.36` selects the current release instead: `make kube-current`
+(scripts/build-kubernetes-current.sh) caches it with its own etcd 3.6 in the same bin dir. Which flags a
+component gets follows the version its binary reports (`binary_version`), not the variable, so a flag that a
+release removed (`--insecure-port`, kube-controller-manager's `--port`, klog's `--logtostderr`) is passed only
+to the releases that still have it.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import shutil
 import ssl
@@ -34,14 +41,40 @@ from edgeagent.errors import ConfigError
 from edgeagent.kube import kubeconfig as kubeconfig_file
 from edgeagent.testbed import kube_pki, procs
 
-KUBE_VERSION = "1.20.2"
+KUBE_RELEASES = {"1.20": "1.20.2", "1.36": "1.36.5"}
+"""Releases the testbed runs, by the minor version `EDGEAGENT_KUBE` names; each has its own build script."""
+KUBE_BUILD = {"1.20": "make kube (scripts/build-kubernetes.sh)",
+              "1.36": "make kube-current (scripts/build-kubernetes-current.sh)"}
+DEFAULT_KUBE = "1.20"
+KUBE_VERSION = KUBE_RELEASES[DEFAULT_KUBE]
+"""The release run when `EDGEAGENT_KUBE` is unset."""
 KCM_CONTROLLERS = ("csrsigning", "csrcleaner", "bootstrapsigner", "tokencleaner", "serviceaccount-token",
                    "serviceaccount", "namespace")
 
 
+def kube_release() -> str:
+    """The release selected by `EDGEAGENT_KUBE` (a minor version such as ``1.36``), 1.20 when unset."""
+    minor = os.environ.get("EDGEAGENT_KUBE", "").strip() or DEFAULT_KUBE
+    if minor not in KUBE_RELEASES:
+        raise ConfigError(f"EDGEAGENT_KUBE={minor!r}: the testbed runs {', '.join(sorted(KUBE_RELEASES))}")
+    return minor
+
+
 def kube_bin_dir() -> Path:
     cache = Path(os.environ.get("EDGEAGENT_CACHE", Path.home() / ".cache" / "edgeagent"))
-    return cache / f"kubernetes-{KUBE_VERSION}" / "bin"
+    return cache / f"kubernetes-{KUBE_RELEASES[kube_release()]}" / "bin"
+
+
+def binary_version(exe: Path) -> tuple[int, int]:
+    """(major, minor) that a Kubernetes binary reports with ``--version`` ("Kubernetes v1.36.5")."""
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except OSError as exc:
+        raise ConfigError(f"{exe}: cannot run: {exc}") from exc
+    match = re.search(r"Kubernetes v(\d+)\.(\d+)", out.stdout + out.stderr)
+    if match is None:
+        raise ConfigError(f"{exe} --version: no Kubernetes version in {out.stdout.strip()!r}")
+    return int(match[1]), int(match[2])
 
 
 class KubeCluster:
@@ -62,6 +95,9 @@ class KubeCluster:
         self.apiserver: subprocess.Popen | None = None
         self.kcm: subprocess.Popen | None = None
         self.startup_seconds: dict[str, float] = {}
+        self.bin_dir = kube_bin_dir()
+        self.version: tuple[int, int] | None = None
+        """(major, minor) of kube-apiserver, known once it has been probed (`start_apiserver`)."""
         self._write_pki()
 
     # ------------------------------------------------------------ PKI and kubeconfigs
@@ -157,7 +193,8 @@ class KubeCluster:
             self.etcd = None
 
     def start_etcd(self, *, timeout: float = 30.0) -> None:
-        etcd = shutil.which("etcd")
+        # A current release brings its own etcd (3.6) in its bin dir; 1.20 runs Debian's etcd-server (3.4).
+        etcd = str(self.bin_dir / "etcd") if (self.bin_dir / "etcd").exists() else shutil.which("etcd")
         if etcd is None:
             raise ConfigError("etcd missing: run scripts/install-system-deps.sh (Debian etcd-server)")
         t0 = time.perf_counter()
@@ -177,13 +214,16 @@ class KubeCluster:
 
     def start_apiserver(self, *, timeout: float = 60.0) -> None:
         exe = self._binary("kube-apiserver")
+        version = self.version = binary_version(exe)
         t0 = time.perf_counter()
         d = self.pki_dir
         log = self.logs / "kube-apiserver.log"
         self.apiserver = procs.start(
             [exe,
              f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-             "--bind-address=127.0.0.1", f"--secure-port={self.api_port}", "--insecure-port=0",
+             "--bind-address=127.0.0.1", f"--secure-port={self.api_port}",
+             # The insecure port left in 1.24; before that it must be switched off explicitly.
+             *(["--insecure-port=0"] if version < (1, 24) else []),
              "--advertise-address=127.0.0.1",
              f"--tls-cert-file={d / 'apiserver.crt'}", f"--tls-private-key-file={d / 'apiserver.key'}",
              f"--client-ca-file={d / 'client-ca.crt'}",
@@ -194,7 +234,7 @@ class KubeCluster:
              "--authorization-mode=Node,RBAC", "--enable-bootstrap-token-auth",
              "--service-cluster-ip-range=10.0.0.0/24",
              f"--cert-dir={self.root / 'apiserver-certs'}",
-             "--logtostderr=true", "--v=1"],
+             *self._log_flags(version), "--v=1"],
             log=log)
         procs.wait_port(self.api_port, timeout=timeout, proc=self.apiserver, log=log)
         procs.wait_for(self._api_ready, timeout=timeout, interval=0.1, what="kube-apiserver /readyz")
@@ -207,6 +247,7 @@ class KubeCluster:
 
     def start_controller_manager(self, *, timeout: float = 60.0) -> None:
         exe = self._binary("kube-controller-manager")
+        version = binary_version(exe)
         t0 = time.perf_counter()
         d = self.pki_dir
         log = self.logs / "kube-controller-manager.log"
@@ -220,12 +261,13 @@ class KubeCluster:
              f"--service-account-private-key-file={d / 'sa.key'}",
              f"--root-ca-file={d / 'ca.crt'}",
              "--use-service-account-credentials=false",
-             "--leader-elect=false", "--port=0", "--secure-port=0",
-             "--logtostderr=true", "--v=2"],
+             "--leader-elect=false", "--secure-port=0",
+             # The insecure port (--port) left in 1.24.
+             *(["--port=0"] if version < (1, 24) else []),
+             *self._log_flags(version), "--v=2"],
             log=log)
-        # No port to probe (--port=0 --secure-port=0): ready once the kubelet-client signer has synced.
-        synced = "Caches are synced for certificate-csrsigning-kubelet-client"
-        procs.wait_for(lambda: self._log_has(log, synced, self.kcm), timeout=timeout, interval=0.1,
+        # No port to probe (--secure-port=0): ready once the kubelet-client signer's informer has synced.
+        procs.wait_for(lambda: self._kcm_signer_synced(log), timeout=timeout, interval=0.1,
                        what="kube-controller-manager's CSR signer")
         self.startup_seconds["kube-controller-manager"] = time.perf_counter() - t0
 
@@ -235,10 +277,16 @@ class KubeCluster:
             self.kcm = None
 
     # ------------------------------------------------------------ probes
+    @staticmethod
+    def _log_flags(version: tuple[int, int]) -> list[str]:
+        # klog's own flags (--logtostderr, --log-dir, ...) were removed from the components in 1.26; logging
+        # to stderr is the default since.
+        return ["--logtostderr=true"] if version < (1, 26) else []
+
     def _binary(self, name: str) -> Path:
-        exe = kube_bin_dir() / name
+        exe = self.bin_dir / name
         if not exe.exists():
-            raise ConfigError(f"{exe} missing: run `make kube` (scripts/build-kubernetes.sh)")
+            raise ConfigError(f"{exe} missing: run `{KUBE_BUILD[kube_release()]}`")
         return exe
 
     def admin_ssl_context(self) -> ssl.SSLContext:
@@ -260,9 +308,18 @@ class KubeCluster:
         except (urllib.error.URLError, OSError):
             return False
 
-    @staticmethod
-    def _log_has(log: Path, text: str, proc: subprocess.Popen | None) -> bool:
-        if proc is not None and proc.poll() is not None:
-            program = proc.args[0] if isinstance(proc.args, list | tuple) else proc.args
-            raise RuntimeError(f"{program!s} exited with {proc.returncode}: see {log}")
-        return log.exists() and text in log.read_text(errors="replace")
+    def _kcm_signer_synced(self, log: Path) -> bool:
+        """Whether kube-controller-manager's kubelet-client CSR signer has synced its informer, from its log.
+
+        1.20 names the signer on the line. 1.36's text log says "Caches are synced" without a name, so
+        there: the kubelet-client signer has started waiting, and as many waits have ended as
+        were begun (each "Waiting for caches to sync" is followed by one "Caches are synced" once done).
+        """
+        if self.kcm is not None and self.kcm.poll() is not None:
+            raise RuntimeError(f"kube-controller-manager exited with {self.kcm.returncode}: see {log}")
+        content = log.read_text(errors="replace") if log.exists() else ""
+        if "Caches are synced for certificate-csrsigning-kubelet-client" in content:
+            return True
+        started = '"Starting certificate controller" name="csrsigning-kubelet-client"' in content
+        waits = content.count('"Waiting for caches to sync"')
+        return started and content.count('"Caches are synced"') >= waits

@@ -86,6 +86,53 @@ def test_node_csr_is_signed_and_authenticates(kube_cluster: KubeCluster) -> None
     assert 'User "system:node:edge1"' in json.loads(refused.value.body)["message"]
 
 
+def test_cluster_runs_the_selected_release(kube_cluster: KubeCluster) -> None:
+    """EDGEAGENT_KUBE picks the release; the running API server is that release, not just its bin dir."""
+    from edgeagent.testbed.kube import KUBE_RELEASES, kube_release
+
+    release = KUBE_RELEASES[kube_release()]
+    served = k8s_client.VersionApi(kube_cluster.client()).get_code()
+    assert served.git_version == f"v{release}"
+    assert kube_cluster.version == tuple(int(part) for part in release.split(".")[:2])
+
+
+def test_csr_expiration_seconds_sets_the_lifetime(kube_cluster: KubeCluster) -> None:
+    """A CSR's spec.expirationSeconds (1.22+) bounds the certificate's lifetime below the cluster's 1 h.
+
+    On 1.20 the field does not exist: the API server drops it and the cluster's --cluster-signing-duration
+    decides; that is asserted instead (the branch follows the version the running API server reports).
+    """
+    assert kube_cluster.version is not None
+    certs = k8s_client.CertificatesV1Api(kube_cluster.client())
+    key = kube_pki.new_key()
+    name = f"node-short-{uuid.uuid4().hex[:8]}"
+    requested = 15 * 60
+    certs.create_certificate_signing_request(k8s_client.V1CertificateSigningRequest(
+        metadata=k8s_client.V1ObjectMeta(name=name),
+        spec=k8s_client.V1CertificateSigningRequestSpec(
+            request=base64.b64encode(kube_pki.csr_pem(key, "system:node:edge2", ["system:nodes"])).decode(),
+            signer_name=KUBELET_SIGNER, expiration_seconds=requested,
+            usages=["digital signature", "key encipherment", "client auth"])))
+    body = certs.read_certificate_signing_request(name)
+    body.status.conditions = [k8s_client.V1CertificateSigningRequestCondition(
+        type="Approved", status="True", reason="EdgeAgentTest", message="approved by the lifetime test")]
+    certs.replace_certificate_signing_request_approval(name, body)
+    procs.wait_for(lambda: _signed_certificate(certs, name) is not None, timeout=30,
+                   what="kube-controller-manager to sign the CSR")
+    cert_pem = _signed_certificate(certs, name)
+    assert cert_pem is not None
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    stored = certs.read_certificate_signing_request(name).spec.expiration_seconds
+    if kube_cluster.version >= (1, 22):
+        assert stored == requested
+        # The signer backdates notBefore by 5 min and, for a lifetime under 8 h, keeps notAfter = now + TTL.
+        assert lifetime == datetime.timedelta(seconds=requested, minutes=5)
+    else:
+        assert stored is None
+        assert datetime.timedelta(minutes=55) <= lifetime <= datetime.timedelta(hours=1, minutes=5)
+
+
 def test_certificate_from_an_unknown_ca_is_unauthenticated(kube_cluster: KubeCluster, tmp_path) -> None:
     rogue_ca = kube_pki.make_ca("rogue")
     rogue = kube_pki.issue(rogue_ca, "system:node:edge1", orgs=["system:nodes"], client=True)
