@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -90,122 +88,46 @@ def wait(story: Story, agent: Any, pred: Callable[[], Any], what: str, timeout: 
         time.sleep(0.2)
 
 
-class Agent:
-    """`edgeagent agent` in its own process group, as systemd would run it."""
-
-    def __init__(self, config: Path, tcti: str, sock: Path, log: Path) -> None:
-        from edgeagent.agent.client import AgentClient
-
-        self.config, self.tcti, self.log = config, tcti, log
-        self.client = AgentClient(sock, timeout=5)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEAGENT_")}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "edgeagent.cli.entry",
-                    "--config",
-                    str(self.config),
-                    "--tpm",
-                    self.tcti,
-                    "agent",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-
-    def try_status(self) -> dict[str, Any] | None:
-        from edgeagent.errors import EdgeAgentError
-
-        if self.proc is not None and self.proc.poll() is not None:
-            raise SystemExit(f"make run: the agent exited with {self.proc.returncode}; see {self.log}")
-        try:
-            return self.client.status()
-        except EdgeAgentError:
-            return None
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return 0
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-        try:
-            return proc.wait(30)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
 def stage(run: Path) -> tuple[Path, Path, Path]:
     """The device's files as `make install` lays them out: modules, controllers, policies (all measured)."""
-    drivers = run / "drivers"
-    drivers.mkdir()
-    for m in (ROOT / "drivers" / "build").glob("*.wasm"):
-        shutil.copyfile(m, drivers / m.name)
-    controllers = run / "controllers"
-    controllers.mkdir()
-    shutil.copyfile(ROOT / "controllers" / "build" / "node-labeler.wasm", controllers / "node-labeler.wasm")
-    manifest = (ROOT / "controllers" / "node-labeler" / "node-labeler.toml").read_text()
-    manifest = (
-        manifest.replace('"../build/node-labeler.wasm"', '"node-labeler.wasm"')
-        .replace('"edge1"', f'"{NAME}"')
-        .replace("idle_timeout = 60.0", "idle_timeout = 1.0")
+    from edgeagent.testbed import device
+
+    manifest = device.labeler_manifest(
+        "node-labeler", NAME, namespace=NAMESPACE, selector="edgeagent.io/node-labels=true"
     )
-    (controllers / "node-labeler.toml").write_text(manifest)
-    policies = run / "policies"
-    shutil.copytree(ROOT / "policies", policies)
-    return drivers, controllers, policies
+    return (
+        device.stage_drivers(run / "drivers"),
+        device.stage_labelers(run / "controllers", {"node-labeler": manifest}),
+        device.stage_policies(run / "policies"),
+    )
 
 
-def write_config(run: Path, tpm_ca: Path, keylime: Any, port: int, dirs: tuple[Path, Path, Path]) -> Path:
+def write_config(run: Path, keylime: Any, port: int, dirs: tuple[Path, Path, Path]) -> Path:
+    from edgeagent.testbed import device
+
     drivers, controllers, policies = dirs
-    cfg = run / "agent.toml"
-    cfg.write_text(f'''# `make run`: embedded defaults, pointed at the loopback testbed
-state_dir = "{run / "state"}"
-policies_dir = "{policies}"
-[measure]
-firmware_log = "{run / "binary_bios_measurements"}"
-[drivers]
-modules_dir = "{drivers}"
-[[drivers.instances]]
-name = "climate"
-driver = "bme280"
-interval = 1.0
-sim = "true"
-[[drivers.instances]]
-name = "temp"
-driver = "tmp102"
-interval = 1.0
-sim = "true"
-[[drivers.instances]]
-name = "lcd"
-driver = "hd44780_pcf8574"
-sim = "true"
-[controllers]
-dir = "{controllers}"
-[enroll]
-registrar_url = "{keylime.registrar_url}"
-agent_port = {port}
-node_name = "{NAME}"
-uuid = "{NAME}-agent"
-keylime_ca = "{keylime.ca_cert}"
-payload_dir = "{run / "run"}"
-kubeconfig = "{run / "kubelet" / "kubeconfig"}"
-certificate_seconds = 3600
-[agent]
-socket = "{run / "agent.sock"}"
-metrics_port = 0
-restart_backoff = 0.5
-restart_backoff_max = 5.0
-''')
-    return cfg
+    sensors = [
+        {"name": n, "driver": d, "interval": 1.0, "sim": "true"}
+        for n, d in (("climate", "bme280"), ("temp", "tmp102"))
+    ]
+    return device.agent_config(
+        run / "agent.toml",
+        {
+            "": {"state_dir": str(run / "state"), "policies_dir": str(policies)},
+            "measure": {"firmware_log": str(run / "binary_bios_measurements")},
+            "drivers": {"modules_dir": str(drivers)},
+            "controllers": {"dir": str(controllers)},
+            "enroll": device.enroll_section(run, keylime, port=port, node=NAME, agent_uuid=f"{NAME}-agent"),
+            "agent": {
+                "socket": str(run / "agent.sock"),
+                "metrics_port": 0,
+                "restart_backoff": 0.5,
+                "restart_backoff_max": 5.0,
+            },
+        },
+        [*sensors, {"name": "lcd", "driver": "hd44780_pcf8574", "sim": "true"}],
+        comment="`make run`: embedded defaults, pointed at the loopback testbed",
+    )
 
 
 def firmware_boot(tpm: Any, run: Path) -> int:
@@ -221,6 +143,7 @@ def main() -> int:
 
     from edgeagent.cloud import crd
     from edgeagent.testbed import procs
+    from edgeagent.testbed.agent_process import AgentProcess
     from edgeagent.testbed.cluster_side import ClusterSide, labels_configmap
     from edgeagent.tpm import Tpm
     from edgeagent.tpm import identity as tpm_identity
@@ -263,8 +186,8 @@ def main() -> int:
         )
 
         dirs = stage(run)
-        cfg = write_config(run, template.ca_cert, keylime, port, dirs)
-        agent = Agent(cfg, tpm.tcti, run / "agent.sock", run / "agent.log")
+        cfg = write_config(run, keylime, port, dirs)
+        agent = AgentProcess(cfg, run / "agent.sock", run / "agent.log", tcti=tpm.tcti)
         stack.callback(agent.stop)
         live = Live(story.view(), console=console, refresh_per_second=4) if TTY else None
         if live is not None:
@@ -352,8 +275,7 @@ def main() -> int:
         module = dirs[0] / "tmp102.wasm"
         original = module.read_bytes()
         shutil.copyfile(ROOT / "drivers" / "build" / "hts221.wasm", module)
-        assert agent.proc is not None
-        os.kill(agent.proc.pid, signal.SIGHUP)
+        agent.send(signal.SIGHUP)
         story.beat(
             "TAMPER: drivers/tmp102.wasm replaced by another module; SIGHUP re-measures it into PCR 23"
         )
@@ -437,7 +359,12 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from edgeagent.errors import EdgeAgentError
+
     try:
         sys.exit(main())
     except KeyboardInterrupt:
         sys.exit(130)
+    except EdgeAgentError as e:  # everything started was stopped on the way out
+        print(f"make run: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

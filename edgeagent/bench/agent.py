@@ -35,22 +35,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +54,9 @@ from edgeagent.bench.controllers import process_tree
 from edgeagent.bench.harness import Case, Report
 from edgeagent.config import AgentConfig
 from edgeagent.errors import EdgeAgentError
+from edgeagent.testbed import device
+from edgeagent.testbed.agent_process import AgentProcess, NotifyListener, edgeagent_command, wait_until
+from edgeagent.testbed.cluster_side import pin_device
 
 MiB = 1 << 20
 DRIVERS = ("bme280", "hts221", "tmp102")
@@ -162,66 +160,7 @@ def measure_window(roots: list[int], *, window: float, samples: int, parts: int)
     return Window(rss, pss, cpu, total, (load0, os.getloadavg()[0]))
 
 
-# ---------------------------------------------------------------------------------------------- notify
-class NotifyListener:
-    """The service manager's end of NOTIFY_SOCKET: every datagram with the time it arrived."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="bench-notify", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._closed:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            at = time.perf_counter()
-            with self._cond:
-                self.messages.append((at, data.decode(errors="replace")))
-                self._cond.notify_all()
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self.messages)
-
-    def wait_ready(self, after: int, proc: subprocess.Popen[bytes], *, timeout: float) -> float:
-        """perf_counter() at which the first READY=1 after message ``after`` arrived."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for at, text in self.messages[after:]:
-                    if "READY=1" in text.split("\n"):
-                        return at
-                if proc.poll() is not None:
-                    raise EdgeAgentError(f"the agent exited with {proc.returncode} before READY=1")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise EdgeAgentError(f"no READY=1 within {timeout:.0f} s")
-                self._cond.wait(min(left, 0.2))
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(2)
-        self.sock.close()
-
-
 # ---------------------------------------------------------------------------------------------- processes
-def _edgeagent() -> list[str]:
-    """The console script systemd's unit runs; `python -m edgeagent.cli.main` where it is not installed."""
-    script = Path(sys.executable).parent / "edgeagent"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "edgeagent.cli.main"]
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEAGENT_") and k != "NOTIFY_SOCKET"}
     env.update(extra)
@@ -248,84 +187,41 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeo
         proc.wait(10)
 
 
-def _wait(pred: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise EdgeAgentError(f"bench agent: timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-class Agent:
-    """`edgeagent agent` as systemd runs it, with NOTIFY_SOCKET pointing at the benchmark's listener."""
+class Agent(AgentProcess):
+    """The agent with NOTIFY_SOCKET pointing at the benchmark's listener, timed to its READY=1."""
 
     def __init__(self, cfg: Path, sock: Path, log: Path, notify: NotifyListener) -> None:
-        from edgeagent.agent.client import AgentClient
+        super().__init__(cfg, sock, log, env={"NOTIFY_SOCKET": str(notify.path)})
+        self.notify = notify
 
-        self.cfg, self.log, self.notify = cfg, log, notify
-        self.client = AgentClient(sock, timeout=5)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def argv(self, lean: bool) -> list[str]:
-        if lean:  # what the console script execs into
-            return [sys.executable, "-m", "edgeagent.agent", "--config", str(self.cfg)]
-        return [*_edgeagent(), "--config", str(self.cfg), "agent"]
-
-    def start(self, *, lean: bool = False, env: dict[str, str] | None = None, timeout: float = 60.0) -> float:
+    def start_timed(
+        self, *, lean: bool = False, env: dict[str, str] | None = None, timeout: float = 60.0
+    ) -> float:
         """Spawns the agent; seconds from Popen to its READY=1 datagram."""
         mark = self.notify.mark()
         t0 = time.perf_counter()
-        self.proc = _spawn(
-            self.argv(lean), self.log, _env(NOTIFY_SOCKET=str(self.notify.path), **(env or {}))
-        )
+        self.start(lean=lean, env=env)
         try:
-            return self.notify.wait_ready(mark, self.proc, timeout=timeout) - t0
+            at, _ = self.notify.wait("READY=1", after=mark, timeout=timeout, proc=self.proc)
         except EdgeAgentError as e:
             raise EdgeAgentError(f"{e}; agent log: {self.log}") from None
+        return at - t0
 
     def sigkill_restart(self, *, timeout: float = 60.0) -> float:
         """SIGKILL, then at once a new process; seconds from the kill to the new one's READY=1."""
-        assert self.proc is not None
+        old = self.proc
+        assert old is not None
         mark = self.notify.mark()
         t0 = time.perf_counter()
-        os.kill(self.proc.pid, signal.SIGKILL)
-        env = _env(NOTIFY_SOCKET=str(self.notify.path))
-        old, self.proc = self.proc, _spawn(self.argv(False), self.log, env)
+        os.kill(old.pid, signal.SIGKILL)
+        self.start()
         try:
-            return self.notify.wait_ready(mark, self.proc, timeout=timeout) - t0
+            at, _ = self.notify.wait("READY=1", after=mark, timeout=timeout, proc=self.proc)
+            return at - t0
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(old.pid, signal.SIGKILL)
             old.wait(10)
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
-
-    def status(self) -> dict[str, Any] | None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise EdgeAgentError(f"the agent exited with {self.proc.returncode}; see {self.log}")
-        try:
-            return self.client.status()
-        except EdgeAgentError:
-            return None
-
-    def wait_status(
-        self, pred: Callable[[dict[str, Any]], Any], *, timeout: float, what: str
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            s = self.status()
-            return s if s is not None and pred(s) else None
-
-        return _wait(check, timeout=timeout, what=what)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
 
 # ---------------------------------------------------------------------------------------------- staging
@@ -335,131 +231,51 @@ def _source_root() -> Path:
 
 def stage(root: Path, node: str) -> tuple[Path, Path, Path]:
     """Driver modules, their policies, and 20 controllers (one node-labeler module, 20 manifests)."""
-    src = _source_root()
-    drivers = root / "drivers"
-    drivers.mkdir()
-    for name in DRIVERS:
-        module = src / "drivers" / "build" / f"{name}.wasm"
-        if not module.is_file():
-            raise EdgeAgentError(f"{module} missing: run `make -C drivers`")
-        shutil.copyfile(module, drivers / module.name)
-    policies = root / "policies"
-    policies.mkdir()
-    shutil.copytree(src / "policies" / "drivers", policies / "drivers")
-    controllers = root / "controllers"
-    controllers.mkdir()
-    labeler = src / "controllers" / "build" / "node-labeler.wasm"
-    if not labeler.is_file():
-        raise EdgeAgentError(f"{labeler} missing: run `make -C controllers`")
-    shutil.copyfile(labeler, controllers / "node-labeler.wasm")
-    for i in range(N_CONTROLLERS):
-        (controllers / f"labeler-{i:02d}.toml").write_text(f'''
-name = "labeler-{i:02d}"
-module = "node-labeler.wasm"
-memory_limit = "1MiB"
-idle_timeout = 1.0
-config = {{ node = "{node}", prefix = "bench-{i:02d}.edgeagent.io/" }}
-
-[[watches]]
-version = "v1"
-kind = "ConfigMap"
-plural = "configmaps"
-namespace = "{NAMESPACE}"
-label_selector = "edgeagent.io/bench-labels-{i:02d}=true"
-
-[[grants]]
-verbs = ["patch"]
-resources = ["nodes"]
-resource_names = ["{node}"]
-''')
-    return drivers, policies, controllers
+    manifests = {
+        f"labeler-{i:02d}": device.labeler_manifest(
+            f"labeler-{i:02d}",
+            node,
+            namespace=NAMESPACE,
+            selector=f"edgeagent.io/bench-labels-{i:02d}=true",
+            prefix=f"bench-{i:02d}.edgeagent.io/",
+        )
+        for i in range(N_CONTROLLERS)
+    }
+    return (
+        device.stage_drivers(root / "drivers", DRIVERS),
+        device.stage_policies(root / "policies"),
+        device.stage_labelers(root / "controllers", manifests),
+    )
 
 
 def write_config(root: Path, node: str, tcti: str, keylime: Any, port: int, metrics_port: int) -> Path:
     drivers, policies, controllers = stage(root, node)
-    instances = "".join(
-        f'[[drivers.instances]]\nname = "{d}"\ndriver = "{d}"\ninterval = 1.0\nsim = "true"\n'
-        for d in DRIVERS
-    )
-    cfg = root / "agent.toml"
-    cfg.write_text(f'''# edgeagent bench agent: the device's configuration, pointed at the loopback testbed
-state_dir = "{root / "state"}"
-policies_dir = "{policies}"
-tpm_tcti = "{tcti}"
-[measure]
-firmware_log = "{root / "no-firmware-log"}"
-[drivers]
-modules_dir = "{drivers}"
-{instances}
-[controllers]
-dir = "{controllers}"
-[enroll]
-registrar_url = "{keylime.registrar_url}"
-agent_port = {port}
-node_name = "{node}"
-uuid = "{node}-agent"
-keylime_ca = "{keylime.ca_cert}"
-payload_dir = "{root / "run"}"
-kubeconfig = "{root / "kubelet" / "kubeconfig"}"
-retry_timeout = 60
-certificate_timeout = 120
-certificate_seconds = 3600
-[agent]
-socket = "{root / "agent.sock"}"
-metrics_port = {metrics_port}
-restart_backoff = 0.5
-restart_backoff_max = 5.0
-''')
-    return cfg
-
-
-# ---------------------------------------------------------------------------------------------- cluster
-@contextlib.contextmanager
-def cluster_side(root: Path, ek_ca: Path) -> Iterator[tuple[Any, Any, Any, Any]]:
-    """Keylime, the kube control plane and the attestation controller, as `make run` starts them."""
-    from edgeagent.cloud.controller import Controller, Settings
-    from edgeagent.testbed import keylime as keylime_tb
-    from edgeagent.testbed import kube as kube_tb
-    from edgeagent.testbed import procs
-
-    with contextlib.ExitStack() as stack:
-        webhook_port = procs.free_port()
-        settings = keylime_tb.make_settings(
-            root / "keylime", [ek_ca], webhook_url=f"https://127.0.0.1:{webhook_port}/revocation"
-        )
-        keylime = keylime_tb.Keylime(root / "keylime", settings, webhook_port=webhook_port)
-        stack.callback(keylime.stop)
-        keylime.start()
-        cluster = kube_tb.KubeCluster(root / "kube")
-        stack.callback(cluster.stop)
-        cluster.start()
-        api = cluster.client()
-        controller = Controller(
-            api,
-            Settings(
-                registrar_url=keylime.registrar_tls_url,
-                verifier_url=keylime.verifier_url,
-                keylime_ca_dir=keylime.cv_ca,
-                ek_ca_store=settings.tpm_cert_store,
-                api_server_url=cluster.api_url,
-                api_server_ca_pem=cluster.ca_cert.read_text(),
-                credential_lifetime=3600,
-                install_crd=True,
-                webhook_host="127.0.0.1",
-                webhook_port=webhook_port,
-                webhook_cert=keylime.cv_ca / "server-cert.crt",
-                webhook_key=keylime.cv_ca / "server-private.pem",
-                webhook_client_ca=keylime.ca_cert,
-                lease_duration=4.0,
-                renew_deadline=3.0,
-                retry_period=0.5,
-                reactivate_interval=1.0,
+    return device.agent_config(
+        root / "agent.toml",
+        {
+            "": {"state_dir": str(root / "state"), "policies_dir": str(policies), "tpm_tcti": tcti},
+            "measure": {"firmware_log": str(root / "no-firmware-log")},
+            "drivers": {"modules_dir": str(drivers)},
+            "controllers": {"dir": str(controllers)},
+            "enroll": device.enroll_section(
+                root,
+                keylime,
+                port=port,
+                node=node,
+                agent_uuid=f"{node}-agent",
+                retry_timeout=60,
+                certificate_timeout=120,
             ),
-        )
-        stack.callback(controller.stop)
-        controller.start()
-        procs.wait_for(controller.elector.is_leader, timeout=60, what="the attestation controller to lead")
-        yield keylime, cluster, api, settings
+            "agent": {
+                "socket": str(root / "agent.sock"),
+                "metrics_port": metrics_port,
+                "restart_backoff": 0.5,
+                "restart_backoff_max": 5.0,
+            },
+        },
+        [{"name": d, "driver": d, "interval": 1.0, "sim": "true"} for d in DRIVERS],
+        comment="edgeagent bench agent: the device's configuration, pointed at the loopback testbed",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- floor
@@ -523,6 +339,7 @@ def import_breakdown() -> list[dict[str, Any]]:
 def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
     """``window``: seconds of idle measurement per variant (the smoke test passes a short one)."""
     from edgeagent.testbed import procs
+    from edgeagent.testbed.cluster_side import ClusterSide
     from edgeagent.tpm import Tpm
     from edgeagent.tpm import identity as tpm_identity
     from edgeagent.tpm.swtpm import SoftwareTpm
@@ -555,9 +372,10 @@ def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
             ek_cert = tpm_identity.load_ek(t).cert
         if ek_cert is None:
             raise EdgeAgentError("the software TPM has no EK certificate")
-        keylime, cluster, api, settings = stack.enter_context(cluster_side(root, template.ca_cert))
-        report.meta["quote_interval_s"] = settings.quote_interval
-        report.meta["startup_s"] = {**keylime.startup_seconds, **cluster.startup_seconds}
+        side = stack.enter_context(ClusterSide(root, [template.ca_cert]))
+        keylime, api = side.keylime, side.api
+        report.meta["quote_interval_s"] = keylime.settings.quote_interval
+        report.meta["startup_s"] = side.startup_seconds
 
         node = f"bench-agent-{uuidlib.uuid4().hex[:6]}"
         port = procs.free_port()
@@ -574,7 +392,7 @@ def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
 
         # enrolled once: register, attested, credential; controllers up and swapped
         t0 = time.monotonic()
-        agent.start(timeout=120)
+        agent.start_timed(timeout=120)
         agent.wait_status(
             lambda s: s["attestation"].get("credential_expiry"), timeout=180, what="the node credential"
         )
@@ -584,12 +402,12 @@ def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
         # start -> READY, with the enrollment on disk: the console script, and the lean process alone
         for _ in range(n_start):
             for kind in ("cli", "lean"):
-                ready[kind].append(agent.start(lean=kind == "lean"))
+                ready[kind].append(agent.start_timed(lean=kind == "lean"))
                 _check_nothing_new(agent)
                 agent.stop()
 
         # SIGKILL -> restart -> READY (what systemd's Restart= gives); the last one runs on as (b)
-        agent.start()
+        agent.start_timed()
         for _ in range(n_kill):
             _check_nothing_new(agent)
             _settle_agent(agent, controllers=None)  # killed while running, not while starting
@@ -600,7 +418,7 @@ def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
         agent.stop()
 
         # (a): no controllers (an empty controllers dir: nothing new to measure)
-        agent.start(env={"EDGEAGENT_CONTROLLERS_DIR": str(empty)})
+        agent.start_timed(env={"EDGEAGENT_CONTROLLERS_DIR": str(empty)})
         _check_nothing_new(agent)
         _settle_agent(agent, controllers=0)
         mem["a"] = measure_window([agent.pid], window=window, samples=samples, parts=parts)
@@ -622,20 +440,9 @@ def _operator(api: Any, node: str, ek_cert: bytes, port: int) -> None:
     """The cluster side as an operator sets it up: the Node, the EdgeNode pinning the EK, a namespace."""
     from kubernetes import client as k8s
 
-    from edgeagent.cloud import crd
-
-    core = k8s.CoreV1Api(api)
-    core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=node)))
-    crd.EdgeNodes(api).create(
-        node,
-        crd.EdgeNodeSpec(
-            agent_uuid=f"{node}-agent",
-            ek_cert_sha256=hashlib.sha256(ek_cert).hexdigest(),
-            agent_address=f"127.0.0.1:{port}",
-        ),
-    )
+    pin_device(api, node, ek_cert=ek_cert, agent_uuid=f"{node}-agent", agent_address=f"127.0.0.1:{port}")
     with contextlib.suppress(k8s.exceptions.ApiException):
-        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
+        k8s.CoreV1Api(api).create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
 
 
 def _check_nothing_new(agent: Agent) -> None:
@@ -665,7 +472,7 @@ def _settle_agent(agent: Agent, *, controllers: int | None) -> None:
 
 
 def _check_attested(agent: Agent) -> None:
-    s = agent.status()
+    s = agent.try_status()
     if s is None or s["attestation"].get("revoked") or s["attestation"]["phase"] != "serving":
         raise EdgeAgentError(f"bench agent: the device is no longer attested: {s and s['attestation']}")
 
@@ -677,7 +484,7 @@ def _separate_processes(
     run`; measured the way the agent is."""
     from edgeagent.controllers.host import host_alive, read_status
 
-    base = [*_edgeagent(), "--config", str(cfg)]
+    base = [*edgeagent_command(), "--config", str(cfg)]
     logs = root / "separate"
     logs.mkdir()
     started: list[subprocess.Popen[bytes]] = []
@@ -690,7 +497,7 @@ def _separate_processes(
                 raise EdgeAgentError(f"`edgeagent enroll` exited with {enroll.returncode}; see {logs}")
             return '"ak_name"' in (logs / "enroll.log").read_text(errors="replace")
 
-        _wait(enrolled, timeout=120, what="`edgeagent enroll` to resume and serve")
+        wait_until(enrolled, timeout=120, what="`edgeagent enroll` to resume and serve")
         for d in DRIVERS:
             argv = [*base, "run-driver", d, "--sim", "--interval", "1", "--count", "100000000", "--json"]
             started.append(_spawn(argv, logs / f"{d}.log", _env()))
@@ -701,7 +508,7 @@ def _separate_processes(
                     raise EdgeAgentError(f"a baseline process exited with {p.returncode}; see {logs}")
             return all(len((logs / f"{d}.log").read_bytes().splitlines()) >= 2 for d in DRIVERS)
 
-        _wait(reading, timeout=120, what="every run-driver to read")
+        wait_until(reading, timeout=120, what="every run-driver to read")
         out = {"1a": measure_window([p.pid for p in started], window=window, samples=samples, parts=parts)}
 
         kubeconfig = root / "kubelet" / "kubeconfig"
@@ -728,7 +535,7 @@ def _separate_processes(
                 and all(x["state"] == "swapped" for x in c)
             )
 
-        _wait(swapped, timeout=120, what="`controllers run` to swap its 20 controllers")
+        wait_until(swapped, timeout=120, what="`controllers run` to swap its 20 controllers")
         out["1b"] = measure_window([p.pid for p in started], window=window, samples=samples, parts=parts)
         return out
     finally:

@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client as k8s
 
 from edgeagent.cloud.controller import Controller
+from edgeagent.testbed import device
 from edgeagent.testbed.cluster_side import labels_configmap, pin_device
 from edgeagent.tpm import Tpm
 from edgeagent.tpm import identity as tpm_identity
@@ -42,29 +43,10 @@ def _labels(core: k8s.CoreV1Api, node: str) -> dict[str, str]:
 
 
 def _controllers_dir(tmp_path: Path, node: str) -> Path:
-    d = tmp_path / "controllers"
-    d.mkdir()
-    shutil.copyfile(ROOT / "controllers" / "build" / "node-labeler.wasm", d / "node-labeler.wasm")
-    (d / "node-labeler.toml").write_text(f'''
-name = "node-labeler"
-module = "node-labeler.wasm"
-memory_limit = "1MiB"
-idle_timeout = 0.5
-config = {{ node = "{node}", prefix = "device.edgeagent.io/" }}
-
-[[watches]]
-version = "v1"
-kind = "ConfigMap"
-plural = "configmaps"
-namespace = "{NAMESPACE}"
-label_selector = "edgeagent.io/node-labels=true"
-
-[[grants]]
-verbs = ["patch"]
-resources = ["nodes"]
-resource_names = ["{node}"]
-''')
-    return d
+    manifest = device.labeler_manifest(
+        "node-labeler", node, namespace=NAMESPACE, selector="edgeagent.io/node-labels=true", idle_timeout=0.5
+    )
+    return device.stage_labelers(tmp_path / "controllers", {"node-labeler": manifest})
 
 
 def test_agent_runs_the_whole_story_and_resumes_after_sigkill(
