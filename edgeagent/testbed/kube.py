@@ -158,10 +158,6 @@ class KubeCluster:
         """The CA kube-controller-manager signs CSRs with (kubelet client certificates chain to it)."""
         return self.pki_dir / "signing-ca.crt"
 
-    @property
-    def signing_ca_key(self) -> Path:
-        return self.pki_dir / "signing-ca.key"
-
     def client(self, kubeconfig: Path | None = None) -> k8s_client.ApiClient:
         """An official-client ApiClient as the admin user (or as the user of ``kubeconfig``)."""
         return k8s_config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
