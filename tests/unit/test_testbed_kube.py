@@ -12,10 +12,10 @@ from edgeagent.testbed import kube
 
 def test_release_selects_its_bin_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EDGEAGENT_CACHE", str(tmp_path))
-    monkeypatch.delenv("EDGEAGENT_KUBE", raising=False)
-    assert kube.kube_bin_dir() == tmp_path / "kubernetes-1.20.2" / "bin"
-    monkeypatch.setenv("EDGEAGENT_KUBE", "1.36")
+    monkeypatch.delenv("EDGEAGENT_KUBE", raising=False)  # the default: the current release
     assert kube.kube_bin_dir() == tmp_path / "kubernetes-1.36.5" / "bin"
+    monkeypatch.setenv("EDGEAGENT_KUBE", "1.20")
+    assert kube.kube_bin_dir() == tmp_path / "kubernetes-1.20.2" / "bin"
 
 
 def test_unknown_release_is_refused_with_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
