@@ -171,9 +171,10 @@ def main() -> int:
         t0 = time.monotonic()
         side = stack.enter_context(ClusterSide(run, [template.ca_cert]))
         keylime, cluster, api = side.keylime, side.cluster, side.api
+        release = ".".join(map(str, cluster.version or ()))
         story.beat(
             f"cluster side up in {time.monotonic() - t0:.1f} s: Keylime 7.14 verifier + registrar, "
-            "etcd + kube-apiserver + kube-controller-manager, the attestation controller"
+            f"etcd + kube-apiserver + kube-controller-manager {release}, the attestation controller"
         )
 
         core = k8s.CoreV1Api(api)
