@@ -149,7 +149,8 @@ class EnrollConfig:
     # Seconds to wait for the CSR to be approved and signed.
     certificate_timeout: float = 600.0
     # Requested lifetime of the node's client certificate (spec.expirationSeconds; honoured by k8s >= 1.22).
-    certificate_seconds: int = 86400
+    # Short by default: it bounds how long a revoked device's credential stays usable; renewed while attested.
+    certificate_seconds: int = 3600
     # While serving, the node certificate is renewed once this fraction of its lifetime (from when it was
     # stored to its expiry) has passed.
     renew_fraction: float = 0.667
