@@ -11,6 +11,7 @@ import uuid
 import pytest
 import urllib3
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
@@ -35,6 +36,21 @@ def _signed_certificate(api: k8s_client.CertificatesV1Api, name: str) -> bytes |
     return base64.b64decode(status.certificate) if status and status.certificate else None
 
 
+def _approve(certs: k8s_client.CertificatesV1Api, name: str, why: str) -> None:
+    body = certs.read_certificate_signing_request(name)
+    body.status.conditions = [k8s_client.V1CertificateSigningRequestCondition(
+        type="Approved", status="True", reason="EdgeAgentTest", message=why)]
+    certs.replace_certificate_signing_request_approval(name, body)
+
+
+def _wait_signed(certs: k8s_client.CertificatesV1Api, name: str) -> x509.Certificate:
+    procs.wait_for(lambda: _signed_certificate(certs, name) is not None, timeout=30,
+                   what="kube-controller-manager to sign the CSR")
+    cert_pem = _signed_certificate(certs, name)
+    assert cert_pem is not None
+    return x509.load_pem_x509_certificate(cert_pem)
+
+
 def test_node_csr_is_signed_and_authenticates(kube_cluster: KubeCluster) -> None:
     admin = kube_cluster.client()
     certs = k8s_client.CertificatesV1Api(admin)
@@ -54,16 +70,9 @@ def test_node_csr_is_signed_and_authenticates(kube_cluster: KubeCluster) -> None
     # Not approved yet: nothing signs it (csrapproving is off in the test cluster).
     assert _signed_certificate(certs, name) is None
 
-    body = certs.read_certificate_signing_request(name)
-    body.status.conditions = [k8s_client.V1CertificateSigningRequestCondition(
-        type="Approved", status="True", reason="EdgeAgentTest", message="approved by the smoke test")]
-    certs.replace_certificate_signing_request_approval(name, body)
-    procs.wait_for(lambda: _signed_certificate(certs, name) is not None, timeout=30,
-                   what="kube-controller-manager to sign the CSR")
-
-    cert_pem = _signed_certificate(certs, name)
-    assert cert_pem is not None
-    cert = x509.load_pem_x509_certificate(cert_pem)
+    _approve(certs, name, "approved by the smoke test")
+    cert = _wait_signed(certs, name)
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     signing_ca = x509.load_pem_x509_certificate(kube_cluster.signing_ca.read_bytes())
     assert cert.issuer == signing_ca.subject
     cert.verify_directly_issued_by(signing_ca)
@@ -113,15 +122,8 @@ def test_csr_expiration_seconds_sets_the_lifetime(kube_cluster: KubeCluster) -> 
             request=base64.b64encode(kube_pki.csr_pem(key, "system:node:edge2", ["system:nodes"])).decode(),
             signer_name=KUBELET_SIGNER, expiration_seconds=requested,
             usages=["digital signature", "key encipherment", "client auth"])))
-    body = certs.read_certificate_signing_request(name)
-    body.status.conditions = [k8s_client.V1CertificateSigningRequestCondition(
-        type="Approved", status="True", reason="EdgeAgentTest", message="approved by the lifetime test")]
-    certs.replace_certificate_signing_request_approval(name, body)
-    procs.wait_for(lambda: _signed_certificate(certs, name) is not None, timeout=30,
-                   what="kube-controller-manager to sign the CSR")
-    cert_pem = _signed_certificate(certs, name)
-    assert cert_pem is not None
-    cert = x509.load_pem_x509_certificate(cert_pem)
+    _approve(certs, name, "approved by the lifetime test")
+    cert = _wait_signed(certs, name)
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     stored = certs.read_certificate_signing_request(name).spec.expiration_seconds
     if kube_cluster.version >= (1, 22):
