@@ -119,8 +119,11 @@ restart_backoff_max = 2.0
         # picks up where it was
         agent.stop(signal.SIGKILL)
         agent.start(timeout=60)
+        # the certificate is stored a moment before the kubeconfig is written and serving begins
         s = agent.wait_status(
-            lambda s: s["attestation"]["credential_expiry"], timeout=120, what="the node credential"
+            lambda s: s["attestation"]["credential_expiry"] and s["attestation"]["phase"] == "serving",
+            timeout=120,
+            what="the node credential",
         )
         ak_name = s["attestation"]["ak_name"]
         assert s["attestation"]["phase"] == "serving" and s["attestation"]["node_name"] == name
