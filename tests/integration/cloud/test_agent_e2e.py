@@ -154,8 +154,10 @@ restart_backoff_max = 2.0
         # tamper: a measured file changes; the reload measures it into PCR 23 before anything else
         app_conf.write_text("mode = debug\n")
         agent.send(signal.SIGHUP)
-        s = agent.wait_status(
-            lambda s: s["attestation"]["revoked"],
+        kubeconfig = tmp_path / "kubelet" / "kubeconfig"
+        s = agent.wait_status(  # revoked is set first, then the files are deleted
+            lambda s: s["attestation"]["revoked"] and s["attestation"]["credential_expiry"] is None
+            and not kubeconfig.exists(),
             timeout=60,
             what="the verifier's revocation to drop the credential",
         )
