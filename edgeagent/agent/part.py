@@ -43,7 +43,7 @@ class Part:
 
     # ------------------------------------------------------------ the part's thread
     def _cycle(self) -> None:
-        """One run of the part; returns to be run again (after the backoff), raises on failure."""
+        """One run of the part; returns to be run again at once, raises to be run again after the backoff."""
         raise NotImplementedError
 
     def _cleanup(self) -> None:
@@ -54,8 +54,10 @@ class Part:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            failed = True
             try:
                 self._cycle()
+                failed = False
             except EdgeAgentError as e:
                 if not self._stop.is_set():
                     self._failed(e)
@@ -67,6 +69,9 @@ class Part:
                 self._cleanup()
             if self._stop.is_set():
                 break
+            if not failed:  # a cycle that ended on purpose (the controllers' credential changed): go again
+                self._stop.wait(0.1)
+                continue
             delay = self.backoff.failed()
             self.state = "backoff"
             log.warning("%s: restarting in %.1f s (%s)", self.thread_name, delay, self.last_error or "ended")
