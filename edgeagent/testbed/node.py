@@ -60,14 +60,14 @@ def _used_subnets() -> set[ipaddress.IPv4Network]:
     nets: set[ipaddress.IPv4Network] = set()
     for link in json.loads(out or "[]"):
         for a in link.get("addr_info", []):
-            nets.add(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
+            nets.add(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False))
     return nets
 
 
 def _pick_subnet() -> ipaddress.IPv4Network:
     used = _used_subnets()
     for _ in range(200):
-        net = ipaddress.ip_network(f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24")
+        net = ipaddress.IPv4Network(f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24")
         if not any(net.overlaps(u) for u in used):
             return net
     raise RuntimeError("no free 10.2xx.y.0/24 subnet for the node's bridge")
