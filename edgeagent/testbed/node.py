@@ -110,7 +110,7 @@ class KubeletNode:
         if not self.kubelet_exe.exists():
             raise ConfigError(f"{self.kubelet_exe} missing: run `make kube-current`")
         try:
-            self._make_bridge()
+            self.start_network()
             self.start_containerd(timeout=timeout)
             self.start_kubelet(timeout=timeout, wait_healthy=wait_healthy)
         except BaseException:
@@ -332,7 +332,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         except (urllib.error.URLError, OSError):
             return False
 
-    def _make_bridge(self) -> None:
+    def start_network(self) -> None:
+        """The node's bridge with its address (the node IP); `start` does it first."""
         for cmd in (["ip", "link", "add", self.bridge, "type", "bridge"],
                     ["ip", "addr", "add", f"{self.node_ip}/{self.subnet.prefixlen}", "dev", self.bridge],
                     ["ip", "link", "set", self.bridge, "up"]):
