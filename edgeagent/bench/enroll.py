@@ -44,23 +44,6 @@ WORKER_RUNS = 5
 WORKER_KEYS = ("w_credential", "w_kubelet", "w_ready", "w_total", "w_pod", "w_stopped", "w_deleted")
 
 
-def worker_unavailable() -> str | None:
-    """Why the worker runs cannot happen here, or None."""
-    import os
-    import shutil
-
-    from edgeagent.testbed.kube import kube_bin_dir
-
-    if os.geteuid() != 0:
-        return "the kubelet runs need root (a mount namespace, a bridge, cgroups)"
-    for exe in ("containerd", "runc", "ctr", "unshare", "nsenter"):
-        if shutil.which(exe) is None:
-            return f"{exe} missing (scripts/install-system-deps.sh)"
-    if not (kube_bin_dir() / "kubelet").exists():
-        return "no kubelet build (make kube-current)"
-    return None
-
-
 def run(config: AgentConfig, *, repeat: int) -> Report:
     from edgeagent.testbed import procs
     from edgeagent.testbed.cluster_side import ClusterSide
@@ -82,6 +65,8 @@ def run(config: AgentConfig, *, repeat: int) -> Report:
             *WORKER_KEYS,
         )
     }
+    from edgeagent.testbed.node import unavailable as worker_unavailable
+
     no_worker = worker_unavailable()
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeagent-bench-enroll-")))

@@ -48,6 +48,20 @@ _SYSCTLS = {  # what the kubelet sets at start (setupKernelTunables), as files b
 DEBIAN_PACKAGES = "containerd runc containernetworking-plugins busybox-static iptables"
 
 
+def unavailable() -> str | None:
+    """Why a `KubeletNode` cannot run on this machine, in a few words, or None when it can."""
+    from edgeagent.testbed.kube import kube_bin_dir
+
+    if os.geteuid() != 0:
+        return "a kubelet node needs root (a mount namespace, a bridge, cgroups)"
+    for exe in ("containerd", "runc", "ctr", "unshare", "nsenter", "ip"):
+        if shutil.which(exe) is None:
+            return f"{exe} missing (scripts/install-system-deps.sh: {DEBIAN_PACKAGES})"
+    if not (kube_bin_dir() / "kubelet").exists():
+        return "no kubelet build (make kube-current)"
+    return None
+
+
 def _which(name: str, *extra: str) -> str:
     for candidate in (shutil.which(name), *extra):
         if candidate and Path(candidate).exists():
