@@ -127,6 +127,8 @@ install-files: wasm
 	install -m 0644 systemd/edgeagent.tmpfiles $(DESTDIR)$(TMPFILESDIR)/edgeagent.conf
 	if [ -f $(CONFIG_SRC) ] && [ ! -e $(DESTDIR)$(CONFDIR)/agent.toml ]; then \
 		install -m 0644 $(CONFIG_SRC) $(DESTDIR)$(CONFDIR)/agent.toml; fi
+	if [ ! -e $(DESTDIR)$(CONFDIR)/kubelet-config.yaml ]; then \
+		install -m 0644 etc/kubelet-config.yaml $(DESTDIR)$(CONFDIR)/kubelet-config.yaml; fi
 	cd policies && find . -type d -exec install -d -m 0755 $(DESTDIR)$(CONFDIR)/policies/{} \; && \
 		find . -type f -exec sh -c '[ -e "$$1/$$2" ] || install -m 0644 "$$2" "$$1/$$2"' _ $(DESTDIR)$(CONFDIR)/policies {} \;
 

@@ -301,13 +301,17 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         }
 
     def _kubelet_config(self) -> dict[str, object]:
-        return {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        """The device's shipped configuration (etc/kubelet-config.yaml, so the kubelet checks it: it refuses
+        unknown fields) with what a node inside a test needs on top."""
+        import yaml
+
+        from edgeagent.testbed.device import SOURCE_TREE
+
+        shipped = yaml.safe_load((SOURCE_TREE / "etc" / "kubelet-config.yaml").read_text())
+        return shipped | {
             "address": self.node_ip, "port": self.kubelet_port, "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1", "healthzPort": self.healthz_port,
-            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                               "x509": {"clientCAFile": str(self.cluster_ca)}},
-            "authorization": {"mode": "Webhook"},
+            "authentication": shipped["authentication"] | {"x509": {"clientCAFile": str(self.cluster_ca)}},
             "containerRuntimeEndpoint": f"unix://{self.containerd_sock}",
             "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{self.cgroup}", "failCgroupV1": False,
             "failSwapOn": False, "makeIPTablesUtilChains": False, "protectKernelDefaults": False,
@@ -316,9 +320,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                              "nodefs.inodesFree": "0%"},
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "podLogsDir": str(self.root / "pod-logs"), "resolvConf": "", "staticPodPath": "",
-            # The agent renews the node's certificate (bound to its TPM); not the kubelet's own CSR flow.
-            "rotateCertificates": self.bootstrap, "serverTLSBootstrap": False,
-            "registerNode": True, "enableServer": True,
+            # Only to show that the kubelet's own CSR flow is refused (the shipped file turns it off).
+            "rotateCertificates": self.bootstrap,
         }
 
     def _hierarchies(self, names: tuple[str, ...] | None = None) -> list[Path]:
