@@ -11,6 +11,7 @@ are cached per machine (keyed by those inputs) and rebuilt only when an input ch
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -83,20 +84,46 @@ def _blob(data: bytes) -> tuple[str, int]:
     return "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
 
 
-def write_archive(path: Path, name: str, layer: bytes, *, entrypoint: list[str], cmd: list[str]) -> Path:
-    """An OCI image layout tar holding one image called ``name``, written atomically."""
-    layer_digest, layer_size = _blob(layer)
+def _file_digest(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest(), path.stat().st_size
+
+
+def write_archive(path: Path, name: str, layer: bytes | Path, *, entrypoint: list[str], cmd: list[str],
+                  env: list[str] | None = None, user: str = "", workdir: str = "/",
+                  labels: dict[str, str] | None = None, gzip_layer: bool = False) -> Path:
+    """An OCI image layout tar holding one image called ``name`` with one uncompressed layer (bytes, or a tar
+    file for big ones), written atomically."""
+    layer_digest, layer_size = _blob(layer) if isinstance(layer, bytes) else _file_digest(layer)
+    diff_id, layer_type = layer_digest, "application/vnd.oci.image.layer.v1.tar"
+    if isinstance(layer, Path) and gzip_layer:
+        # Deterministic gzip (no name, mtime 0): the same layer gives the same blob.
+        packed = layer.with_name(layer.name + ".gz")
+        with layer.open("rb") as src, packed.open("wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        layer = packed
+        layer_digest, layer_size = _file_digest(packed)
+        layer_type += "+gzip"
+    image_config: dict[str, object] = {"Entrypoint": entrypoint, "Cmd": cmd, "Env": env or ["PATH=/bin"],
+                                       "WorkingDir": workdir}
+    if user:
+        image_config["User"] = user
+    if labels:
+        image_config["Labels"] = labels
     config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "architecture": "amd64", "os": "linux", "config": image_config,
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }, sort_keys=True).encode()
     config_digest, config_size = _blob(config)
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
                    "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
+        "layers": [{"mediaType": layer_type, "digest": layer_digest,
                     "size": layer_size}],
     }, sort_keys=True).encode()
     manifest_digest, manifest_size = _blob(manifest)
@@ -112,8 +139,18 @@ def write_archive(path: Path, name: str, layer: bytes, *, entrypoint: list[str],
     with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
         _tar_add(tar, "blobs/", kind=tarfile.DIRTYPE, mode=0o755)
         _tar_add(tar, "blobs/sha256/", kind=tarfile.DIRTYPE, mode=0o755)
-        for blob in sorted((layer, config, manifest), key=lambda b: _blob(b)[0]):
-            _tar_add(tar, "blobs/sha256/" + _blob(blob)[0].split(":", 1)[1], data=blob)
+        blobs: list[tuple[str, bytes | Path]] = [(layer_digest, layer), (_blob(config)[0], config),
+                                                 (manifest_digest, manifest)]
+        for digest, blob in sorted(blobs, key=lambda b: b[0]):
+            entry = "blobs/sha256/" + digest.split(":", 1)[1]
+            if isinstance(blob, bytes):
+                _tar_add(tar, entry, data=blob)
+            else:
+                info = tarfile.TarInfo(entry)
+                info.size, info.mode, info.mtime = blob.stat().st_size, 0o644, 0
+                info.uname = info.gname = "root"
+                with blob.open("rb") as f:
+                    tar.addfile(info, f)
         _tar_add(tar, "index.json", data=index)
         _tar_add(tar, "oci-layout", data=b'{"imageLayoutVersion":"1.0.0"}')
     tmp.replace(path)
