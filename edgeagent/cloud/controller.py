@@ -265,7 +265,10 @@ class Controller:
         read_binding = rbac.read_cluster_role_binding
         if kube_errors.call(f"read {binding}", read_binding, binding, ok=(404,)) is None:
             bootstrap.ensure_rbac(self.api)
-        self.auto_approval = csr_mod.auto_approval_bindings(self.api)
+        try:
+            self.auto_approval = csr_mod.auto_approval_bindings(self.api)
+        except EdgeAgentError as e:
+            log.warning("cannot check for other approvers of kubelet certificates: %s", e)
         if self.auto_approval:
             log.warning(
                 "kubelet client certificates are also approved without attestation through %s (csrapproving "

@@ -275,6 +275,12 @@ itself (kubeadm binds them: kubeadm:node-autoapprove-bootstrap, kubeadm:node-aut
 rotation)."""
 
 
+KUBEADM_AUTO_APPROVAL = (
+    "kubeadm:node-autoapprove-bootstrap",
+    "kubeadm:node-autoapprove-certificate-rotation",
+)
+
+
 def auto_approval_bindings(api: Any) -> list[str]:
     """ClusterRoleBindings through which kubelet client certificates get approved without this controller.
 
@@ -286,5 +292,13 @@ def auto_approval_bindings(api: Any) -> list[str]:
     from kubernetes import client as k8s
 
     rbac = k8s.RbacAuthorizationV1Api(api)
-    listed: Any = kube_errors.call("list ClusterRoleBindings", rbac.list_cluster_role_binding)
-    return sorted(str(b.metadata.name) for b in listed.items if b.role_ref.name in AUTO_APPROVAL_ROLES)
+    try:
+        listed: Any = kube_errors.call("list ClusterRoleBindings", rbac.list_cluster_role_binding)
+        found = [b for b in listed.items]
+    except kube_errors.ApiError as e:
+        if e.status != 403:
+            raise
+        # Least privilege (deploy/rbac.yaml grants get, not list): kubeadm's bindings by name.
+        found = [b for name in KUBEADM_AUTO_APPROVAL
+                 if (b := kube_errors.call(f"read {name}", rbac.read_cluster_role_binding, name, ok=(404,)))]
+    return sorted(str(b.metadata.name) for b in found if b.role_ref.name in AUTO_APPROVAL_ROLES)
