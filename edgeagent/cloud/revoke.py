@@ -63,8 +63,18 @@ class Access:
         kube_errors.call(f"create ClusterRole {NODE_ROLE}", create, node_role(), ok=(409,))
 
     def grant(self, node: str) -> None:
+        """Binds the node to NODE_ROLE. The binding is owned by that ClusterRole, so it lives no longer than
+        the role: uninstalling the cluster side (the chart) removes every node's grant with it, and no device
+        keeps rights that nobody revokes any more."""
+        read = self.rbac.read_cluster_role
+        role: Any = kube_errors.call(f"read ClusterRole {NODE_ROLE}", read, NODE_ROLE, ok=(404,))
+        owners = None
+        if role is not None and role.metadata.uid:
+            owners = [k8s.V1OwnerReference(api_version="rbac.authorization.k8s.io/v1", kind="ClusterRole",
+                                           name=NODE_ROLE, uid=role.metadata.uid)]
         body = k8s.V1ClusterRoleBinding(
-            metadata=k8s.V1ObjectMeta(name=binding_name(node), labels={"edgeagent.io/node": node}),
+            metadata=k8s.V1ObjectMeta(name=binding_name(node), labels={"edgeagent.io/node": node},
+                                      owner_references=owners),
             role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=NODE_ROLE),
             subjects=[
                 k8s.RbacV1Subject(

@@ -218,3 +218,16 @@ def busybox_image() -> Image:
         write_archive(path, BUSYBOX_IMAGE, layer, entrypoint=[], cmd=["/bin/sh"])
 
     return Image(BUSYBOX_IMAGE, _cached(BUSYBOX_IMAGE, key, build))
+
+
+def cluster_image(name: str) -> Image:
+    """An image `make images` built (scripts/build-images.py: ``attestation-controller``, ``keylime``)."""
+    index = _cache_dir() / "index.json"
+    try:
+        entry = json.loads(index.read_text())[name]
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"image {name} not built: run `make images`") from None
+    archive = Path(entry["archive"])
+    if not archive.exists():
+        raise ConfigError(f"{archive} missing: run `make images`")
+    return Image(entry["image"], archive)

@@ -50,9 +50,12 @@ KUBE_VERSION = KUBE_RELEASES[DEFAULT_KUBE]
 """The release run when `EDGEAGENT_KUBE` is unset."""
 KCM_CONTROLLERS = ("csrsigning", "csrcleaner", "bootstrapsigner", "tokencleaner", "serviceaccount-token",
                    "serviceaccount", "namespace")
-NODE_KCM_CONTROLLERS = ("nodelifecycle", "taint-eviction-controller", "podgc", "garbagecollector")
-"""Added when the cluster serves real kubelets (``nodes=True``): Node health, and eviction of the pods of a
-node tainted NoExecute (its own controller since 1.29; part of nodelifecycle before)."""
+NODE_KCM_CONTROLLERS = ("nodelifecycle", "taint-eviction-controller", "podgc", "garbagecollector",
+                        "deployment", "replicaset", "endpointslice", "persistentvolume-binder",
+                        "root-ca-cert-publisher")
+"""Added when the cluster serves real kubelets (``nodes=True``): Node health, eviction of the pods of a node
+tainted NoExecute (its own controller since 1.29; part of nodelifecycle before), and what running workloads
+from a chart needs (Deployments, owner-based garbage collection, the kube-root-ca.crt ConfigMap)."""
 
 
 def kube_release() -> str:

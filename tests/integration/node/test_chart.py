@@ -1,0 +1,244 @@
+"""The cluster side installed as an operator does: `make images` (the attestation controller and Keylime as
+OCI archives) imported into a real node's containerd, and the chart (deploy/chart/edgeagent) installed with helm
+onto the test cluster. A device (swtpm + `edgeagent agent` on the host) then enrolls against Keylime and the
+controller running as pods, is revoked after a tamper and comes back after the restore.
+
+The test cluster has no pod network reaching the API server and no kube-proxy, so the chart runs with
+``hostNetwork: true`` (its single-node edge mode): the pods share the node's network namespace (here: the
+host's loopback) and the controller reaches the API server at the address ``apiServer.inClusterHost`` gives.
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from edgeagent.cloud import crd
+from edgeagent.testbed import images, kube_pki, worker
+from edgeagent.testbed.cluster_side import pin_device
+from edgeagent.testbed.helm import Helm, HelmError
+from edgeagent.testbed.kube import KubeCluster, kube_bin_dir, kube_release
+from edgeagent.testbed.node import KubeletNode
+from edgeagent.tpm import Tpm
+from edgeagent.tpm import identity as tpm_identity
+from edgeagent.tpm.swtpm import SoftwareTpm
+from tests.fixtures import procs
+from tests.integration.agent_proc import AgentProcess
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "edgeagent-system"
+RELEASE = "edgeagent"
+
+
+class Installed:
+    def __init__(
+        self,
+        cluster: KubeCluster,
+        node: KubeletNode,
+        helm: Helm,
+        values: dict[str, Any],
+        ports: dict[str, int],
+    ) -> None:
+        self.cluster, self.node, self.helm, self.values, self.ports = cluster, node, helm, values, ports
+        self.api = cluster.client()
+        self.core = k8s.CoreV1Api(self.api)
+
+    def keylime_ca(self, target: Path) -> Path:
+        secret = self.core.read_namespaced_secret("edgeagent-keylime-tls", NAMESPACE)
+        target.write_bytes(base64.b64decode(secret.data["cacert.crt"]))
+        return target
+
+    def pods(self) -> dict[str, str]:
+        return {p.metadata.name: p.status.phase for p in self.core.list_namespaced_pod(NAMESPACE).items}
+
+
+def chart_values(cluster: KubeCluster, ek_ca: Path, ports: dict[str, int]) -> dict[str, Any]:
+    return {
+        "images": {"controller": {"pullPolicy": "Never"}, "keylime": {"pullPolicy": "Never"}},
+        "apiServer": {
+            "url": cluster.api_url,
+            "inClusterHost": "127.0.0.1",
+            "inClusterPort": str(cluster.api_port),
+        },
+        "ekCA": ek_ca.read_text(),
+        "hostNetwork": True,
+        "controller": {
+            "replicas": 1,
+            "webhookListen": f"127.0.0.1:{ports['webhook']}",
+            "webhookPort": ports["webhook"],
+            "registrarURL": f"https://127.0.0.1:{ports['registrar_tls']}",
+            "verifierURL": f"https://127.0.0.1:{ports['verifier']}",
+        },
+        "keylime": {
+            "bindAddress": "127.0.0.1",
+            "verifier": {"port": ports["verifier"]},
+            "registrar": {"port": ports["registrar"], "tlsPort": ports["registrar_tls"]},
+            "webhookURL": f"https://127.0.0.1:{ports['webhook']}/revocation",
+            "persistence": {"enabled": False},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def installed(swtpm_template: SoftwareTpm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    if kube_release() == "1.20":
+        pytest.fail("the chart tests run on the current release only (EDGEAGENT_KUBE unset)")
+    root = tmp_path_factory.mktemp("chart")
+    controller_image = images.cluster_image("attestation-controller")
+    keylime_image = images.cluster_image("keylime")
+    with KubeCluster(root / "kube", nodes=True) as cluster:
+        cluster.start()
+        name = "infra-node"
+        cred = kube_pki.issue(cluster.ca, f"system:node:{name}", orgs=["system:nodes"], client=True)
+        kubeconfig = cluster.write_kubeconfig(
+            root / "infra.kubeconfig", cred.cert_pem, cred.key_pem, user=name
+        )
+        with KubeletNode(
+            root / "node",
+            name=name,
+            kubeconfig=kubeconfig,
+            cluster_ca=cluster.ca_cert,
+            bin_dir=kube_bin_dir(),
+        ) as node:
+            node.start_network()
+            node.start_containerd()
+            for image in (controller_image, keylime_image):
+                node.ctr("images", "import", str(image.archive))
+            node.start_kubelet()
+            worker.wait_node_ready(k8s.CoreV1Api(cluster.client()), name)
+            ports = {k: procs.free_port() for k in ("verifier", "registrar", "registrar_tls", "webhook")}
+            helm = Helm(cluster.kubeconfig, root / "helm")
+            values = chart_values(cluster, swtpm_template.ca_cert, ports)
+            helm.install(RELEASE, NAMESPACE, values, wait="180s")
+            yield Installed(cluster, node, helm, values, ports)
+
+
+def test_a_device_enrolls_is_revoked_and_recovers_through_the_charts_pods(
+    installed: Installed, swtpm_template: SoftwareTpm, tmp_path: Path
+) -> None:
+    inst = installed
+    assert set(inst.pods().values()) == {"Running"} and len(inst.pods()) == 3
+    running = inst.node.ctr("images", "list", "-q")
+    assert (
+        "edgeagent.local/attestation-controller:0.1.0" in running
+        and "edgeagent.local/keylime:7.14.3" in running
+    )
+
+    name = f"chart-dev-{uuid.uuid4().hex[:6]}"
+    tpm = swtpm_template.clone(tmp_path / "swtpm").start()
+    agent: AgentProcess | None = None
+    try:
+        with Tpm.open(tpm.tcti) as t:
+            ek_cert = tpm_identity.load_ek(t).cert
+        assert ek_cert is not None
+        port = procs.free_port()
+        pin_device(
+            inst.api,
+            name,
+            ek_cert=ek_cert,
+            agent_uuid=f"{name}-agent",
+            agent_address=f"127.0.0.1:{port}",
+            register_node=True,
+        )
+        keylime = SimpleNamespace(
+            registrar_url=f"http://127.0.0.1:{inst.ports['registrar']}",
+            ca_cert=inst.keylime_ca(tmp_path / "keylime-ca.crt"),
+        )
+        cfg = worker.write_config(tmp_path, keylime, node=name, port=port)
+        agent = AgentProcess(cfg, tpm.tcti, tmp_path / "agent.sock")
+        agent.start(timeout=60)
+        agent.wait_status(
+            lambda s: s["attestation"]["credential_expiry"] and s["attestation"]["phase"] == "serving",
+            timeout=120,
+            what="the node credential from the chart's controller",
+        )
+        edgenodes = crd.EdgeNodes(inst.api)
+        procs.wait_for(lambda: edgenodes.get(name).phase == "Enrolled", timeout=60, what="Enrolled")
+
+        (tmp_path / worker.MEASURED_FILE).write_text("mode = debug\n")
+        agent.send(signal.SIGHUP)
+        procs.wait_for(
+            lambda: edgenodes.get(name).phase == "Unattested",
+            timeout=60,
+            what="the chart's Keylime to fail the device and the controller to revoke it",
+        )
+        node = inst.core.read_node(name)
+        assert node.spec.unschedulable is True
+        assert any(t.key == "edgeagent.io/unattested" for t in node.spec.taints or [])
+        agent.wait_status(
+            lambda s: s["attestation"]["revoked"], timeout=60, what="the device to drop its credential"
+        )
+
+        (tmp_path / worker.MEASURED_FILE).write_text("mode = production\n")
+        assert agent.stop(signal.SIGTERM) == 0
+        tpm.stop()
+        tpm.start()
+        agent.tcti = tpm.tcti
+        agent.start(timeout=60)
+        agent.wait_status(
+            lambda s: s["attestation"]["credential_expiry"] and not s["attestation"]["revoked"],
+            timeout=120,
+            what="a new credential after the restore",
+        )
+        procs.wait_for(
+            lambda: edgenodes.get(name).status.get("attested") is True, timeout=60, what="attested again"
+        )
+    finally:
+        if agent is not None and agent.proc is not None:
+            agent.stop(signal.SIGKILL)
+        tpm.stop()
+
+
+def test_bad_values_are_refused_by_the_schema(installed: Installed) -> None:
+    for bad, expect in (
+        ({"keylime": {"quoteInterval": 0}}, "quoteInterval"),
+        ({"unknownKey": 1}, "unknownKey"),
+        ({"ekCA": ""}, "ekCA"),
+    ):
+        values = {**installed.values, **bad}
+        if "keylime" in bad:
+            values["keylime"] = {**installed.values["keylime"], **bad["keylime"]}
+        with pytest.raises(HelmError) as err:
+            installed.helm.install("bad", "edgeagent-bad", values, wait="10s")
+        assert expect in str(err.value)
+
+
+def test_uninstall_leaves_nothing_of_the_release(installed: Installed) -> None:
+    """Last in the module: everything the chart made goes (the CRD stays: helm never deletes CRDs), and so do
+    the grants the controller made for devices (owned by the chart's edgeagent:node ClusterRole): no device
+    keeps rights that nobody would revoke."""
+    inst = installed
+    rbac = k8s.RbacAuthorizationV1Api(inst.api)
+    granted = [
+        b.metadata.name
+        for b in rbac.list_cluster_role_binding().items
+        if b.metadata.name.startswith("edgeagent-node-")
+    ]
+    assert granted, "the enrolled device's grant should exist before the uninstall"
+    inst.helm.uninstall(RELEASE, NAMESPACE)
+    procs.wait_for(lambda: not inst.pods(), timeout=60, what="the chart's pods to go")
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    assert not inst.core.list_namespaced_config_map(NAMESPACE, label_selector=selector).items
+    assert not inst.core.list_namespaced_secret(NAMESPACE, label_selector=selector).items
+    assert not inst.core.list_namespaced_service(NAMESPACE, label_selector=selector).items
+    assert not k8s.AppsV1Api(inst.api).list_namespaced_deployment(NAMESPACE).items
+
+    def leftover() -> list[str]:
+        return [
+            b.metadata.name
+            for b in rbac.list_cluster_role_binding().items
+            if b.metadata.name.startswith("edgeagent")
+        ]
+
+    procs.wait_for(
+        lambda: not leftover(), timeout=30, what=f"no edgeagent ClusterRoleBindings ({leftover()})"
+    )
