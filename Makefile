@@ -28,8 +28,11 @@ $(VENV)/.stamp: pyproject.toml .stamps/system-deps
 
 setup: venv guests
 
+# The component drivers install their toolchain first (wasm-tools, wit-bindgen, Rust's wasm32-wasip2; cached
+# under $(CACHE)/wasm-component-tools by scripts/install-wasm-component-tools.sh, which fails loudly).
 guests: .stamps/system-deps
 	$(MAKE) -C drivers
+	$(MAKE) -C drivers/components
 	$(MAKE) -C controllers
 
 kube: .stamps/system-deps

@@ -1,0 +1,108 @@
+"""Component drivers (WASI 0.2, wasi:i2c) on the simulated bus, opened the way run-driver and the agent open
+any driver: readings equal the core modules' and the native twins', a policy denial and a missing part are the
+same clear errors, and the compiled components go through the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeagent.config import AgentConfig
+from edgeagent.drivers import registry
+from edgeagent.drivers.components.i2c_driver import ComponentI2cDriver
+from edgeagent.drivers.native import NATIVE_DRIVERS
+from edgeagent.drivers.native.simbus import SimSMBus
+from edgeagent.drivers.session import open_session
+from edgeagent.errors import AccessDenied, HardwareError
+from edgeagent.hw.sim.i2c_bus import SimI2cBus
+
+COMPONENTS = [("hts221_component", "hts221"), ("bme280_component", "bme280"), ("bme280_rust", "bme280")]
+
+
+@pytest.fixture
+def config(tmp_path: Path, component_build: Path) -> AgentConfig:
+    return AgentConfig(state_dir=tmp_path / "state", policies_dir=tmp_path / "policies")
+
+
+def no_sleep(_: float) -> None:
+    pass
+
+
+@pytest.mark.parametrize(("name", "part"), COMPONENTS)
+def test_component_driver_reads_like_the_core_module_and_the_native_twin(config, runtime, name, part) -> None:
+    comp = open_session(name, config, sim=True, runtime=runtime, sleep=no_sleep)
+    core = open_session(part, config, sim=True, runtime=runtime, sleep=no_sleep)
+    try:
+        assert isinstance(comp.driver, ComponentI2cDriver)
+        assert comp.driver.kind == "sensor"
+        assert comp.driver.channels == core.driver.channels
+        reading = comp.driver.read()
+        assert reading.values == core.driver.read().values
+        info = registry.get(part)
+        native = NATIVE_DRIVERS[part](
+            SimSMBus(SimI2cBus([info.sim_model(info.default_address)])), info.default_address, sleep=no_sleep
+        )
+        native.init()
+        assert reading.values == native.read()
+        model = comp.bus.models[comp.device.address]
+        assert reading.values["temperature"] == pytest.approx(model.temperature, abs=0.07)
+        assert comp.driver.i2c.denials == []
+    finally:
+        comp.close()
+        core.close()
+
+
+@pytest.mark.parametrize("name", ["hts221_component", "bme280_rust"])
+def test_an_address_outside_the_policy_is_denied_without_touching_the_bus(config, runtime, tmp_path, name):
+    part_address = registry.get(name).default_address
+    policy = tmp_path / "other-address.toml"
+    policy.write_text("[[i2c]]\nbus = 1\naddresses = [0x10]\n")
+    with pytest.raises(AccessDenied) as e:
+        open_session(
+            name,
+            config,
+            sim=True,
+            runtime=runtime,
+            sleep=no_sleep,
+            policy_file=policy,
+            device=f"1:{part_address:#04x}",
+        )
+    assert str(e.value) == (
+        f"driver {name}: init: I2C address {part_address:#04x} on sim:/dev/i2c-1 is not granted by its "
+        f"policy ({policy})"
+    )
+
+
+@pytest.mark.parametrize("name", ["bme280_component", "bme280_rust"])
+def test_a_missing_part_is_a_nack_error_naming_the_device(config, runtime, name) -> None:
+    bus = SimI2cBus(name="sim:/dev/i2c-1")  # nothing attached
+    with pytest.raises(HardwareError) as e:
+        open_session(name, config, sim=True, runtime=runtime, sleep=no_sleep, bus=bus)
+    assert str(e.value) == (
+        f"driver {name}: init failed: no-acknowledge(address) (ENXIO) at I2C address 0x76 on sim:/dev/i2c-1"
+    )
+
+
+def test_a_component_driver_given_by_path_runs_under_its_policy(config, runtime, component_build) -> None:
+    policy = Path(registry.POLICY_DIR) / "bme280_component.toml"
+    s = open_session(
+        str(component_build / "bme280_component.wasm"),
+        config,
+        sim=False,
+        runtime=runtime,
+        sleep=no_sleep,
+        policy_file=policy,
+        bus=SimI2cBus([registry.get("bme280").sim_model(0x76)], name="sim:/dev/i2c-1"),
+    )
+    try:
+        assert set(s.driver.read().values) == {"temperature", "pressure", "humidity"}
+    finally:
+        s.close()
+
+
+def test_components_are_compiled_once_then_loaded_from_the_cache(config, runtime) -> None:
+    for _ in range(2):
+        open_session("bme280_component", config, sim=True, runtime=runtime, sleep=no_sleep).close()
+    entries = list((config.state_dir / "cache" / "wasm").glob("*.ccwasm"))
+    assert len(entries) == 1 and entries[0].name.endswith(f"-{runtime.fingerprint}.ccwasm")
