@@ -36,3 +36,19 @@ for _name, (_core, _how) in _BUILT_FROM.items():
             module_file=f"components/{_name}.wasm",
         )
     )
+
+registry.register(
+    registry.DriverInfo(
+        "usb_echo_component",
+        "usb",
+        "usb",
+        "USB echo device: bulk, interrupt and control ping (WASI 0.2 component on component:usb@0.2.1, C)",
+        (
+            "component:usb/device@0.2.1",
+            "component:usb/transfers@0.2.1",
+            "component:usb/usb-hotplug@0.2.1",
+            "edgeagent:driver/log@0.1.0",
+        ),
+        module_file="components/usb_echo_component.wasm",
+    )
+)

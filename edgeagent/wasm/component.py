@@ -374,6 +374,7 @@ class ComponentGuest:
     def _check_imports(self, imports: dict[str, Any], engine: wasmtime.Engine, wasi: bool) -> bool:
         """Refuses, naming it, any import no host serves; returns whether WASI 0.2 is needed."""
         hosts = {h.interface: h for h in self.hosts}
+        all_resources = {r for h in self.hosts for r in h.resources}
         uses_wasi = False
         for iface, ext in imports.items():
             if wasi and _wasip2(iface):
@@ -393,7 +394,8 @@ class ComponentGuest:
                 if isinstance(item_ty, wc.FuncType):
                     if item not in host.function_names:
                         raise self._error(f"imports {iface}.{item}, which this host does not serve")
-                elif isinstance(item_ty, wc.ResourceType) and item not in host.resources:
+                elif isinstance(item_ty, wc.ResourceType) and item not in set(host.resources) | all_resources:
+                    # A resource another served interface defines may appear here through a WIT `use`.
                     raise self._error(f"imports resource {iface}.{item}, which this host does not define")
         return uses_wasi
 
