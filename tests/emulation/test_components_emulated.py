@@ -92,3 +92,32 @@ def test_a_component_driver_whose_part_is_gone_reports_the_nack(
         "edgeagent: error: driver hts221_component: init failed: no-acknowledge(address) (ENXIO) at I2C "
         "address 0x5f on /dev/i2c-1"
     )
+
+
+def test_usb_echo_component_pings_through_libusb(
+    emulator: Emulator, tmp_path: Path, component_build: Path
+) -> None:
+    before = int(emulator.stats()["usb"]["echo"]["urbs"])
+    p = run_driver(emulator, tmp_path, "usb_echo_component", "--count", "3", "--interval", "0", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["device"] == f"1209:0001 on bus 1 addr {emulator.usb['echo']['address']}"
+        assert row["values"]["size"] == 64
+        assert all(row["values"][k] > 0 for k in ("bulk", "interrupt", "control"))
+    # 3 rounds + the warm-up round, each a bulk and an interrupt OUT + IN, through usbdevfs.
+    assert int(emulator.stats()["usb"]["echo"]["urbs"]) - before >= 16
+
+
+def test_usb_component_denied_the_device_is_one_line_and_exit_13(
+    emulator: Emulator, tmp_path: Path, component_build: Path
+) -> None:
+    policy = tmp_path / "other-interface.toml"
+    policy.write_text("[[usb]]\nvid = 0x1209\npid = 0x0001\ninterface = 1\n")
+    p = run_driver(emulator, tmp_path, "usb_echo_component", "--policy", str(policy), "--count", "1")
+    assert p.returncode == 13
+    assert p.stderr.strip() == (
+        "edgeagent: error: driver usb_echo_component: init: access denied by policy to interface 0 of "
+        f"1209:0001 on bus 1 addr {emulator.usb['echo']['address']}"
+    )

@@ -106,3 +106,61 @@ def test_components_are_compiled_once_then_loaded_from_the_cache(config, runtime
         open_session("bme280_component", config, sim=True, runtime=runtime, sleep=no_sleep).close()
     entries = list((config.state_dir / "cache" / "wasm").glob("*.ccwasm"))
     assert len(entries) == 1 and entries[0].name.endswith(f"-{runtime.fingerprint}.ccwasm")
+
+
+# ---------------------------------------------------------------------------------------------- USB
+def echo_driver(runtime, component_build: Path, grants):  # type: ignore[no-untyped-def]
+    from wasmtime.component import Component
+
+    from edgeagent.drivers.components.usb_driver import ComponentUsbEcho
+    from edgeagent.drivers.usb_session import sim_backend
+
+    comp = Component(runtime.engine, (component_build / "usb_echo_component.wasm").read_bytes())
+    return ComponentUsbEcho(comp, runtime=runtime, backend=sim_backend(), grants=grants)
+
+
+def test_usb_echo_component_pings_the_simulated_device(runtime, component_build) -> None:
+    from edgeagent.drivers.hosts.usb import UsbGrant
+
+    with echo_driver(runtime, component_build, [UsbGrant(0x1209, 0x0001, 0)]) as d:
+        d.init()
+        assert [d.ping(kind, n) for kind in ("bulk", "interrupt", "control") for n in (1, 64, 512)] == [
+            1,
+            64,
+            512,
+        ] * 3
+        assert d.usb.denials == []
+
+
+def test_usb_component_claiming_an_interface_outside_the_grant_is_denied(runtime, component_build) -> None:
+    from edgeagent.drivers.hosts.usb import UsbGrant
+
+    with (
+        echo_driver(runtime, component_build, [UsbGrant(0x1209, 0x0001, 1)]) as d,
+        pytest.raises(AccessDenied) as e,
+    ):
+        d.init()
+    assert str(e.value) == (
+        "driver usb_echo_component: init: access denied by policy to interface 0 of 1209:0001 on bus 1 addr 2"
+    )
+
+
+def test_usb_component_sees_no_device_its_policy_does_not_grant(runtime, component_build) -> None:
+    from edgeagent.drivers.hosts.usb import UsbGrant
+
+    with echo_driver(runtime, component_build, [UsbGrant(0x1209, 0x0002)]) as d:  # the disk, not the echo
+        with pytest.raises(HardwareError, match="driver usb_echo_component: init: usb not-found"):
+            d.init()
+        assert d.log.lines[-1][1] == "usb echo: no 1209:0001 among the granted devices"
+
+
+def test_run_driver_opens_the_usb_component_like_the_core_driver(config) -> None:
+    from edgeagent.drivers.session import open_driver
+
+    s = open_driver("usb_echo_component", config, sim=True)
+    try:
+        row = s.read()  # type: ignore[union-attr]
+        assert row["driver"] == "usb_echo_component"
+        assert set(row["values"]) == {"size", "bulk", "interrupt", "control"}
+    finally:
+        s.close()
