@@ -39,6 +39,7 @@ thread, inside the export call. The epoch ticker (engine.py) is the only other t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import itertools
@@ -49,10 +50,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import wasmtime
+from wasmtime import _ffi as ffi
 from wasmtime import component as wc
+from wasmtime.component._enter import catch_exceptions, maybe_raise_last_exn
 
 from edgeagent.errors import DriverError, WasmError
 from edgeagent.wasm.cache import ModuleCache
+from edgeagent.wasm.component_values import Codec, codec
 from edgeagent.wasm.engine import Limits, Runtime
 from edgeagent.wasm.host import HostTrap
 
@@ -323,7 +327,7 @@ class ComponentGuest:
         self._exc: BaseException | None = None
         self._dead: str | None = None
         self._closed = False
-        self._funcs: dict[str, wc.Func] = {}
+        self._funcs: dict[str, _Export] = {}
 
         engine = runtime.engine
         imports = component.type.imports(engine)
@@ -354,7 +358,7 @@ class ComponentGuest:
                             res, wc.ResourceType.host(resource_type_id(h.interface, res)), self._dtor(h, res)
                         )
                     for spec, fn in h.functions():
-                        inst.add_func(spec.name, self._wrap(h, spec, fn))
+                        _add_func(inst, spec.name, self._wrap(h, spec, fn))
         self._arm()
         try:
             self.instance = linker.instantiate(self.store, component)
@@ -446,14 +450,14 @@ class ComponentGuest:
         self.store.set_epoch_deadline(max(0, min(self._compute_ticks, left)))
 
     # ------------------------------------------------------------------ calls
-    def _lookup(self, export: str) -> wc.Func | None:
+    def _lookup(self, export: str) -> _Export | None:
         f = self._funcs.get(export)
         if f is None:
             idx = self.instance.get_export_index(self.store, export, self._export_instance)
             found = self.instance.get_func(self.store, idx) if idx is not None else None
             if found is None:
                 return None
-            f = self._funcs[export] = found
+            f = self._funcs[export] = _Export(found, self.store)
         return f
 
     def call(self, export: str, *args: Any) -> Any:
@@ -468,7 +472,7 @@ class ComponentGuest:
             raise self._error(f"has no exported function {export!r}")
         self._arm()
         try:
-            return f(self.store, *args)
+            return f.call(self.store, args)
         except wasmtime.WasmtimeError as e:
             err = self._call_error(export, e)
             raise err from self._take_exc()
@@ -478,7 +482,7 @@ class ComponentGuest:
         f = self._lookup(export)
         if f is None:
             raise self._error(f"has no exported function {export!r}")
-        return f.type(self.store).result
+        return f.func.type(self.store).result
 
     def _take_exc(self) -> BaseException | None:
         exc, self._exc = self._exc, None
@@ -555,3 +559,99 @@ def _rep(store: Any, value: wc.ResourceAny, own_ids: set[int]) -> Any:
 def _first(e: object) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------------- calls
+# wasmtime-py's own paths (LinkerInstance.add_func, Func.__call__) read the function's type through the C API
+# on every call; these read it once (component_values).
+
+
+class _Export:
+    """An export with its parameter and result codecs."""
+
+    __slots__ = ("func", "params", "result")
+
+    def __init__(self, func: wc.Func, store: wasmtime.Store) -> None:
+        self.func = func
+        fty = func.type(store)
+        self.params: list[Codec] = [codec(t) for _, t in fty.params]
+        r = fty.result
+        self.result: Codec | None = codec(r) if r is not None else None
+
+    def call(self, store: wasmtime.Store, args: tuple[Any, ...]) -> Any:
+        n = len(args)
+        if n != len(self.params):
+            raise TypeError(f"expected {len(self.params)} arguments, got {n}")
+        params = (ffi.wasmtime_component_val_t * n)()
+        done = 0
+        try:
+            for c, v in zip(self.params, args, strict=True):
+                c.lower(store, v, ctypes.pointer(params[done]))
+                done += 1
+            result = ffi.wasmtime_component_val_t() if self.result is not None else None
+            err = ffi.wasmtime_component_func_call(
+                ctypes.byref(self.func._func),
+                store._context(),
+                params,
+                n,
+                ctypes.byref(result) if result is not None else None,
+                1 if result is not None else 0,
+            )
+            if err:
+                error = wasmtime.WasmtimeError._from_ptr(err)
+                maybe_raise_last_exn()
+                raise error
+            return self.result.lift(result) if self.result is not None else None
+        finally:
+            for i in range(done):
+                ffi.wasmtime_component_val_delete(ctypes.byref(params[i]))
+
+
+class _HostFunc:
+    __slots__ = ("fn", "params", "result")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.params: list[Codec] | None = None
+        self.result: Codec | None = None
+
+
+_HOST_FUNCS: dict[int, _HostFunc] = {}
+_HOST_KEYS = itertools.count(1)
+
+
+@ffi.wasmtime_component_func_callback_t
+def _host_impl(idx, context, ty_raw, args, nargs, results, nresults):
+    entry = _HOST_FUNCS[idx or 0]
+
+    def run(store: Any) -> None:
+        if entry.params is None:  # first call: the types, once (the callback's type pointer is borrowed)
+            fty = wc.FuncType._from_ptr(ty_raw, owner=store)
+            entry.params = [codec(t) for _, t in fty.params]
+            r = fty.result
+            entry.result = codec(r) if r is not None else None
+        params = entry.params
+        result = entry.fn(store, *[params[i].lift(args[i]) for i in range(nargs)])
+        if entry.result is not None:
+            entry.result.lower(store, result, results)
+
+    return catch_exceptions(context, run)
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def _host_finalize(idx: int | None) -> None:
+    _HOST_FUNCS.pop(idx or 0, None)
+
+
+def _add_func(inst: wc.LinkerInstance, name: str, fn: Callable[..., Any]) -> None:
+    """``LinkerInstance.add_func`` with the function's types read on its first call only."""
+    inst._assert_not_locked()
+    key = next(_HOST_KEYS)
+    _HOST_FUNCS[key] = _HostFunc(fn)
+    raw = name.encode()
+    err = ffi.wasmtime_component_linker_instance_add_func(
+        inst.ptr(), ctypes.create_string_buffer(raw), len(raw), _host_impl, key, _host_finalize
+    )
+    if err:
+        _HOST_FUNCS.pop(key, None)
+        raise wasmtime.WasmtimeError._from_ptr(err)

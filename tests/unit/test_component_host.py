@@ -256,3 +256,20 @@ def _component_binary() -> bytes:
     from wasmtime import wat2wasm
 
     return bytes(wat2wasm(PROBE))
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", bytes(range(256)) * 5])
+def test_byte_lists_cross_as_one_block_and_come_back_intact(data: bytes) -> None:
+    import ctypes
+
+    from wasmtime import _ffi as ffi
+
+    from edgeagent.wasm.component_values import _lift_bytes, _lower_bytes
+
+    val = ffi.wasmtime_component_val_t()
+    _lower_bytes(None, data, ctypes.pointer(val))
+    assert val.of.list.size == len(data)
+    # Element by element, as wasmtime reads them: each a u8 value.
+    assert all(val.of.list.data[i].kind == ffi.WASMTIME_COMPONENT_U8.value for i in range(len(data)))
+    assert bytes(val.of.list.data[i].of.u8 for i in range(len(data))) == data
+    assert _lift_bytes(val) == data
