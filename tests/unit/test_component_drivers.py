@@ -164,3 +164,39 @@ def test_run_driver_opens_the_usb_component_like_the_core_driver(config) -> None
         assert set(row["values"]) == {"size", "bulk", "interrupt", "control"}
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("name", ["bme280_rust", "usb_echo_component"])
+def test_the_agents_driver_instance_runs_a_component_driver(config, name) -> None:
+    """The agent service's driver thread (DriverWorker) opens a component like any driver: measured, read on
+    its schedule, reported in its status."""
+    import hashlib
+    import threading
+    import time
+
+    from edgeagent.agent.backoff import Backoff
+    from edgeagent.agent.driver_instances import DriverWorker
+    from edgeagent.config import DriverInstance
+
+    path = registry.module_path(registry.get(name), config)
+    measured = {path: hashlib.sha256(path.read_bytes()).hexdigest()}
+    policy = registry.policy_path(registry.get(name), config)
+    assert policy is not None
+    measured[policy] = hashlib.sha256(policy.read_bytes()).hexdigest()
+    worker = DriverWorker(
+        DriverInstance(name="component", driver=name, interval=0.01, sim="true"),
+        config,
+        digests=lambda p: measured.get(Path(p)),
+        backoff=Backoff(),
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while worker.readings < 2 and time.monotonic() < deadline and not worker.last_error:
+            threading.Event().wait(0.01)
+        status = worker.status()
+        assert status["readings"] >= 2, (status["state"], status["last_error"])
+        assert status["state"] == "running" and status["module_sha256"] == measured[path]
+        assert status["latest"]["values"], status["latest"]
+    finally:
+        worker.stop()
