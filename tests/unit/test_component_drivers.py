@@ -200,3 +200,31 @@ def test_the_agents_driver_instance_runs_a_component_driver(config, name) -> Non
         assert status["latest"]["values"], status["latest"]
     finally:
         worker.stop()
+
+
+def test_every_wasi_i2c_method_and_error_case_crosses_the_component_boundary(
+    runtime, component_build
+) -> None:
+    """tests/guests/components/i2c_ops.c: transaction (2 and 3 operations), write + read, write-read, a denied
+    address (error-code other) and an empty one (no-acknowledge(address)), all through wit-bindgen's C."""
+    from wasmtime.component import Component
+
+    from edgeagent.hw.sim.hts221 import Hts221
+
+    part = Hts221(0x5F)
+    bus = SimI2cBus([part], name="sim:/dev/i2c-1")
+    comp = Component(runtime.engine, (component_build / "tests" / "i2c_ops.wasm").read_bytes())
+    with ComponentI2cDriver(
+        "i2c_ops",
+        comp,
+        runtime=runtime,
+        bus=bus,
+        address=0x5F,
+        granted=frozenset({0x5F, 0x10}),
+        kind="sensor",
+    ) as d:
+        v = d.read_values()
+        denials = list(d.i2c.denials)
+    cal = int.from_bytes(bytes(part.regs[0x30:0x34]), "big")
+    assert v == [0xBC, 0xBC, 0xBC, 2, cal, 4, 2, 0]
+    assert [(x.bus, x.address) for x in denials] == [("sim:/dev/i2c-1", 0x60)]
