@@ -20,9 +20,10 @@ A ``ComponentHost`` subclass serves one WIT interface, named with its package an
 - Names are the component model's canonical names (``[method]r.f``, ``[static]r.f``, ``[constructor]r``, plain
   ``f``), the same the core ABI uses, so a host's core and component versions read alike.
 - Values are wasmtime-py's typed values: ints, floats, bool, str, ``bytes`` for ``list<u8>``, lists, tuples,
-  ``wasmtime.component.Record`` (attributes), enums as ``str``, flags as ``set[str]``, ``option`` as value or
-  None, variants as ``Variant(tag, payload)``; a ``result<T, E>`` is returned as the ok value (None for
-  ``result<_, E>``) or ``Err(e)``, which this module lowers to the err case.
+  ``wasmtime.component.Record`` (attributes named as in the WIT, kebab-case: ``getattr(r, "bus-number")``),
+  enums as ``str``, flags as ``set[str]``, ``option`` as value or None, variants as ``Variant(tag, payload)``
+  (or the bare payload when the cases' Python types differ); a host function returns a ``result<T, E>`` as the
+  ok value (None for ``result<_, E>``) or ``Err(e)``.
 - Resources: the host hands one out with ``self.own(resource, rep)`` (``rep``: any int the host chooses,
   usually a ``HandleTable`` handle); a method receives its ``self`` (and any ``borrow<r>``/``own<r>``
   parameter of a resource this host defines) already resolved to that ``rep``. When the guest drops an owned
@@ -56,7 +57,9 @@ from wasmtime.component._enter import catch_exceptions, maybe_raise_last_exn
 
 from edgeagent.errors import DriverError, WasmError
 from edgeagent.wasm.cache import ModuleCache
-from edgeagent.wasm.component_values import Codec, codec
+from edgeagent.wasm.component_values import Codec, Err, codec
+
+__all__ = ["ComponentCache", "ComponentGuest", "ComponentHost", "Err", "componentfunc", "is_component"]
 from edgeagent.wasm.engine import Limits, Runtime
 from edgeagent.wasm.host import HostTrap
 
@@ -103,13 +106,6 @@ def is_component_file(path: Path) -> bool:
             return is_component(f.read(8))
     except OSError:
         return False
-
-
-@dataclasses.dataclass(frozen=True)
-class Err:
-    """The err case of a WIT ``result`` returned by a host function (the ok case is the plain value)."""
-
-    value: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,8 +424,6 @@ class ComponentGuest:
                 result = fn(*args)
                 if blocking:
                     self._rearm()
-                if result.__class__ is Err:
-                    return result.value
                 return result
             except HostTrap as e:
                 self._exc = e
@@ -461,8 +455,10 @@ class ComponentGuest:
         return f
 
     def call(self, export: str, *args: Any) -> Any:
-        """Calls an export (of the ``exports`` interface, if one was named) with typed values; a WIT
-        ``result`` comes back as its ok value, or ``Err(value)``."""
+        """Calls an export (of the ``exports`` interface, if one was named) with typed values. Results come
+        back as wasmtime-py lifts them: a ``result<T, E>`` whose cases have distinct Python types is its ok or
+        its err value (tell them apart by type, e.g. a ``Variant`` error-code against a ``list``), otherwise a
+        ``Variant("ok" | "err", value)``."""
         if self._closed:
             raise self._error("is closed")
         if self._dead is not None:

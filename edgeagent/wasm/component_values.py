@@ -14,6 +14,7 @@ written against wasmtime-py's API sees no difference.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,13 @@ _BOOL = ffi.WASMTIME_COMPONENT_BOOL
 
 Lift = Callable[[Any], Any]
 Lower = Callable[[Any, Any, Any], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Err:
+    """The err case of a WIT ``result``, as a host function returns it (the ok case is the plain value)."""
+
+    value: Any = None
 
 
 class Codec:
@@ -223,6 +231,10 @@ def _variant(ty: Any) -> Codec:
 
     def payload_in(val: Any) -> tuple[str, Any]:
         """The case name and the payload of a Python value."""
+        if val.__class__ is Err:  # a host function's err case, whatever the ok and err types
+            return "err", val.value
+        if kind == "result" and tagged and not isinstance(val, Variant):
+            return "ok", val
         if tagged:
             if not isinstance(val, Variant):
                 raise TypeError("expected Variant type")

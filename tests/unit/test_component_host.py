@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from wasmtime import component as wc
+from wasmtime.component import Variant
 
 from edgeagent.errors import DriverError, WasmError
 from edgeagent.wasm.cache import ModuleCache
@@ -16,6 +17,7 @@ from edgeagent.wasm.component import (
     ComponentCache,
     ComponentGuest,
     ComponentHost,
+    Err,
     componentfunc,
     is_component,
 )
@@ -273,3 +275,37 @@ def test_byte_lists_cross_as_one_block_and_come_back_intact(data: bytes) -> None
     assert all(val.of.list.data[i].kind == ffi.WASMTIME_COMPONENT_U8.value for i in range(len(data)))
     assert bytes(val.of.list.data[i].of.u8 for i in range(len(data))) == data
     assert _lift_bytes(val) == data
+
+
+TAGGED_RESULT = r"""
+(component
+  (core module $m (memory (export "mem") 1) (func (export "f") (result i32) (i32.const 8)))
+  (core instance $i (instantiate $m))
+  (alias core export $i "mem" (core memory $mem))
+  (func (export "f") (result (result u32 (error u32))) (canon lift (core func $i "f") (memory $mem)))
+)
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "lifted"),
+    [
+        (Err(5), Variant("err", 5)),  # a host function's err case, even where ok and err are both ints
+        (Variant("ok", 7), Variant("ok", 7)),
+        (Variant("err", 9), Variant("err", 9)),
+    ],
+)
+def test_results_whose_cases_share_a_python_type_cross_tagged(
+    rt: Runtime, value: object, lifted: object
+) -> None:
+    import ctypes
+
+    from wasmtime import _ffi as ffi
+
+    from edgeagent.wasm.component_values import codec
+
+    fty = wc.Component(rt.engine, TAGGED_RESULT).type.exports(rt.engine)["f"].ty
+    c = codec(fty.result)
+    val = ffi.wasmtime_component_val_t()
+    c.lower(None, value, ctypes.pointer(val))
+    assert c.lift(val) == lifted
