@@ -228,3 +228,44 @@ def test_every_wasi_i2c_method_and_error_case_crosses_the_component_boundary(
     cal = int.from_bytes(bytes(part.regs[0x30:0x34]), "big")
     assert v == [0xBC, 0xBC, 0xBC, 2, cal, 4, 2, 0]
     assert [(x.bus, x.address) for x in denials] == [("sim:/dev/i2c-1", 0x60)]
+
+
+@pytest.mark.parametrize(
+    ("code", "tag", "source"),
+    [
+        ("BUS", "bus", None),
+        ("ARBITRATION_LOSS", "arbitration-loss", None),
+        ("NO_ACKNOWLEDGE_ADDRESS", "no-acknowledge", "address"),
+        ("NO_ACKNOWLEDGE_DATA", "no-acknowledge", "data"),
+        ("NO_ACKNOWLEDGE_UNKNOWN", "no-acknowledge", "unknown"),
+        ("OVERRUN", "overrun", None),
+        ("OTHER", "other", None),
+    ],
+)
+def test_each_bus_error_is_its_error_code_case(code: str, tag: str, source: str | None) -> None:
+    """The full wasi:i2c error-code variant: every bus failure the backends report maps to its own case, for
+    each method, and back (error_code) to what the runner reports."""
+    from wasmtime.component import Variant
+
+    from edgeagent.drivers.components.i2c import ComponentI2cHost, error_code
+    from edgeagent.drivers.hosts.i2c import I2cGrant
+    from edgeagent.hw.i2c import ErrorCode, I2cError
+    from edgeagent.wasm.component import Err
+
+    class FailingBus:
+        name = "failing"
+
+        def transaction(self, address, operations):  # type: ignore[no-untyped-def]
+            raise I2cError(ErrorCode[code], address)
+
+        def close(self) -> None:
+            pass
+
+    host = ComponentI2cHost()
+    rep = host.handles.add(I2cGrant(FailingBus(), frozenset({0x40})))
+    expected = Err(Variant(tag, source) if source else Variant(tag))
+    assert host.read(rep, 0x40, 2) == expected
+    assert host.write(rep, 0x40, b"\x01") == expected
+    assert host.write_read(rep, 0x40, b"\x01", 2) == expected
+    assert host.transaction(rep, 0x40, [b"\x01", 2]) == expected
+    assert error_code(expected.value) == ErrorCode[code]
