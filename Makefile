@@ -28,8 +28,11 @@ $(VENV)/.stamp: pyproject.toml .stamps/system-deps
 
 setup: venv guests
 
+# The component drivers install their toolchain first (wasm-tools, wit-bindgen, Rust's wasm32-wasip2; cached
+# under $(CACHE)/wasm-component-tools by scripts/install-wasm-component-tools.sh, which fails loudly).
 guests: .stamps/system-deps
 	$(MAKE) -C drivers
+	$(MAKE) -C drivers/components
 	$(MAKE) -C controllers
 
 kube: .stamps/system-deps
@@ -85,7 +88,8 @@ run: setup kube-current keylime
 #   $(PREFIX)/bin/edgeagent             a wrapper running `python -m edgeagent.cli.entry` in that venv (the venv
 #                                       is built under DESTDIR and moved: only its console scripts would carry
 #                                       the staging path, and the wrapper does not use them)
-#   $(PREFIX)/lib/edgeagent/drivers     drivers/build/*.wasm        (config drivers.modules_dir)
+#   $(PREFIX)/lib/edgeagent/drivers     drivers/build/*.wasm        (config drivers.modules_dir), and
+#                                       drivers/build/components/*.wasm in components/ when built
 #   $(PREFIX)/lib/edgeagent/controllers controllers/build/*.wasm + manifests, module = "<name>.wasm"
 #   $(UNITDIR)                          systemd/*.service, *.path; kubelet.service.d/edgeagent.conf
 #   $(PREFIX)/lib/{sysusers,tmpfiles}.d edgeagent.conf
@@ -105,6 +109,7 @@ PIP_INSTALL_FLAGS ?= --no-cache-dir --quiet
 CONFIG_SRC ?= etc/agent.toml
 CONFDIR := $(SYSCONFDIR)/edgeagent
 UNITS := $(wildcard systemd/*.service systemd/*.path)
+COMPONENT_DRIVERS = $(filter-out %.core.wasm,$(wildcard drivers/build/components/*.wasm))
 CONTROLLER_MANIFESTS := $(filter-out controllers/testing/%,$(wildcard controllers/*/*.toml))
 
 install: install-files install-python
@@ -121,6 +126,9 @@ install-files: wasm
 		'$(LIBDIR)/venv/bin/python' > $(DESTDIR)$(BINDIR)/edgeagent
 	chmod 0755 $(DESTDIR)$(BINDIR)/edgeagent
 	install -m 0644 drivers/build/*.wasm $(DESTDIR)$(LIBDIR)/drivers/
+	# The component drivers, when built (make guests / make -C drivers/components): modules_dir/components/.
+	$(if $(COMPONENT_DRIVERS),install -d -m 0755 $(DESTDIR)$(LIBDIR)/drivers/components && \
+		install -m 0644 $(COMPONENT_DRIVERS) $(DESTDIR)$(LIBDIR)/drivers/components/)
 	install -m 0644 $(filter-out controllers/build/testing%,$(wildcard controllers/build/*.wasm)) \
 		$(DESTDIR)$(LIBDIR)/controllers/
 	for m in $(CONTROLLER_MANIFESTS); do \

@@ -6,4 +6,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.kube",
     "tests.fixtures.umockdev",
     "tests.fixtures.wasm_guests",
+    "tests.fixtures.components",
 ]

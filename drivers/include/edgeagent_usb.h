@@ -83,7 +83,7 @@ enum { EA_USB_HOTPLUG_PENDING = 0, EA_USB_HOTPLUG_CONNECTED = 1, EA_USB_HOTPLUG_
 /* ---- imports: component:usb/device ---- */
 
 /* Writes up to `cap` records for the granted devices present now; returns how many there are (may be > cap). */
-EA_IMPORT("component:usb/device", "[static]usb-device.enumerate")
+EA_IMPORT("component:usb/device", "list-devices")
 int32_t ea_usb_enumerate(ea_usb_device_info_t *out, uint32_t cap);
 
 /* The first granted device with this VID:PID; EA_USB_ERR_ACCESS if the policy does not grant it,
@@ -93,7 +93,7 @@ ea_usb_device_t ea_usb_find(uint32_t vid, uint32_t pid);
 
 /* The configuration descriptor with index `index` (0-based), all wTotalLength bytes (interfaces, endpoints,
  * class descriptors); copies up to `cap` bytes and returns the full length. Walk it with ea_usb_next_desc(). */
-EA_IMPORT("component:usb/device", "[method]usb-device.configuration-descriptor")
+EA_IMPORT("component:usb/device", "[method]usb-device.get-configuration-descriptor")
 int32_t ea_usb_configuration_descriptor(ea_usb_device_t dev, uint32_t index, uint8_t *buf, uint32_t cap);
 
 /* Opens the device: a handle > 0, or an error. Close with ea_usb_close(). */
@@ -104,10 +104,10 @@ EA_IMPORT("component:usb/device", "[resource-drop]device-handle")
 void ea_usb_close(ea_usb_handle_t h);
 
 /* bConfigurationValue of the active configuration (0: unconfigured). */
-EA_IMPORT("component:usb/device", "[method]device-handle.active-configuration")
+EA_IMPORT("component:usb/device", "[method]device-handle.get-configuration")
 int32_t ea_usb_active_configuration(ea_usb_handle_t h);
 
-EA_IMPORT("component:usb/device", "[method]device-handle.select-configuration")
+EA_IMPORT("component:usb/device", "[method]device-handle.set-configuration")
 int32_t ea_usb_select_configuration(ea_usb_handle_t h, uint32_t value);
 
 EA_IMPORT("component:usb/device", "[method]device-handle.claim-interface")
@@ -116,7 +116,7 @@ int32_t ea_usb_claim_interface(ea_usb_handle_t h, uint32_t interface);
 EA_IMPORT("component:usb/device", "[method]device-handle.release-interface")
 int32_t ea_usb_release_interface(ea_usb_handle_t h, uint32_t interface);
 
-EA_IMPORT("component:usb/device", "[method]device-handle.select-alternate-interface")
+EA_IMPORT("component:usb/device", "[method]device-handle.set-interface-altsetting")
 int32_t ea_usb_select_alternate_interface(ea_usb_handle_t h, uint32_t interface, uint32_t alternate);
 
 /* Clears an endpoint halt (CLEAR_FEATURE(ENDPOINT_HALT)); the way out of EA_USB_ERR_PIPE. */
@@ -124,7 +124,7 @@ EA_IMPORT("component:usb/device", "[method]device-handle.clear-halt")
 int32_t ea_usb_clear_halt(ea_usb_handle_t h, uint32_t endpoint);
 
 /* Port reset; the configuration is restored, claimed interfaces stay claimed. */
-EA_IMPORT("component:usb/device", "[method]device-handle.reset")
+EA_IMPORT("component:usb/device", "[method]device-handle.reset-device")
 int32_t ea_usb_reset(ea_usb_handle_t h);
 
 /* 1 if a kernel driver (e.g. usb-storage) is bound to the interface, 0 if not. */

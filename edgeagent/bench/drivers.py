@@ -318,5 +318,6 @@ def run(config: AgentConfig, *, repeat: int) -> Report:
     loop_stop_case(report, runtime, repeat)
     _optional(report, "edgeagent.bench.drivers_usb", repeat)
     _optional(report, "edgeagent.bench.drivers_emulated", repeat)
+    _optional(report, "edgeagent.bench.drivers_components", repeat)
     report.meta["loadavg_end"] = list(os.getloadavg())
     return report

@@ -151,6 +151,6 @@ def _load_extensions() -> None:
     import importlib
     import importlib.util
 
-    for mod in ("edgeagent.drivers.registry_usb",):
+    for mod in ("edgeagent.drivers.registry_usb", "edgeagent.drivers.registry_components"):
         if importlib.util.find_spec(mod) is not None:
             importlib.import_module(mod)

@@ -9,6 +9,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import loader
@@ -18,12 +19,16 @@ from edgeagent.errors import DriverError, PolicyError
 from edgeagent.hw.i2c import I2cBus
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
 from edgeagent.wasm.cache import ModuleCache
+from edgeagent.wasm.component import ComponentCache, is_component_file
 from edgeagent.wasm.engine import Limits, Runtime
+
+if TYPE_CHECKING:
+    from edgeagent.drivers.components.i2c_driver import ComponentI2cDriver
 
 
 @dataclasses.dataclass
 class DriverSession:
-    driver: I2cDriver
+    driver: I2cDriver | ComponentI2cDriver
     bus: I2cBus
     device: I2cDevice
     sim: bool
@@ -72,7 +77,13 @@ def open_session(
         raise DriverError(f"driver {source.name} is a {source.info.bus} driver; open it with open_driver()")
     dev = choose_device(source, device)
     runtime = runtime or Runtime.default()
-    module = loader.load_module(source, runtime, cache or loader.cache_for(config))
+    cache = cache or loader.cache_for(config)
+    # A WASI 0.2 component (edgeagent:driver/i2c-driver) or a core module (the C ABI): the same session.
+    component = is_component_file(source.path)
+    if component:
+        loaded = ComponentCache(cache).load_file(runtime, source.path, name=f"driver {source.name}")
+    else:
+        module = loader.load_module(source, runtime, cache)
     if bus is None:
         if sim:
             bus = sim_bus_for(source, dev)
@@ -82,18 +93,35 @@ def open_session(
             bus = Smbus2Bus(dev.bus)
     mem = source.policy.memory_limit_mib
     limits = Limits(memory_bytes=mem << 20) if mem else None
+    drv: I2cDriver | ComponentI2cDriver
     try:
-        drv = I2cDriver(
-            source.name,
-            module,
-            runtime=runtime,
-            bus=bus,
-            address=dev.address,
-            granted=source.policy.i2c_addresses(dev.bus),
-            limits=limits,
-            sleep=sleep,
-            policy_source=source.policy.source,
-        )
+        if component:
+            from edgeagent.drivers.components.i2c_driver import ComponentI2cDriver
+
+            drv = ComponentI2cDriver(
+                source.name,
+                loaded,
+                runtime=runtime,
+                bus=bus,
+                address=dev.address,
+                granted=source.policy.i2c_addresses(dev.bus),
+                limits=limits,
+                sleep=sleep,
+                policy_source=source.policy.source,
+                kind=source.info.kind if source.info is not None else None,
+            )
+        else:
+            drv = I2cDriver(
+                source.name,
+                module,
+                runtime=runtime,
+                bus=bus,
+                address=dev.address,
+                granted=source.policy.i2c_addresses(dev.bus),
+                limits=limits,
+                sleep=sleep,
+                policy_source=source.policy.source,
+            )
     except BaseException:
         bus.close()
         raise

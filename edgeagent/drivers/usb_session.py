@@ -25,10 +25,12 @@ from typing import Any
 
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import loader
+from edgeagent.drivers.components.usb_driver import ComponentUsbEcho
 from edgeagent.drivers.usb_driver import UsbEchoWasm, UsbStorageWasm, UsbWasmDriver, grants_from_policy
 from edgeagent.errors import AccessDenied, DriverError, HardwareError, PolicyError
 from edgeagent.hw import usb
 from edgeagent.wasm.cache import ModuleCache
+from edgeagent.wasm.component import ComponentCache, is_component_file
 from edgeagent.wasm.engine import Limits, Runtime
 
 ECHO_SIZE = 64  # bytes per ping
@@ -144,7 +146,7 @@ def select(
 class UsbSession:
     """One USB driver on one device; ``read()`` takes the next reading."""
 
-    driver: UsbWasmDriver
+    driver: UsbWasmDriver | ComponentUsbEcho
     backend: usb.UsbBackend
     device: usb.UsbDeviceInfo
     sim: bool
@@ -175,7 +177,7 @@ class UsbSession:
 
     def _ping_round(self) -> dict[str, Any]:
         drv = self.driver
-        assert isinstance(drv, UsbEchoWasm)
+        assert isinstance(drv, UsbEchoWasm | ComponentUsbEcho)
         values: dict[str, float] = {"size": self.size}
         for kind in PING_ROUND:
             t0 = time.perf_counter_ns()
@@ -257,7 +259,14 @@ def open_usb_session(
         raise PolicyError(f"driver {name}: policy {policy.source} grants no USB device")
     selector = parse_usb_device(device) if device is not None else None
     runtime = runtime or Runtime.default()
-    module = loader.load_module(source, runtime, cache or loader.cache_for(config))
+    cache = cache or loader.cache_for(config)
+    # A component (component:usb@0.2.1, world usb-echo-driver) or a core module (the C ABI).
+    component = (
+        ComponentCache(cache).load_file(runtime, source.path, name=f"driver {name}")
+        if is_component_file(source.path)
+        else None
+    )
+    module = loader.load_module(source, runtime, cache) if component is None else None
     if backend is None:
         backend, sim = _backend(policy, sim)
     assert sim is not None
@@ -274,10 +283,16 @@ def open_usb_session(
             "grants": grants_from_policy(policy.usb),
             "limits": limits,
         }
-        exports = {e.name for e in module.exports}
-        kind = driver_kind(exports, name)
-        cls: type[UsbWasmDriver] = UsbEchoWasm if kind == "echo" else UsbStorageWasm
-        drv = cls(module, **kwargs)
+        drv: UsbWasmDriver | ComponentUsbEcho
+        if component is not None:
+            kind = "echo"  # the one component USB world there is (usb-echo-driver)
+            drv = ComponentUsbEcho(component, **kwargs)
+        else:
+            assert module is not None
+            exports = {e.name for e in module.exports}
+            kind = driver_kind(exports, name)
+            cls: type[UsbWasmDriver] = UsbEchoWasm if kind == "echo" else UsbStorageWasm
+            drv = cls(module, **kwargs)
     except BaseException:
         backend.close()
         raise
@@ -306,7 +321,7 @@ def _backend(policy: Any, sim: bool | None) -> tuple[usb.UsbBackend, bool]:
 
 
 def _start(
-    drv: UsbWasmDriver,
+    drv: UsbWasmDriver | ComponentUsbEcho,
     backend: usb.UsbBackend,
     info: usb.UsbDeviceInfo,
     sim: bool,
@@ -319,7 +334,7 @@ def _start(
         size = ECHO_SIZE if size is None else size
         if not 1 <= size <= ECHO_MAX:
             raise HardwareError(f"driver {drv.name}: ping size {size} is outside 1-{ECHO_MAX} bytes")
-        assert isinstance(drv, UsbEchoWasm)
+        assert isinstance(drv, UsbEchoWasm | ComponentUsbEcho)
         for ping in PING_ROUND:  # one untimed round: the first transfers pay for lazy set-up on both sides
             drv.ping(ping, size)
         return UsbSession(

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from edgeagent.bench import drivers_emulated
+from edgeagent.bench import drivers_components, drivers_emulated
 
 pytestmark = pytest.mark.integration
 
 EDGEAGENT = Path(sys.executable).parent / "edgeagent"
 
 
-def test_bench_drivers_reports_every_case(tmp_path: Path, wasm_build: Path) -> None:
+def test_bench_drivers_reports_every_case(tmp_path: Path, wasm_build: Path, component_build: Path) -> None:
     out = tmp_path / "drivers.json"
     p = subprocess.run(
         [str(EDGEAGENT), "bench", "drivers", "-n", "3", "-o", str(out)],
@@ -42,13 +42,24 @@ def test_bench_drivers_reports_every_case(tmp_path: Path, wasm_build: Path) -> N
     ]
     expected += [f"usb storage {w}, Wasm (emulated, libusb)" for w in drivers_emulated.STORAGE_WORKLOADS]
     expected += [f"usb storage {w}, Wasm (pyusb on sim)" for w in drivers_emulated.STORAGE_WORKLOADS]
+    expected += [
+        f"{sensor} read, component {name} (I2C_RDWR, emulated)"
+        for sensor, names in drivers_components.COMPONENTS.items()
+        for name in names
+    ]
+    expected += [
+        "component host call (component -> Python, null u32 function)",
+        "component export call (Python -> component, null u32 function)",
+        "cold: first reading component bme280_component from cache",
+    ]
     expected += ["host call (Wasm -> Python, null function)", "cold: cache load bme280"]
+    expected += ["cold: cache load component bme280_component"]
     missing = [name for name in expected if name not in cases]
     assert not missing, f"missing cases: {missing}"
     for name in expected:
         case = cases[name]
         assert len(case["samples"]) >= 3, name
         assert all(math.isfinite(x) and x > 0 for x in case["samples"]), name
-    for name in expected[:-2]:  # compared cases: against a native baseline measured in the same run
+    for name in expected[:-3]:  # compared cases: against a native baseline measured in the same run
         assert cases[name]["baseline"] in cases and cases[name]["ratio"] > 0, name
     assert "MB/s" in p.stdout and f"JSON written to {out}" in p.stdout.replace("\n", "")

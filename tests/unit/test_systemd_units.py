@@ -189,12 +189,21 @@ def test_install_tree_and_modes(installed: Path) -> None:
     assert (units / "edgeagent.service").read_text() == (UNITS / "edgeagent.service").read_text()
     for name in ("sysusers.d/edgeagent.conf", "tmpfiles.d/edgeagent.conf"):
         assert mode(installed / "usr/lib" / name) == 0o644
-    drivers = sorted(p.name for p in (lib / "drivers").iterdir())
+    drivers = sorted(p.name for p in (lib / "drivers").iterdir() if p.is_file())
     assert (
         drivers == sorted(p.name for p in (REPO / "drivers/build").glob("*.wasm"))
         and "tmp102.wasm" in drivers
     )
-    assert all(mode(p) == 0o644 for p in (lib / "drivers").iterdir())
+    assert all(mode(p) == 0o644 for p in (lib / "drivers").iterdir() if p.is_file())
+    # The component drivers, when built, in modules_dir/components (where the registry looks for them).
+    built = sorted(
+        p.name
+        for p in (REPO / "drivers/build/components").glob("*.wasm")
+        if not p.name.endswith(".core.wasm")
+    )
+    components = lib / "drivers/components"
+    assert (sorted(p.name for p in components.iterdir()) if components.is_dir() else []) == built
+    assert all(mode(p) == 0o644 for p in components.glob("*.wasm"))
     manifests = sorted((lib / "controllers").glob("*.toml"))
     assert manifests, "no controller manifests installed"
     for manifest in manifests:

@@ -15,13 +15,13 @@ Core ABI (all i32; lists are guest (ptr, len); results are a count/value >= 0 or
 WIT ``libusb-error`` enum as libusb numbers it: io -1 ... not-supported -12, other -99):
 
 module ``component:usb/device``
-- ``[static]usb-device.enumerate(buf, cap) -> n``: writes up to ``cap`` 32-byte ``ea_usb_device_info``
+- ``list-devices(buf, cap) -> n``: writes up to ``cap`` 32-byte ``ea_usb_device_info``
 records,   returns how many granted devices there are (may exceed ``cap``).
 - ``[static]usb-device.find(vid, pid) -> device``: the device handle of the first such device.
-- ``[method]usb-device.configuration-descriptor(device, index, buf, cap) -> len``: raw descriptor bytes.
+- ``[method]usb-device.get-configuration-descriptor(device, index, buf, cap) -> len``: raw descriptor bytes.
 - ``[method]usb-device.open(device) -> handle``; ``[resource-drop]device-handle(handle)`` closes.
-- ``[method]device-handle.{active-configuration, select-configuration, claim-interface, release-interface,
-  select-alternate-interface, clear-halt, reset, kernel-driver-active, detach-kernel-driver, string}``.
+- ``[method]device-handle.{get-configuration, set-configuration, claim-interface, release-interface,
+  set-interface-altsetting, clear-halt, reset-device, kernel-driver-active, detach-kernel-driver, string}``.
 module ``component:usb/transfers``
 - ``[method]device-handle.control-in(h, request-type, request, value, index, buf, len, timeout-ms) -> n``
   and ``control-out`` (same parameters), ``bulk-in/-out`` and ``interrupt-in/-out`` ``(h, endpoint, buf, len,
@@ -171,7 +171,7 @@ class UsbHost(HostModule):
         )
 
     # ------------------------------------------------------------ component:usb/device: usb-device
-    @hostfunc("[static]usb-device.enumerate", params=(I32, I32), results=(I32,))
+    @hostfunc("list-devices", params=(I32, I32), results=(I32,))
     def enumerate(self, buf: int, cap: int) -> int:
         self._poll()
         present = [(h, d) for h, d in self._live()]
@@ -193,7 +193,7 @@ class UsbHost(HostModule):
                 return h
         return int(E.NOT_FOUND)
 
-    @hostfunc("[method]usb-device.configuration-descriptor", params=(I32, I32, I32, I32), results=(I32,))
+    @hostfunc("[method]usb-device.get-configuration-descriptor", params=(I32, I32, I32, I32), results=(I32,))
     def configuration_descriptor(self, device: int, index: int, buf: int, cap: int) -> int:
         d = self._device(device)
         if d is None:
@@ -241,11 +241,11 @@ class UsbHost(HostModule):
             return self._error(e)
         return int(result or 0)
 
-    @hostfunc("[method]device-handle.active-configuration", params=(I32,), results=(I32,), blocking=True)
+    @hostfunc("[method]device-handle.get-configuration", params=(I32,), results=(I32,), blocking=True)
     def active_configuration(self, handle: int) -> int:
         return self._call(handle, lambda d: d.get_configuration())
 
-    @hostfunc("[method]device-handle.select-configuration", params=(I32, I32), results=(I32,), blocking=True)
+    @hostfunc("[method]device-handle.set-configuration", params=(I32, I32), results=(I32,), blocking=True)
     def select_configuration(self, handle: int, value: int) -> int:
         return self._call(handle, lambda d: d.set_configuration(value))
 
@@ -261,7 +261,7 @@ class UsbHost(HostModule):
         return self._call(handle, lambda d: d.release_interface(interface))
 
     @hostfunc(
-        "[method]device-handle.select-alternate-interface",
+        "[method]device-handle.set-interface-altsetting",
         params=(I32, I32, I32),
         results=(I32,),
         blocking=True,
@@ -273,7 +273,7 @@ class UsbHost(HostModule):
     def clear_halt(self, handle: int, endpoint: int) -> int:
         return self._call(handle, lambda d: d.clear_halt(endpoint))
 
-    @hostfunc("[method]device-handle.reset", params=(I32,), results=(I32,), blocking=True)
+    @hostfunc("[method]device-handle.reset-device", params=(I32,), results=(I32,), blocking=True)
     def reset(self, handle: int) -> int:
         return self._call(handle, lambda d: d.reset())
 
