@@ -13,6 +13,7 @@ static char ns[64];
 static char out[64];
 static unsigned count;
 static unsigned timers;
+static unsigned synced;
 static int denied = 1; /* 1: not asked yet */
 static char seq[8192];
 static size_t seq_len;
@@ -28,11 +29,11 @@ static int publish(void) {
     const char *fmt =
         "{\"verb\":\"%s\",\"version\":\"v1\",\"resource\":\"configmaps\",\"namespace\":\"%s\"%s%s%s,"
         "\"body\":{\"metadata\":{\"name\":\"%s\"},\"data\":{\"count\":\"%u\",\"timers\":\"%u\","
-        "\"denied\":\"%d\",\"seq\":\"%s\"}}}";
-    snprintf(req, sizeof req, fmt, "patch", ns, ",\"name\":\"", out, "\"", out, count, timers, denied, seq);
+        "\"denied\":\"%d\",\"synced\":\"%u\",\"seq\":\"%s\"}}}";
+    snprintf(req, sizeof req, fmt, "patch", ns, ",\"name\":\"", out, "\"", out, count, timers, denied, synced, seq);
     int status = ea_k8s_request(req, NULL, 0, NULL);
     if (status == 404) {
-        snprintf(req, sizeof req, fmt, "create", ns, "", "", "", out, count, timers, denied, seq);
+        snprintf(req, sizeof req, fmt, "create", ns, "", "", "", out, count, timers, denied, synced, seq);
         status = ea_k8s_request(req, NULL, 0, NULL);
     }
     return (status == 200 || status == 201) ? 0 : 10;
@@ -68,4 +69,10 @@ static int on_timer(uint32_t id) {
     return publish();
 }
 
+static int on_synced(void) {
+    synced++;
+    return publish();
+}
+
 EA_CONTROLLER(init, on_event, on_timer)
+EA_CONTROLLER_SYNCED(on_synced)
