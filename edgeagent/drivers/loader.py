@@ -15,7 +15,7 @@ from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
 from edgeagent.drivers.policy import Policy, load_policy
 from edgeagent.errors import DriverError, PolicyError
-from edgeagent.wasm.cache import ModuleCache
+from edgeagent.wasm.cache import ModuleCache, usable_directory
 from edgeagent.wasm.engine import Runtime
 
 
@@ -28,9 +28,9 @@ class DriverSource:
 
 
 def cache_for(config: AgentConfig) -> ModuleCache:
-    """The compiled-module cache under the state dir (``<state>/cache/wasm``), or none if it is not
-    writable."""
-    return ModuleCache(config.state_path(Path("cache/wasm")))
+    """The compiled-module cache under the state dir (``<state>/cache/wasm``); where that is not writable
+    (a non-root user, the default state dir) the user's own cache, else none."""
+    return ModuleCache(usable_directory(config.state_path(Path("cache/wasm"))))
 
 
 def resolve(driver: str, config: AgentConfig, policy_file: Path | None = None) -> DriverSource:
