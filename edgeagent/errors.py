@@ -89,6 +89,11 @@ class HardwareError(EdgeAgentError):
     exit_code = 6
 
 
+class DeviceDataError(HardwareError):
+    """The device answered but a driver's check of its data failed (CRC, chip ID): the driver said so with
+    EA_ERR_DATA and a message; the bus is not to blame, and a stream of readings goes on."""
+
+
 # ---------------------------------------------------------------- attestation, cluster
 class AttestationError(EdgeAgentError):
     """Registration, activation or attestation with Keylime failed."""

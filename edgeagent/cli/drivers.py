@@ -16,6 +16,7 @@ from edgeagent.cli.context import state
 from edgeagent.drivers import registry
 from edgeagent.drivers.session import DriverSession, open_driver
 from edgeagent.drivers.usb_session import UsbSession
+from edgeagent.errors import DeviceDataError
 
 
 def _reading_dict(session: DriverSession | UsbSession, text: str | None) -> dict[str, Any]:
@@ -140,9 +141,15 @@ def run_driver(
             while count == 0 or n < count:
                 if n:
                     time.sleep(interval)
-                row = _reading_dict(session, text if text is not None else time.strftime("%H:%M:%S"))
                 n += 1
+                try:
+                    row = _reading_dict(session, text if text is not None else time.strftime("%H:%M:%S"))
+                except DeviceDataError as e:  # the driver's own verdict on one reading: the stream goes on
+                    print(f"edgeagent: warning: {e}", file=sys.stderr, flush=True)
+                    continue
                 if live_table:
+                    if row.get("skipped"):
+                        continue
                     rows = [*rows[-19:], row]
                     live.update(_table(session, rows), refresh=True)
                 else:

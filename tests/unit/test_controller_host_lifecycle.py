@@ -99,8 +99,15 @@ class FakeCluster(KubeApi):
 
 
 def configmap(name: str, seq: str, rv: int = 1) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "t", "resourceVersion": str(rv),
-                         "annotations": {"probe-seq": seq}, "labels": {}}}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "t",
+            "resourceVersion": str(rv),
+            "annotations": {"probe-seq": seq},
+            "labels": {},
+        }
+    }
 
 
 PROBE_TOML = f"""
@@ -170,8 +177,11 @@ def test_state_survives_a_host_restart_and_synced_runs_after_the_initial_list(tm
     api2 = FakeCluster([configmap("a", "1"), configmap("b", "2")])
     run2 = Running(cfg, d, api2)
     try:
-        wait_for(lambda: any(p.get("synced") == "2" for p in api2.published), timeout=DEADLINE,
-                 what="synced after the restart")
+        wait_for(
+            lambda: any(p.get("synced") == "2" for p in api2.published),
+            timeout=DEADLINE,
+            what="synced after the restart",
+        )
         last = api2.published[-1]
         assert last["count"] == "3" and last["seq"] == "1,1,2"  # the first run's state, then this list
     finally:
@@ -192,8 +202,11 @@ def test_a_watch_on_a_wrong_plural_shows_the_controller_unhealthy(
 ) -> None:
     # Before: `controllers list` showed the controller as healthy while its watch failed with 404 forever.
     state = tmp_path / "state"
-    host = ControllerHost(FakeCluster(missing=True), HostOptions(state_dir=state, status_interval=0.05),
-                          watch_options={"backoff": (0.01, 0.05)})
+    host = ControllerHost(
+        FakeCluster(missing=True),
+        HostOptions(state_dir=state, status_interval=0.05),
+        watch_options={"backoff": (0.01, 0.05)},
+    )
     try:
         m = parse_manifest(tomllib_loads(PROBE_TOML.replace("{plural}", "configmapz")))
         host.add(m)
@@ -222,15 +235,17 @@ def event(action: str = "", seq: str = "", name: str = "in") -> Event:
     ann = {"probe-seq": seq} if seq else {}
     if action:
         ann["probe-action"] = action
-    raw = json.dumps({"type": "MODIFIED", "object": {"metadata": {"name": name, "namespace": "t",
-                                                                  "annotations": ann}}}).encode()
+    raw = json.dumps(
+        {"type": "MODIFIED", "object": {"metadata": {"name": name, "namespace": "t", "annotations": ann}}}
+    ).encode()
     return Event("MODIFIED", "t", name, {}, "1", raw, 0.0)
 
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[ControllerHost]:
-    h = ControllerHost(FakeCluster(), HostOptions(state_dir=tmp_path / "state", status_interval=0.05,
-                                                  restart_limit=0))
+    h = ControllerHost(
+        FakeCluster(), HostOptions(state_dir=tmp_path / "state", status_interval=0.05, restart_limit=0)
+    )
     h.hub = None  # no watches: the tests post events themselves
     h.add(parse_manifest(tomllib_loads(PROBE_TOML.replace("{plural}", "configmaps"))))
     h.start()
@@ -303,9 +318,22 @@ def test_a_manifest_error_exits_78_as_documented(tmp_path: Path) -> None:
         "current-context: x\n"
     )
     r = subprocess.run(
-        [sys.executable, "-m", "edgeagent.controllers", "--state-dir", str(tmp_path / "s"), "run", str(d),
-         "--kubeconfig", str(kubeconfig), "--no-verify"],
-        capture_output=True, text=True, timeout=120, env={**os.environ},
+        [
+            sys.executable,
+            "-m",
+            "edgeagent.controllers",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "run",
+            str(d),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--no-verify",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ},
     )
     assert r.returncode == ManifestError.exit_code == 78, r.stderr
     last = r.stderr.splitlines()[-1]
@@ -314,9 +342,14 @@ def test_a_manifest_error_exits_78_as_documented(tmp_path: Path) -> None:
 
 
 def test_rbac_camel_case_spelling_is_accepted_in_grants_and_watches() -> None:
-    text = PROBE_TOML.replace("{plural}", "configmaps").replace(
-        'resources = ["configmaps"]', 'resources = ["configmaps"]\napiGroups = [""]\nresourceNames = ["o"]'
-    ).replace('namespace = "t"\n[[grants]]', 'namespace = "t"\nlabelSelector = "app=x"\n[[grants]]')
+    text = (
+        PROBE_TOML.replace("{plural}", "configmaps")
+        .replace(
+            'resources = ["configmaps"]',
+            'resources = ["configmaps"]\napiGroups = [""]\nresourceNames = ["o"]',
+        )
+        .replace('namespace = "t"\n[[grants]]', 'namespace = "t"\nlabelSelector = "app=x"\n[[grants]]')
+    )
     m = parse_manifest(tomllib_loads(text))
     assert m.grants[0].resource_names == frozenset({"o"}) and m.grants[0].api_groups == frozenset({""})
     assert str(m.watches[0].label_selector) == "app=x"
@@ -353,11 +386,24 @@ def test_sigterm_during_the_start_up_wait_for_a_404_watch_ends_the_host(tmp_path
     )
     state = tmp_path / "state"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeagent.controllers", "--state-dir", str(state), "run",
-         str(manifest_dir(tmp_path, plural="configmapz")), "--kubeconfig", str(kubeconfig), "--no-verify"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgeagent.controllers",
+            "--state-dir",
+            str(state),
+            "run",
+            str(manifest_dir(tmp_path, plural="configmapz")),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--no-verify",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
+
         def failing() -> bool:
             try:
                 return any(w.get("consecutive_failures", 0) >= 1 for w in read_status(state)["watches"])
