@@ -77,6 +77,18 @@ class PolicyError(EdgeAgentError):
     exit_code = 78
 
 
+class ModelError(EdgeAgentError):
+    """A simulated-device model (a TOML register map, an entry point) is unreadable or malformed."""
+
+    exit_code = 78
+
+
+class BundleError(EdgeAgentError):
+    """A driver or controller bundle is malformed, tampered with, unsigned or signed by an unknown key."""
+
+    exit_code = 78
+
+
 class AccessDenied(EdgeAgentError):
     """A guest asked for a device, address or API verb its policy does not grant."""
 

@@ -34,7 +34,20 @@ def cache_for(config: AgentConfig) -> ModuleCache:
 
 
 def resolve(driver: str, config: AgentConfig, policy_file: Path | None = None) -> DriverSource:
-    """Bundled name or .wasm path -> module path + policy. Raises DriverError / PolicyError."""
+    """Bundled name, installed bundle, bundle path or .wasm path -> module path + policy.
+
+    Raises DriverError / PolicyError (BundleError for a broken bundle).
+    """
+    from edgeagent.drivers import bundled  # third-party bundles: kept out of the rules below
+
+    found = bundled.lookup(driver, config)
+    if found is not None:
+        return DriverSource(
+            name=found.meta.name,
+            path=found.module,
+            info=found.info,
+            policy=load_policy(policy_file or found.policy),
+        )
     looks_like_path = driver.endswith(".wasm") or "/" in driver
     if looks_like_path:
         path = Path(driver)

@@ -5,6 +5,7 @@ bus."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,18 +70,24 @@ def test_drivers_built_for_abi_1_keep_working_and_unknown_versions_are_refused(r
 def test_run_driver_streams_on_past_bad_readings(
     wasm_build, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Before: one bad reading ended the whole stream.
-    policy = tmp_path / "flaky.toml"
+    # Before: one bad reading ended the whole stream. (A bundle, so that --sim has a part to put on the bus.)
+    b = tmp_path / "flaky"
+    b.mkdir()
+    shutil.copyfile(wasm_build / "tests" / "flaky_sensor.wasm", b / "flaky_sensor.wasm")
+    policy = b / "policy.toml"
     policy.write_text("[[i2c]]\nbus = 1\naddresses = [0x40]\n")
+    (b / "model.toml").write_text('name = "dummy"\naddress = 0x40\n[[registers]]\nat = 0\nreset = [0]\n')
+    (b / "bundle.toml").write_text(
+        '[bundle]\nname = "flaky_sensor"\nkind = "driver"\nabi = 2\nmodule = "flaky_sensor.wasm"\n'
+        'policy = "policy.toml"\nmodel = "model.toml"\n'
+    )
     with pytest.raises(SystemExit) as exited:
         main(
             [
                 "--state-dir",
                 str(tmp_path / "s"),
                 "run-driver",
-                str(wasm_build / "tests" / "flaky_sensor.wasm"),
-                "--policy",
-                str(policy),
+                str(b),
                 "--sim",
                 "-n",
                 "6",
