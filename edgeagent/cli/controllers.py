@@ -234,4 +234,7 @@ def register(app: typer.Typer) -> None:
     controllers.command("run")(run)
     controllers.command("list")(list_controllers)
     controllers.command("restart")(restart_controller)
+    from edgeagent.cli.bundle import install_controller
+
+    controllers.command("install")(install_controller)
     app.add_typer(controllers, name="controllers")

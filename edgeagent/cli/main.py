@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "edgeagent.cli.drivers",
     "edgeagent.cli.controllers",
     "edgeagent.cli.agent",
+    "edgeagent.cli.bundle",
 ]
 
 

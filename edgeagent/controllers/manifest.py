@@ -350,5 +350,6 @@ def manifest_paths(directory: Path) -> list[Path]:
         raise ManifestError(f"controller directory {directory} does not exist")
     found: list[Path] = []
     for pattern in ("*.toml", "*.controller.json", "*/*.toml", "*/*.controller.json"):
-        found.extend(p for p in directory.glob(pattern) if p.is_file())
+        # bundle.toml: an installed bundle's metadata (edgeagent.wasm.bundle), beside its manifest
+        found.extend(p for p in directory.glob(pattern) if p.is_file() and p.name != "bundle.toml")
     return sorted(set(found))

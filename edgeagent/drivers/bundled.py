@@ -84,6 +84,8 @@ def lookup(driver: str, config: AgentConfig) -> BundledDriver | None:
     """The bundle ``driver`` names: a bundle directory, a module inside one (its bundle.toml beside or above
     it), or the name of one installed under ``drivers.modules_dir``; None when it names no bundle."""
     path = Path(driver)
+    if path.is_dir() and (path / bundle.META).is_file():  # ".", "sht31-driver", ...
+        return open_bundle(path)
     if "/" in driver or driver.endswith(".wasm"):
         if path.is_dir() and (path / bundle.META).is_file():
             return open_bundle(path)
