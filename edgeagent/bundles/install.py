@@ -14,6 +14,8 @@ import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from edgeagent.config import AgentConfig
@@ -85,13 +87,14 @@ def install(
     config: AgentConfig,
     *,
     kind: str,
-    tpm: measurer.PcrTpm | None,
+    open_tpm: Callable[[], AbstractContextManager[measurer.PcrTpm]] | None,
     allow_unsigned: bool = False,
 ) -> Installed:
     """Verifies, checks, installs and measures the bundle at ``source`` (a directory or a .tar.gz).
 
-    ``tpm`` None: not measured (only for tests of the steps before; the agent then refuses to load it, as
-    it refuses anything unmeasured). Raises BundleError and the loaders' and measurement's own errors.
+    ``open_tpm`` is called only once the bundle is verified and in place (a bad bundle is refused without
+    touching the TPM); None: not measured (development machines: the agent then refuses to load it, as it
+    refuses anything unmeasured). Raises BundleError and the loaders' and measurement's own errors.
     """
     with bundle.opened(source) as directory:
         meta = bundle.load_meta(directory)
@@ -124,9 +127,10 @@ def install(
         shutil.rmtree(staged, ignore_errors=True)
         raise BundleError(f"cannot install into {dest}: {e.strerror}") from None
     result: measurer.MeasureResult | None = None
-    if tpm is not None:
+    if open_tpm is not None:
         try:
-            result = measurer.measure(config, tpm, only=measured_targets(config, dest, meta))
+            with open_tpm() as tpm:
+                result = measurer.measure(config, tpm, only=measured_targets(config, dest, meta))
         except EdgeAgentError:
             shutil.rmtree(dest, ignore_errors=True)  # never left in place unmeasured
             if replaced:

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from edgeagent.cli import render
 from edgeagent.cli.context import state
 
 
@@ -19,7 +18,7 @@ def keygen(
     from edgeagent.wasm import bundle
 
     pub, kid = bundle.generate_key(key)
-    render.console.print(f"key {kid}: private {key}, public {pub}", markup=False, highlight=False)
+    print(f"key {kid}: private {key}, public {pub}")
 
 
 def pack(
@@ -32,8 +31,7 @@ def pack(
 
     meta = bundle.pack(source, out, private_key=key)
     signed = f", signed with {key}" if key else ", unsigned"
-    render.console.print(f"{meta.kind} bundle {meta.name} {meta.version} -> {out}{signed}", markup=False,
-                         highlight=False)
+    print(f"{meta.kind} bundle {meta.name} {meta.version} -> {out}{signed}")
 
 
 def sign(
@@ -44,7 +42,7 @@ def sign(
     from edgeagent.wasm import bundle
 
     kid = bundle.sign(directory, key)
-    render.console.print(f"signed {directory} with key {kid}", markup=False, highlight=False)
+    print(f"signed {directory} with key {kid}")
 
 
 def verify(
@@ -59,8 +57,7 @@ def verify(
     with bundle.opened(path) as d:
         meta = bundle.load_meta(d)
         kid = bundle.verify(d, keys_dir(cfg))
-    render.console.print(f"{meta.kind} bundle {meta.name}: signed by trusted key {kid}", markup=False,
-                         highlight=False)
+    print(f"{meta.kind} bundle {meta.name}: signed by trusted key {kid}")
 
 
 def _install(ctx: typer.Context, path: Path, kind: str, allow_unsigned: bool, no_measure: bool) -> None:
@@ -68,14 +65,15 @@ def _install(ctx: typer.Context, path: Path, kind: str, allow_unsigned: bool, no
 
     cfg = state(ctx).config
     if no_measure:
-        res = install(path, cfg, kind=kind, tpm=None, allow_unsigned=allow_unsigned)
+        res = install(path, cfg, kind=kind, open_tpm=None, allow_unsigned=allow_unsigned)
     else:
         from edgeagent.measure import measurer
         from edgeagent.tpm import Tpm
 
         measurer.check_pcr(cfg.measure.pcr)
-        with Tpm.open(cfg.tpm_tcti) as tpm:
-            res = install(path, cfg, kind=kind, tpm=tpm, allow_unsigned=allow_unsigned)
+        res = install(
+            path, cfg, kind=kind, open_tpm=lambda: Tpm.open(cfg.tpm_tcti), allow_unsigned=allow_unsigned
+        )
     who = f"signed by {res.signer}" if res.signer else "UNSIGNED"
     line = f"installed {kind} {res.meta.name} {res.meta.version} ({who}) in {res.directory}"
     if res.replaced:
@@ -85,12 +83,14 @@ def _install(ctx: typer.Context, path: Path, kind: str, allow_unsigned: bool, no
         line += f"; measured {res.measured.measured} file(s) into PCR {res.measured.pcr} ({values})"
     else:
         line += "; NOT measured (--no-measure): the agent refuses it until `edgeagent measure` runs"
-    render.console.print(line, markup=False, highlight=False)
+    print(line)
 
 
 AllowUnsigned = Annotated[
-    bool, typer.Option("--allow-unsigned", help="Install a bundle without a signature (a signed one is still "
-                       "verified)")
+    bool,
+    typer.Option(
+        "--allow-unsigned", help="Install a bundle without a signature (a signed one is still verified)"
+    ),
 ]
 NoMeasure = Annotated[
     bool, typer.Option("--no-measure", help="Do not measure into the TPM now (development machines)")

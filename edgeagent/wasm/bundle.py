@@ -202,7 +202,12 @@ def opened(path: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="edgeagent-bundle-") as tmp:
         try:
             with tarfile.open(path, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")  # no absolute paths, links out or device files
+                members = tar.getmembers()
+                for m in members:  # only plain files and folders, inside the bundle
+                    parts = PurePosixPath(m.name).parts
+                    if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+                        raise BundleError(f"bundle {path}: {m.name!r} is not a plain file inside the bundle")
+                tar.extractall(tmp, members=members)  # every member checked above
         except (tarfile.TarError, OSError, EOFError) as e:
             raise BundleError(f"bundle {path}: not a readable .tar.gz: {e}") from None
         root = Path(tmp)

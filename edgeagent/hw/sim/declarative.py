@@ -273,6 +273,8 @@ class _Table:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) == {int, float}:
+        return "number"
     names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "table"}
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
