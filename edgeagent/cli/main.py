@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "edgeagent.cli.controllers",
     "edgeagent.cli.agent",
     "edgeagent.cli.bundle",
+    "edgeagent.cli.dev",
 ]
 
 
