@@ -5,7 +5,7 @@
  * The annotation "probe-action" asks for misbehaviour: "trap", "loop", "forbidden" (a request outside its
  * grants: the result is published as "denied"), "timer" (handle-timer 200 ms later).
  *
- * config: {"namespace": "t1", "out": "probe-out"}
+ * config: {"namespace": "t1", "out": "probe-out", "publish_synced": false}
  */
 #include "edgeagent_controller.h"
 
@@ -14,6 +14,7 @@ static char out[64];
 static unsigned count;
 static unsigned timers;
 static unsigned synced;
+static int publish_synced; /* config "publish_synced": true: handle-synced publishes at once */
 static int denied = 1; /* 1: not asked yet */
 static char seq[8192];
 static size_t seq_len;
@@ -21,6 +22,7 @@ static size_t seq_len;
 static int init(ea_slice config) {
     if (ea_json_string(ea_json_get(config, "namespace"), ns, sizeof ns) <= 0) return 1;
     if (ea_json_string(ea_json_get(config, "out"), out, sizeof out) <= 0) return 1;
+    publish_synced = ea_slice_eq(ea_json_get(config, "publish_synced"), "true");
     return 0;
 }
 
@@ -71,7 +73,7 @@ static int on_timer(uint32_t id) {
 
 static int on_synced(void) {
     synced++;
-    return publish();
+    return publish_synced ? publish() : 0; /* else seen with the next event's publish */
 }
 
 EA_CONTROLLER(init, on_event, on_timer)

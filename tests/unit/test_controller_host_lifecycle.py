@@ -113,7 +113,7 @@ def configmap(name: str, seq: str, rv: int = 1) -> dict[str, Any]:
 PROBE_TOML = f"""
 name = "p"
 module = "{PROBE}"
-config = {{ namespace = "t", out = "o" }}
+config = {{ namespace = "t", out = "o", publish_synced = true }}
 [[watches]]
 version = "v1"
 kind = "ConfigMap"
