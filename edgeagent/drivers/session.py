@@ -60,7 +60,11 @@ def sim_bus_for(source: loader.DriverSource, device: I2cDevice) -> SimI2cBus:
             "docs/simulate.md) or run it with --hardware"
         )
     bus = SimI2cBus(name=f"sim:/dev/i2c-{device.bus}")
-    bus.attach(source.info.sim_model(device.address))
+    part = source.info.sim_model(device.address)
+    straps = getattr(part, "addresses", None)  # where the part's address pins let it be
+    if straps and device.address not in straps:
+        part = source.info.sim_model(type(part).address)
+    bus.attach(part)
     return bus
 
 

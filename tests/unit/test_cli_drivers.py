@@ -146,3 +146,15 @@ def test_live_table_shows_channel_units(tmp_path, wasm_build, runtime):
     finally:
         s.close()
     assert "temperature [C]" in buf.getvalue() and "23.500" in buf.getvalue()
+
+
+def test_a_simulated_part_answers_only_where_its_straps_allow(cli, tmp_path):
+    # Before: the simulated TMP102 answered at whatever address the driver was pointed at.
+    policy = tmp_path / "p.toml"
+    policy.write_text("[[i2c]]\nbus = 1\naddresses = [0x10, 0x4a]\n")
+    code, _, err = cli(
+        "run-driver", "tmp102", "--policy", str(policy), "--sim", "-d", "1:0x4a", "-n", "1", "--json"
+    )
+    assert code == 0, err  # a TMP102 can be strapped to 0x4a
+    code, _, err = cli("run-driver", "tmp102", "--policy", str(policy), "--sim", "-d", "1:0x10", "-n", "1")
+    assert code == 6 and "no-acknowledge(address)" in err and "0x10" in err

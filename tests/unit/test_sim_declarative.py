@@ -132,3 +132,81 @@ def test_a_model_with_errors_is_one_line_naming_file_and_key(tmp_path: Path, tex
     with pytest.raises(ModelError) as e:
         load_model(path)
     assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_python_model_from_the_entry_point_group_simulates_a_bundles_part(
+    tmp_path: Path, wasm_build
+) -> None:
+    """A part the TOML format cannot describe: a Python class registered under edgeagent.sim_models by an
+    installed package (here a dist-info on PYTHONPATH), named in the bundle as model = "entry-point:NAME"."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "fakesim-0.1.dist-info").mkdir(parents=True)
+    (site / "fakesim-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fakesim\nVersion: 0.1\n"
+    )
+    (site / "fakesim-0.1.dist-info" / "entry_points.txt").write_text(
+        "[edgeagent.sim_models]\nthermo = fakesim:Thermo\n"
+    )
+    (site / "fakesim.py").write_text(
+        "from edgeagent.hw.sim.tmp102 import Tmp102\n\n"
+        "class Thermo(Tmp102):\n    name = 'thermo'\n\n"
+        "    def __init__(self, address):\n        super().__init__(address, temperature=31.25)\n"
+    )
+    b = tmp_path / "bundle"
+    b.mkdir()
+    shutil.copyfile(wasm_build / "tmp102.wasm", b / "tmp102.wasm")
+    (b / "policy.toml").write_text("[[i2c]]\nbus = 1\naddresses = [0x48]\n")
+    (b / "bundle.toml").write_text(
+        '[bundle]\nname = "thermo"\nkind = "driver"\nabi = 1\nmodule = "tmp102.wasm"\n'
+        'policy = "policy.toml"\nmodel = "entry-point:thermo"\n[driver]\ndefault_address = 0x48\n'
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{site}"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeagent",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "run-driver",
+            str(b),
+            "--sim",
+            "-n",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["values"] == {"temperature": 31.25}
+    (b / "bundle.toml").write_text(
+        (b / "bundle.toml").read_text().replace("entry-point:thermo", "entry-point:nope")
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeagent",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "run-driver",
+            str(b),
+            "--sim",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 78 and r.stderr.count("\n") == 1
+    assert "no simulated-device model 'nope' in the edgeagent.sim_models entry points" in r.stderr
