@@ -106,3 +106,41 @@ def test_run_driver_streams_on_past_bad_readings(
         w.startswith("edgeagent: warning: driver flaky_sensor: read: data error: CRC mismatch")
         for w in warnings
     )
+
+
+def test_the_agents_driver_loop_records_good_readings_skips_skipped_and_rides_out_data_errors(
+    wasm_build, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from edgeagent.agent.backoff import Backoff
+    from edgeagent.agent.driver_instances import DriverWorker
+    from edgeagent.config import AgentConfig, DriverInstance
+    from edgeagent.testbed.procs import wait_for
+
+    b = tmp_path / "flaky"
+    b.mkdir()
+    shutil.copyfile(wasm_build / "tests" / "flaky_sensor.wasm", b / "flaky_sensor.wasm")
+    (b / "policy.toml").write_text("[[i2c]]\nbus = 1\naddresses = [0x40]\n")
+    (b / "model.toml").write_text('name = "dummy"\naddress = 0x40\n[[registers]]\nat = 0\nreset = [0]\n')
+    (b / "bundle.toml").write_text(
+        '[bundle]\nname = "flaky_sensor"\nkind = "driver"\nabi = 2\nmodule = "flaky_sensor.wasm"\n'
+        'policy = "policy.toml"\nmodel = "model.toml"\n'
+    )
+    seen: list[dict[str, object]] = []
+    worker = DriverWorker(
+        DriverInstance(name="flaky", driver=str(b), interval=0.0, sim="true"),
+        AgentConfig(state_dir=tmp_path / "state", policies_dir=tmp_path / "policies"),
+        digests=lambda p: hashlib.sha256(p.read_bytes()).hexdigest(),  # as if measured
+        backoff=Backoff(base=0.0, cap=0.0),
+        on_reading=lambda _name, reading: seen.append(reading),
+    )
+    worker.start()
+    try:
+        wait_for(lambda: len(seen) >= 3, timeout=20, what="three recorded readings")
+    finally:
+        worker.stop()
+    values = [r["values"] for r in seen[:3]]
+    # 2, 5: data errors; 3, 6: skipped; one instance throughout (a reopened driver would count from 1 again)
+    assert values == [{"n": 1.0}, {"n": 4.0}, {"n": 7.0}]
+    assert worker.errors >= 2 and "data error: CRC mismatch" in worker.last_error
