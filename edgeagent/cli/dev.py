@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,13 +26,30 @@ def up(
     no_controller_manager: Annotated[
         bool, typer.Option("--no-controller-manager", help="Only etcd and kube-apiserver")
     ] = False,
+    tpm: Annotated[bool, typer.Option("--tpm", help="Also a software TPM (swtpm): EDGEAGENT_TPM")] = False,
+    keylime: Annotated[
+        bool, typer.Option("--keylime", help="Also Keylime (verifier + registrar) trusting the swtpm's EK CA")
+    ] = False,
 ) -> None:
-    """Start etcd, kube-apiserver and kube-controller-manager on loopback (once; again: prints its env)."""
+    """Start etcd, kube-apiserver and kube-controller-manager on loopback (once; again: prints its env).
+
+    Prints the shell lines to use it: eval "$(edgeagent dev cluster up)"."""
     from edgeagent.testbed import dev_cluster
 
-    record = dev_cluster.up(_dir(directory), controller_manager=not no_controller_manager)
+    record = dev_cluster.up(
+        _dir(directory), controller_manager=not no_controller_manager, tpm=tpm, keylime=keylime
+    )
     typer.echo(f"# Kubernetes {record['version']} at {record['server']} (logs: {record['logs']})", err=True)
-    typer.echo(f"export KUBECONFIG={record['kubeconfig']}")
+    if "keylime" in record:
+        kl = record["keylime"]
+        typer.echo(f"# Keylime verifier {kl['verifier']}, registrar {kl['registrar']}", err=True)
+    _print_env(record)
+
+
+def _print_env(record: dict[str, Any]) -> None:
+    env = record.get("env") or {"KUBECONFIG": record["kubeconfig"]}
+    for k, v in dict(env).items():
+        typer.echo(f"export {k}={v}")
 
 
 def down(directory: DirOption = None) -> None:
@@ -55,7 +72,7 @@ def env(directory: DirOption = None) -> None:
     record = dev_cluster.status(root)
     if record is None:
         raise StateError(f"no local cluster runs from {root} (start one: edgeagent dev cluster up)")
-    typer.echo(f"export KUBECONFIG={record['kubeconfig']}")
+    _print_env(record)
 
 
 def register(app: typer.Typer) -> None:

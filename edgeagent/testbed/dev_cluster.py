@@ -1,6 +1,7 @@
 """`edgeagent dev cluster up|down|env`: the testbed's local control plane (etcd + kube-apiserver +
 kube-controller-manager, see ``testbed.kube``) as a long-lived thing a developer starts once and points
-kubectl and `edgeagent controllers run` at.
+kubectl and `edgeagent controllers run` at; optionally a software TPM (swtpm) and stock Keylime (verifier +
+registrar trusting that TPM's EK CA) for the attestation side.
 
 The components run as process groups of their own that outlive the command that started them; ``cluster.json``
 in the cluster's directory records their process-group ids and the kubeconfig, so `down` and `env` work from
@@ -50,8 +51,11 @@ def status(root: Path) -> dict[str, Any] | None:
     return dict(record)
 
 
-def up(root: Path, *, controller_manager: bool = True) -> dict[str, Any]:
-    """Starts the control plane in ``root`` (or returns the record of the one already running there)."""
+def up(
+    root: Path, *, controller_manager: bool = True, tpm: bool = False, keylime: bool = False
+) -> dict[str, Any]:
+    """Starts the control plane in ``root`` (or returns the record of the one already running there), with a
+    swtpm (``tpm``) and Keylime (``keylime``, implies ``tpm``) when asked."""
     running = status(root)
     if running is not None:
         return running
@@ -65,7 +69,37 @@ def up(root: Path, *, controller_manager: bool = True) -> dict[str, Any]:
         "kube-apiserver": cluster.apiserver,
         "kube-controller-manager": cluster.kcm,
     }
+    env: dict[str, str] = {"KUBECONFIG": str(cluster.kubeconfig)}
+    extra: dict[str, Any] = {}
+    try:
+        if tpm or keylime:
+            from edgeagent.tpm.swtpm import SoftwareTpm
+
+            swtpm = SoftwareTpm(cluster.root / "swtpm").start()
+            procs["swtpm"] = swtpm._proc
+            env["EDGEAGENT_TPM"] = swtpm.tcti
+        if keylime:
+            from edgeagent.testbed.keylime import Keylime, make_settings
+
+            kl = Keylime(cluster.root / "keylime", make_settings(cluster.root / "keylime", [swtpm.ca_cert]))
+            kl.start()
+            procs["keylime-verifier"], procs["keylime-registrar"] = kl.verifier_proc, kl.registrar_proc
+            env["EDGEAGENT_ENROLL_REGISTRAR_URL"] = kl.registrar_url
+            env["EDGEAGENT_ENROLL_KEYLIME_CA"] = str(kl.cv_ca / "cacert.crt")
+            extra["keylime"] = {
+                "verifier": kl.verifier_url,
+                "registrar": kl.registrar_url,
+                "cv_ca": str(kl.cv_ca),
+            }
+    except BaseException:
+        for p in procs.values():
+            if p is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+        raise
     record = {
+        "env": env,
+        **extra,
         "kubeconfig": str(cluster.kubeconfig),
         "server": cluster.api_url,
         "version": ".".join(map(str, cluster.version or ())),

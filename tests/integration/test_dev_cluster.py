@@ -52,3 +52,33 @@ def test_up_env_down(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.killpg(pgid, 0)
     assert ea("dev", "cluster", "env", "--dir", str(root)).returncode == 74
+
+
+def test_up_with_a_software_tpm_and_keylime(tmp_path: Path) -> None:
+    import urllib.request
+
+    from edgeagent.tpm import Tpm
+
+    root = tmp_path / "cluster"
+    r = ea("dev", "cluster", "up", "--dir", str(root), "--keylime", "--no-controller-manager")
+    try:
+        assert r.returncode == 0, r.stderr
+        env = dict(line.removeprefix("export ").split("=", 1) for line in r.stdout.splitlines())
+        assert set(env) == {
+            "KUBECONFIG",
+            "EDGEAGENT_TPM",
+            "EDGEAGENT_ENROLL_REGISTRAR_URL",
+            "EDGEAGENT_ENROLL_KEYLIME_CA",
+        }
+        with Tpm.open(env["EDGEAGENT_TPM"]) as tpm:
+            assert tpm.pcr_read([23])
+        with urllib.request.urlopen(f"{env['EDGEAGENT_ENROLL_REGISTRAR_URL']}/version", timeout=10) as resp:
+            assert resp.status == 200
+        assert Path(env["EDGEAGENT_ENROLL_KEYLIME_CA"]).is_file()
+        pgids = json.loads((root / "cluster.json").read_text())["pgids"]
+        assert {"swtpm", "keylime-verifier", "keylime-registrar", "etcd", "kube-apiserver"} == set(pgids)
+    finally:
+        ea("dev", "cluster", "down", "--dir", str(root))
+    for pgid in pgids.values():
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pgid, 0)
