@@ -116,6 +116,9 @@ class HostOptions:
     # Take over the snapshot a previous host left for the same module (graceful stop, or the last swap before
     # a crash) instead of running init: the agent service's controllers keep their state across restarts.
     resume_saved: bool = False
+    # Leave this host's state directory where `controllers list`/`restart` look when not given --state-dir
+    # (see pointer_path): the standalone `controllers run` host does.
+    advertise: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +311,8 @@ class Controller:
             elif isinstance(item, _SwapNow):
                 self.swap_out()
             elif isinstance(item, _Synced):
+                if not self.exports_synced:
+                    return  # no need to wake a swapped-out controller that has no such export
                 guest = self._ensure_active(time.perf_counter())
                 if "handle-synced" in guest.export_names:
                     rc = signed32(int(guest.call("handle-synced") or 0) & 0xFFFFFFFF)
@@ -478,6 +483,10 @@ class Controller:
         if self.guest is not None:
             self.guest.close()
             self.guest = None
+
+    @property
+    def exports_synced(self) -> bool:
+        return any(e.name == "handle-synced" for e in self.module.exports)
 
     @property
     def module_marker(self) -> Path:
@@ -679,7 +688,8 @@ class ControllerHost:
                 for w in ctl.manifest.watches:
                     self.hub.subscribe(w, ctl.post)
         self._running = True
-        _write_small_atomic_pointer(self.options.state_dir)
+        if self.options.advertise:
+            _write_small_atomic_pointer(self.options.state_dir)
         release_free_memory()  # what compiling and initialising left behind
         self.call_later(self.options.status_interval, self._status_tick)
         self.write_status()

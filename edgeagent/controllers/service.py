@@ -85,6 +85,7 @@ def run(
             max_active=cc.max_active,
             digest_for=measured_digests(cfg) if cc.verify else None,
             resume_saved=True,
+            advertise=True,
         ),
     )
     source = ConfigMapSource(host, api, *parse_configmap_ref(cc.configmap)) if cc.configmap else None

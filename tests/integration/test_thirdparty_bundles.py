@@ -150,7 +150,7 @@ def test_a_third_party_controller_is_installed_measured_and_run_against_a_cluste
             "--kubeconfig",
             str(kube_cluster.kubeconfig),
         ],
-        env=ENV,
+        env={**ENV, "XDG_RUNTIME_DIR": str(third_party["device"])},  # its pointer for `list`: not in /run
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -176,7 +176,7 @@ def test_a_third_party_controller_is_installed_measured_and_run_against_a_cluste
         # leaving the selector is a DELETED for the controller (issue 13): the copy goes
         core.patch_namespaced_config_map("settings", src, {"metadata": {"labels": {"mirror": "no"}}})
         procs.wait_for(lambda: copy() is None, timeout=60, what="the copy deleted")
-        r = ea("-c", config, "controllers", "list", "--json")
+        r = ea("-c", config, "controllers", "list", "--json")  # config's state_dir: no pointer needed
         assert r.returncode == 0, r.stderr
         (row,) = json.loads(r.stdout)["controllers"]
         assert row["name"] == "configmap-mirror" and row["healthy"] and row["errors"] == 0

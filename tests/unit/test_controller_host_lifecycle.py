@@ -40,6 +40,15 @@ def guests() -> None:
     subprocess.run(["make", "-s", "-C", str(CONTROLLERS)], check=True)
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where advertising hosts (service.run) leave their pointer: this test's, not the machine's /run."""
+    d = tmp_path / "xdg-runtime"
+    d.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
+    return d
+
+
 @dataclasses.dataclass
 class Answer:
     status: int
@@ -293,10 +302,8 @@ def test_list_finds_the_running_host_without_repeating_its_state_dir(
     host: ControllerHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Before: `list` looked only in the configured state directory and reported no status.
-    runtime = tmp_path / "run"
-    runtime.mkdir()
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    host.start()  # registers again, now under this runtime directory
+    monkeypatch.setattr(host, "options", dataclasses.replace(host.options, advertise=True))
+    host.start()  # registers, under this runtime directory (as `controllers run`'s host does)
     other = tmp_path / "agent.toml"
     other.write_text(f'state_dir = "{tmp_path / "elsewhere"}"\n')
     with pytest.raises(SystemExit) as exited:
