@@ -50,10 +50,13 @@ def destination(config: AgentConfig, meta: bundle.BundleMeta) -> Path:
 def check_contents(directory: Path, meta: bundle.BundleMeta) -> None:
     """What the agent will load from the bundle loads: raises the loader's own one-line errors."""
     if meta.kind == "driver":
+        from edgeagent.drivers import registry
         from edgeagent.drivers.bundled import model_factory
         from edgeagent.drivers.policy import load_policy
         from edgeagent.drivers.runner import SUPPORTED_ABI_VERSIONS
 
+        if meta.name in {d.name for d in registry.all_drivers()}:
+            raise BundleError(f"bundle {meta.name}: that name is a bundled driver's; choose another")
         if meta.abi not in SUPPORTED_ABI_VERSIONS:
             speaks = " and ".join(str(v) for v in SUPPORTED_ABI_VERSIONS)
             raise BundleError(

@@ -184,6 +184,10 @@ def test_tampered_unknown_key_unsigned_and_malformed_bundles_are_refused_in_one_
         78,
         "conversion_ms must be a number",
     )
+    taken = unpacked("taken", edit=("bundle.toml", 'name = "sht31"', 'name = "tmp102"'))
+    one_line_error(
+        ea("-c", str(device), "drivers", "install", str(taken)), 78, "that name is a bundled driver's"
+    )
     kind = ea("-c", str(device), "controllers", "install", str(good), "--no-measure")
     one_line_error(kind, 78, "bundle sht31 is a driver bundle, not a controller one")
     with tarfile.open(tmp_path / "broken.tar.gz", "w:gz") as tar:
