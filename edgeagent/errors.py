@@ -77,6 +77,18 @@ class PolicyError(EdgeAgentError):
     exit_code = 78
 
 
+class ModelError(EdgeAgentError):
+    """A simulated-device model (a TOML register map, an entry point) is unreadable or malformed."""
+
+    exit_code = 78
+
+
+class BundleError(EdgeAgentError):
+    """A driver or controller bundle is malformed, tampered with, unsigned or signed by an unknown key."""
+
+    exit_code = 78
+
+
 class AccessDenied(EdgeAgentError):
     """A guest asked for a device, address or API verb its policy does not grant."""
 
@@ -87,6 +99,11 @@ class HardwareError(EdgeAgentError):
     """A bus or device failed (NACK, stall, timeout, unplugged)."""
 
     exit_code = 6
+
+
+class DeviceDataError(HardwareError):
+    """The device answered but a driver's check of its data failed (CRC, chip ID): the driver said so with
+    EA_ERR_DATA and a message; the bus is not to blame, and a stream of readings goes on."""
 
 
 # ---------------------------------------------------------------- attestation, cluster

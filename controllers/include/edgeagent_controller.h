@@ -315,4 +315,10 @@ static inline int ea__dispatch(int (*fn)(const ea_event *), const char *p, size_
         return fn ? fn(id) : 0;                                                                                \
     }
 
+/* Optional: FN (int (*)(void)) runs once every watch has delivered its initial list, on each host start (also
+ * after a restore from the snapshot a previous host saved). The place to forget objects deleted while no host
+ * ran: they get no DELETED event. Use once, beside EA_CONTROLLER. */
+#define EA_CONTROLLER_SYNCED(FN)                                                                              \
+    __attribute__((export_name("handle-synced"))) int32_t ea_export_synced(void) { return FN(); }
+
 #endif /* EDGEAGENT_CONTROLLER_H */

@@ -5,7 +5,7 @@
  * The annotation "probe-action" asks for misbehaviour: "trap", "loop", "forbidden" (a request outside its
  * grants: the result is published as "denied"), "timer" (handle-timer 200 ms later).
  *
- * config: {"namespace": "t1", "out": "probe-out"}
+ * config: {"namespace": "t1", "out": "probe-out", "publish_synced": false}
  */
 #include "edgeagent_controller.h"
 
@@ -13,6 +13,8 @@ static char ns[64];
 static char out[64];
 static unsigned count;
 static unsigned timers;
+static unsigned synced;
+static int publish_synced; /* config "publish_synced": true: handle-synced publishes at once */
 static int denied = 1; /* 1: not asked yet */
 static char seq[8192];
 static size_t seq_len;
@@ -20,6 +22,7 @@ static size_t seq_len;
 static int init(ea_slice config) {
     if (ea_json_string(ea_json_get(config, "namespace"), ns, sizeof ns) <= 0) return 1;
     if (ea_json_string(ea_json_get(config, "out"), out, sizeof out) <= 0) return 1;
+    publish_synced = ea_slice_eq(ea_json_get(config, "publish_synced"), "true");
     return 0;
 }
 
@@ -28,11 +31,11 @@ static int publish(void) {
     const char *fmt =
         "{\"verb\":\"%s\",\"version\":\"v1\",\"resource\":\"configmaps\",\"namespace\":\"%s\"%s%s%s,"
         "\"body\":{\"metadata\":{\"name\":\"%s\"},\"data\":{\"count\":\"%u\",\"timers\":\"%u\","
-        "\"denied\":\"%d\",\"seq\":\"%s\"}}}";
-    snprintf(req, sizeof req, fmt, "patch", ns, ",\"name\":\"", out, "\"", out, count, timers, denied, seq);
+        "\"denied\":\"%d\",\"synced\":\"%u\",\"seq\":\"%s\"}}}";
+    snprintf(req, sizeof req, fmt, "patch", ns, ",\"name\":\"", out, "\"", out, count, timers, denied, synced, seq);
     int status = ea_k8s_request(req, NULL, 0, NULL);
     if (status == 404) {
-        snprintf(req, sizeof req, fmt, "create", ns, "", "", "", out, count, timers, denied, seq);
+        snprintf(req, sizeof req, fmt, "create", ns, "", "", "", out, count, timers, denied, synced, seq);
         status = ea_k8s_request(req, NULL, 0, NULL);
     }
     return (status == 200 || status == 201) ? 0 : 10;
@@ -68,4 +71,10 @@ static int on_timer(uint32_t id) {
     return publish();
 }
 
+static int on_synced(void) {
+    synced++;
+    return publish_synced ? publish() : 0; /* else seen with the next event's publish */
+}
+
 EA_CONTROLLER(init, on_event, on_timer)
+EA_CONTROLLER_SYNCED(on_synced)

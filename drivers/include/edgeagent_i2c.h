@@ -33,7 +33,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EA_ABI_VERSION 1
+/* ABI versions: 1, the original; 2 adds EA_ERR_DATA with ea_fail() and EA_SKIP (the host accepts both, so
+ * drivers built against version 1 keep working; a version-2 driver on a host that only knows 1 is refused
+ * with one line naming both versions). Define EA_ABI_VERSION before including this header to build for an
+ * older host. */
+#ifndef EA_ABI_VERSION
+#define EA_ABI_VERSION 2
+#endif
 
 #define EA_IMPORT(mod, name) __attribute__((import_module(mod), import_name(name)))
 #define EA_EXPORT(name) __attribute__((export_name(name)))
@@ -59,6 +65,16 @@ enum {
     EA_I2C_ERR_ACCESS = -8,           /* the policy does not grant this address */
 };
 
+/* Driver-defined results (ABI 2), from init(), read() or write():
+ *   EA_ERR_DATA: the device answered but its data is wrong (CRC mismatch, unexpected chip ID, out-of-range
+ *     raw value). Return it through ea_fail("what was wrong"): the host reports "data error: <message>",
+ *     blaming the data, not the bus; a stream of readings goes on with the next one.
+ *   EA_SKIP (read only): no reading this time (a conversion not ready, a value to be discarded); the host
+ *     records nothing and asks again at the next interval. */
+enum {
+    EA_ERR_DATA = -32,
+    EA_SKIP = -33,
+};
 /* wasi:i2c/i2c `variant operation { read(u64), write(list<u8>) }`, lowered: the discriminant, then the guest
  * buffer the host reads from (write) or fills (read). */
 enum { EA_I2C_OP_READ = 0, EA_I2C_OP_WRITE = 1 };
@@ -137,8 +153,19 @@ static inline void ea_delay_ms(ea_delay_t delay, uint32_t ms) {
  * EA_DRIVER_BUFFER() defines the first two.
  */
 #define EA_BUFFER_SIZE 4096
+extern uint8_t ea_exchange_buffer[EA_BUFFER_SIZE];
+
+/* ea_fail: `return ea_fail("CRC mismatch");` The message (up to 255 bytes, NUL-terminated) goes into the
+ * exchange buffer, where the host reads it when the call returns EA_ERR_DATA. Needs EA_DRIVER_BUFFER(). */
+static inline int32_t ea_fail(const char *msg) {
+    size_t i = 0;
+    for (; msg[i] && i < 255; i++) ea_exchange_buffer[i] = (uint8_t)msg[i];
+    ea_exchange_buffer[i] = 0;
+    return EA_ERR_DATA;
+}
+
 #define EA_DRIVER_BUFFER()                                                                  \
-    static _Alignas(8) uint8_t ea_exchange_buffer[EA_BUFFER_SIZE];                          \
+    _Alignas(8) uint8_t ea_exchange_buffer[EA_BUFFER_SIZE];                                 \
     EA_EXPORT("ea_abi_version") int32_t ea_abi_version(void) { return EA_ABI_VERSION; }    \
     EA_EXPORT("ea_buffer") uint8_t *ea_buffer(void) { return ea_exchange_buffer; }
 

@@ -203,6 +203,9 @@ class DriverWorker(Part):
                 if self._stop.wait(max(self.inst.interval, self.backoff.failed())):
                     return
                 continue
+            if getattr(reading, "skipped", False):  # the driver's EA_SKIP: nothing to record this time
+                self._stop.wait(max(0.0, self.inst.interval - (time.monotonic() - t0)))
+                continue
             row = reading.to_dict() if hasattr(reading, "to_dict") else dict(reading)
             self.latest = {
                 "time": row.get("time", time.time()),

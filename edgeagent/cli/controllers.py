@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -90,15 +90,70 @@ def _size(n: int) -> str:
     return f"{n / 1024:.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
+def _find_host(ctx: typer.Context) -> tuple[Path, dict[str, Any]]:
+    """The state directory and status of the host to talk to.
+
+    The configured (or --state-dir) one when it holds a status; without --state-dir, else the running host's
+    that it registered at start (so `list` finds a host started with another --state-dir).
+    """
+    from edgeagent.controllers.host import read_status, running_host_state_dir
+    from edgeagent.errors import StateError
+
+    st = state(ctx)
+    cfg = st.config
+    try:
+        return cfg.state_dir, read_status(cfg.state_dir)
+    except StateError:
+        other = running_host_state_dir() if st.state_dir is None else None
+        if other is None or other == cfg.state_dir:
+            raise
+        return other, read_status(other)
+
+
+def restart_controller(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The controller (see `edgeagent controllers list`)")],
+    timeout: Annotated[float, typer.Option("--timeout", min=0.0, help="Seconds to wait for it")] = 15.0,
+) -> None:
+    """Restart one controller with a fresh instance, also one stopped after repeated failures."""
+    from edgeagent.controllers.host import REQUESTS_DIR, host_alive, read_status
+    from edgeagent.errors import ControllerError, StateError
+
+    state_dir, status = _find_host(ctx)
+    if not host_alive(status):
+        raise StateError(f"the controller host that wrote {state_dir / 'controllers'} is not running")
+    rows = {c["name"]: c for c in status["controllers"]}
+    if name not in rows:
+        raise ControllerError(f"no controller {name!r} in the running host (see `controllers list`)")
+    before = int(rows[name].get("restarts", 0))
+    requests = state_dir / "controllers" / REQUESTS_DIR
+    try:
+        requests.mkdir(mode=0o700, exist_ok=True)
+        (requests / f"restart-{name}").touch()
+    except OSError as e:
+        raise StateError(f"cannot ask the host to restart {name}: {requests}: {e.strerror}") from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = next((c for c in read_status(state_dir)["controllers"] if c["name"] == name), None)
+        if row is not None and int(row.get("restarts", 0)) > before:
+            if row["state"] == "failed":
+                why = row.get("last_error")
+                raise ControllerError(f"controller {name} restarted and failed again: {why}")
+            render.console.print(f"controller {name} restarted ({row['state']})", markup=False,
+                                 highlight=False)
+            return
+        time.sleep(0.2)
+    raise ControllerError(f"controller {name}: the host did not restart it within {timeout:g} s")
+
+
 def list_controllers(
     ctx: typer.Context,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Show each controller: active or swapped, memory, events handled, wakes, last error."""
-    from edgeagent.controllers.host import host_alive, read_status
+    from edgeagent.controllers.host import host_alive
 
-    cfg = state(ctx).config
-    status = read_status(cfg.state_dir)
+    _, status = _find_host(ctx)
     alive = host_alive(status)
     rows = status["controllers"]
     if json_:
@@ -137,7 +192,8 @@ def list_controllers(
             [
                 [
                     escape(c["name"]),
-                    c["state"],
+                    c["state"] if c.get("healthy", True) or c["state"] == "failed"
+                    else f"{c['state']}, UNHEALTHY",
                     _size(int(c.get("memory_bytes", 0))),
                     _size(int(c.get("snapshot_bytes", 0))),
                     c.get("events", 0),
@@ -151,6 +207,10 @@ def list_controllers(
             ],
         )
     )
+    for c in rows:
+        if c.get("watch_error"):
+            render.console.print(f"controller {c['name']} gets no events: {c['watch_error']}", style="red",
+                                 markup=False, highlight=False)
     for f in status.get("failed_loads", []):
         render.console.print(f"not loaded: {f['error']}", style="red", markup=False, highlight=False)
     for w in status.get("watches", []):
@@ -173,4 +233,8 @@ def register(app: typer.Typer) -> None:
     )
     controllers.command("run")(run)
     controllers.command("list")(list_controllers)
+    controllers.command("restart")(restart_controller)
+    from edgeagent.cli.bundle import install_controller
+
+    controllers.command("install")(install_controller)
     app.add_typer(controllers, name="controllers")

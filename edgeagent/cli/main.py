@@ -34,6 +34,8 @@ COMMAND_MODULES = [
     "edgeagent.cli.drivers",
     "edgeagent.cli.controllers",
     "edgeagent.cli.agent",
+    "edgeagent.cli.bundle",
+    "edgeagent.cli.dev",
 ]
 
 
@@ -58,7 +60,8 @@ def _global(
         typer.Option("--tpm", help="TCTI, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321"),
     ] = None,
     verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: debug)")
+        int,
+        typer.Option("--verbose", "-v", count=True, help="More logging: -v info, -vv debug (or --verbose N)"),
     ] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version")
@@ -72,9 +75,44 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+_GLOBAL_WITH_VALUE = {"--config", "-c", "--state-dir", "--tpm"}
+
+
+def expand_verbosity(args: list[str]) -> list[str]:
+    """``-v N`` / ``--verbose N`` / ``--verbose=N`` among the global options -> N times ``-v``.
+
+    Why: --verbose counts (click's count option takes no value), but its help shows ``<int>``, and users
+    naturally write ``-v 1``, which click then took for a command named "1".
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name, eq, value = a.partition("=")
+        if name in ("-v", "--verbose") and (eq or (i + 1 < len(args) and args[i + 1].isdigit())):
+            if not eq:
+                value = args[i + 1]
+                i += 1
+            if not value.isdigit():
+                out.append(a)  # click reports it
+            else:
+                out += ["-v"] * int(value)
+            i += 1
+            continue
+        if name in _GLOBAL_WITH_VALUE and not eq and i + 1 < len(args):
+            out += [a, args[i + 1]]
+            i += 2
+            continue
+        if not a.startswith("-"):
+            return out + args[i:]  # the command: its own options are its own
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Runs the CLI: a project error becomes one line on stderr and its exit code, never a traceback."""
-    run(app, sys.argv[1:] if argv is None else argv)
+    run(app, expand_verbosity(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

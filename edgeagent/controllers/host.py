@@ -66,10 +66,12 @@ from edgeagent.kube.api import KubeApi
 from edgeagent.kube.queue import DelayQueue
 from edgeagent.kube.watch import Event
 from edgeagent.wasm import Guest, Limits, ModuleCache, Runtime, Snapshot, signed32
+from edgeagent.wasm.hosts.log import LogLimit
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+REQUESTS_DIR = "requests"  # `controllers restart NAME` drops restart-NAME here; the status tick acts on it
 REQUIRED_EXPORTS = ("memory", "alloc", "handle-event")
 # A measured-digest policy: module path -> expected sha256 (hex), or None when the policy says nothing.
 DigestLookup = Callable[[Path], str | None]
@@ -114,6 +116,9 @@ class HostOptions:
     # Take over the snapshot a previous host left for the same module (graceful stop, or the last swap before
     # a crash) instead of running init: the agent service's controllers keep their state across restarts.
     resume_saved: bool = False
+    # Leave this host's state directory where `controllers list`/`restart` look when not given --state-dir
+    # (see pointer_path): the standalone `controllers run` host does.
+    advertise: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +134,16 @@ class _SwapNow:
 @dataclasses.dataclass(frozen=True)
 class _Restart:
     pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Revive:
+    """An operator's restart: a fresh instance now, whatever its state and failure count."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Synced:
+    """Every watch of the controller has delivered its initial list: call its optional ``handle-synced``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +191,9 @@ class Controller:
         self._started_at = time.monotonic()
         self.restart_at: float | None = None  # time.time() of the scheduled restart
         self.removed = False
+        # One budget across instances: a controller waking from its snapshot is not a fresh log source.
+        self.log_limit = LogLimit(manifest.log_lines_per_second)
+        self.watch_error = ""  # set by the host's status writer when one of its watches fails
 
     # ------------------------------------------------------------------ entry points (any thread)
     def post(self, event: Event) -> None:
@@ -198,6 +216,11 @@ class Controller:
             "restarts": s.restarts,
             "restart_at": self.restart_at,
             "last_error": s.last_error,
+            "log_suppressed": self.log_limit.total_suppressed,
+            # healthy: not failed, and every watch it depends on lists and watches (a wrong plural's 404
+            # leaves a controller that never gets an event: that is not healthy)
+            "healthy": self.state != State.FAILED and not self.watch_error,
+            "watch_error": self.watch_error,
             "origin": self.origin,
             "module": str(self.manifest.module),
             "sha256": self.sha256,
@@ -243,7 +266,7 @@ class Controller:
         hosts = [
             K8sHost(m, self.host.api, on_denied=self._denied),
             TimerHost(self._set_timer, self._cancel_timer),
-            ControllerLogHost(self.name),
+            ControllerLogHost(self.name, limit=self.log_limit),
         ]
         return Guest(
             self.host.runtime,
@@ -275,6 +298,9 @@ class Controller:
         if isinstance(item, _Restart):
             self._restart()
             return
+        if isinstance(item, _Revive):
+            self._revive()
+            return
         if self.state == State.FAILED:
             if isinstance(item, Event | _Timer):
                 self.stats.dropped += 1
@@ -284,6 +310,13 @@ class Controller:
                 self._maybe_swap()
             elif isinstance(item, _SwapNow):
                 self.swap_out()
+            elif isinstance(item, _Synced):
+                if not self.exports_synced:
+                    return  # no need to wake a swapped-out controller that has no such export
+                guest = self._ensure_active(time.perf_counter())
+                if "handle-synced" in guest.export_names:
+                    rc = signed32(int(guest.call("handle-synced") or 0) & 0xFFFFFFFF)
+                    self._after_call("handle-synced", rc)
             elif isinstance(item, _Timer):
                 if self._timers.get(item.timer_id, (None,))[0] != item.generation:
                     return  # cancelled or replaced after it fired
@@ -298,6 +331,9 @@ class Controller:
                 rc = self._call_with(guest, "handle-event", item.raw)
                 self._after_call("handle-event", rc)
         except (WasmError, StateError) as e:
+            if isinstance(item, Event):  # which object it choked on: the first thing an author needs
+                where = f"{item.namespace}/{item.name}" if item.namespace else item.name
+                e.args = (f"{e} (handling {item.type} {where})",)
             self._fail(e)
         finally:
             self.host.mark_dirty()
@@ -421,6 +457,18 @@ class Controller:
         if self.host.hub is not None:
             self.host.hub.resync(self.post)
 
+    def _revive(self) -> None:
+        """A fresh instance on request (``controllers restart``): failures forgotten, init, resynced."""
+        for _, tid in self._timers.values():
+            self.host.cancel_timer(tid)
+        self._timers.clear()
+        self.close()
+        self.host.note_inactive(self)
+        self._failures = 0
+        self.restart_at = time.time()
+        self.state = State.FAILED  # what _restart starts from
+        self._restart()
+
     def stop(self) -> None:
         """Ends it for good (removal): timers cancelled, instance dropped (queue thread only)."""
         self.removed = True
@@ -435,6 +483,10 @@ class Controller:
         if self.guest is not None:
             self.guest.close()
             self.guest = None
+
+    @property
+    def exports_synced(self) -> bool:
+        return any(e.name == "handle-synced" for e in self.module.exports)
 
     @property
     def module_marker(self) -> Path:
@@ -495,6 +547,8 @@ class ControllerHost:
         self.controllers: dict[str, Controller] = {}
         self._modules: dict[str, wasmtime.Module] = {}
         self.failed_loads: dict[str, str] = {}  # manifest or module that did not load -> why
+        self.load_errors: list[EdgeAgentError] = []  # load_directory's, as raised (their exit codes)
+        self.requests_dir = self.dir / REQUESTS_DIR
         self.hub = WatchHub(api, **(watch_options or {})) if api is not None else None
         self.wake_latencies: collections.deque[float] = collections.deque(maxlen=options.wake_samples)
         self.started = time.time()
@@ -589,23 +643,62 @@ class ControllerHost:
             except EdgeAgentError as e:
                 log.error("%s", e)
                 errors.append(str(e))
+                self.load_errors.append(e)
                 self.failed_loads[str(path)] = str(e)
         return errors
 
     # ------------------------------------------------------------------ running
-    def start(self, *, sync_timeout: float = 30.0) -> None:
-        """Opens the shared watches, starts delivering; returns once each watch has listed (or timed out)."""
+    def restart(self, name: str) -> None:
+        """A fresh instance of ``name`` now, even one that failed past its restart limit (any thread).
+
+        Raises ControllerError for a name the host does not run.
+        """
+        ctl = self.controllers.get(name)
+        if ctl is None:
+            raise ControllerError(f"no controller {name!r} in this host (see `edgeagent controllers list`)")
+        log.info("controller %s: restart requested", name)
+        ctl.queue.post(_Revive())
+
+    def _take_requests(self) -> None:
+        """Acts on the restart requests other processes dropped in ``requests/`` (timer thread)."""
+        try:
+            names = [p.name for p in self.requests_dir.iterdir()]
+        except OSError:
+            return
+        for fname in names:
+            kind, _, name = fname.partition("-")
+            (self.requests_dir / fname).unlink(missing_ok=True)
+            if kind != "restart":
+                continue
+            try:
+                self.restart(name)
+            except ControllerError as e:
+                log.warning("%s", e)
+
+    def start(self, *, sync_timeout: float = 30.0, cancel: threading.Event | None = None) -> None:
+        """Opens the shared watches, starts delivering; returns once each watch has listed (or timed out).
+
+        ``cancel`` (set by a signal handler) ends the wait for the first lists early: a host told to stop
+        while a watch keeps failing must not sit out the whole ``sync_timeout``. Once every watch has listed,
+        each controller's optional ``handle-synced`` export runs (through its queue, after the ADDED events
+        of that list): its cue to clean up what changed while no host ran.
+        """
         if self.hub is not None:
             for ctl in self.controllers.values():
                 for w in ctl.manifest.watches:
                     self.hub.subscribe(w, ctl.post)
         self._running = True
+        if self.options.advertise:
+            _write_small_atomic_pointer(self.options.state_dir)
         release_free_memory()  # what compiling and initialising left behind
         self.call_later(self.options.status_interval, self._status_tick)
         self.write_status()
         if self.hub is not None:
             self.hub.start()
-            if not self.hub.wait_synced(sync_timeout):
+            if self.hub.wait_synced(sync_timeout, cancel=cancel):
+                for ctl in self.controllers.values():
+                    ctl.queue.post(_Synced())
+            elif cancel is None or not cancel.is_set():
                 log.warning("not every watch has listed after %.0f s; continuing", sync_timeout)
             self.write_status()
 
@@ -709,8 +802,21 @@ class ControllerHost:
             return ()
         return tuple((w.kind, w.healthy and w.alive, w.stats.errors) for w in list(self.hub.watches.values()))
 
+    def _note_watch_errors(self) -> None:
+        """Each controller's ``watch_error``: the failure of a watch it depends on, or ""."""
+        failing: dict[tuple[str, str, str], str] = {}
+        if self.hub is not None:
+            for key, w in list(self.hub.watches.items()):
+                if w.alive and not w.healthy and w.stats.consecutive_failures:
+                    failing[key] = f"watch {w.kind}: {w.stats.last_error}"
+        for ctl in list(self.controllers.values()):
+            ctl.watch_error = next(
+                (failing[w.kind_key] for w in ctl.manifest.watches if w.kind_key in failing), ""
+            )
+
     def _status_tick(self) -> None:
         try:
+            self._take_requests()
             health = self._watch_health()
             if health != self._watch_health_written:  # a watch failed or recovered: report it now
                 self._watch_health_written = health
@@ -726,6 +832,7 @@ class ControllerHost:
                 self.call_later(self.options.status_interval, self._status_tick)
 
     def status(self) -> dict[str, Any]:
+        self._note_watch_errors()
         watches = []
         if self.hub is not None:
             for w in self.hub.watches.values():
@@ -780,6 +887,39 @@ def _write_small(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         log.warning("cannot write %s: %s", path, e.strerror)
+
+
+def pointer_path() -> Path:
+    """Where a running host leaves its state directory for `controllers list`/`restart` run without
+    ``--state-dir``: $XDG_RUNTIME_DIR/edgeagent, else /run/edgeagent for root, else /tmp/edgeagent-UID."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        base = Path(runtime) / "edgeagent"
+    elif os.geteuid() == 0:
+        base = Path("/run/edgeagent")
+    else:
+        base = Path(f"/tmp/edgeagent-{os.geteuid()}")
+    return base / "controllers-host"
+
+
+def _write_small_atomic_pointer(state_dir: Path) -> None:
+    path = pointer_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        log.debug("cannot create %s: %s", path.parent, e.strerror)
+        return
+    _write_small(path, str(state_dir.resolve()).encode())
+
+
+def running_host_state_dir() -> Path | None:
+    """The state directory of the host that last started (None if none did, or it is gone)."""
+    try:
+        state_dir = Path(pointer_path().read_text().strip())
+        status = read_status(state_dir)
+    except (OSError, StateError, UnicodeDecodeError):
+        return None
+    return state_dir if host_alive(status) else None
 
 
 def release_free_memory() -> None:

@@ -8,6 +8,8 @@ the same keys::
     memory_limit = "1MiB"             # linear memory cap (bytes, or a KiB/MiB/GiB string); default 4 MiB
     idle_timeout = 30.0               # seconds without events before the controller is swapped to disk
     compute_limit_ms = 100            # longest stretch of guest code before it is stopped as looping
+    log_lines_per_second = 10         # guest log lines let through per second (bursts of as many); the rest
+                                      # are counted and reported as "N log lines suppressed"
     service_account = "ring/ring-0"   # optional: API requests impersonate this ServiceAccount (the host's
                                       # own identity then needs RBAC `impersonate` on serviceaccounts)
     config = { next = "ring-1" }      # handed to the guest's `init` as JSON
@@ -21,6 +23,7 @@ the same keys::
     label_selector = "app=ring"       # Kubernetes label selector syntax
 
     [[grants]]                        # the Kubernetes RBAC PolicyRule's fields, plus where they apply
+                                      # (api_groups/apiGroups, resource_names/resourceNames: either spelling)
     verbs = ["get", "patch"]
     api_groups = ["edgeagent.io"]
     resources = ["rings"]             # "rings/status" for a subresource, "*" for any
@@ -48,10 +51,17 @@ from edgeagent.errors import ManifestError
 DEFAULT_MEMORY_LIMIT = 4 << 20
 DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_COMPUTE_LIMIT_MS = 100.0
+DEFAULT_LOG_RATE = 10.0  # guest log lines per second (a burst of as many passes); more are counted, reported
 # What a controller may ask of the API server. Watching is the host's job (shared watches), not the guest's.
 VERBS = frozenset({"get", "list", "create", "update", "patch", "delete", "deletecollection"})
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(|B|KiB|MiB|GiB|K|M|G)\s*$")
+# The keys that Kubernetes spells in camelCase (RBAC PolicyRule, LabelSelector): either spelling is accepted.
+_CAMEL = {
+    "api_groups": "apiGroups",
+    "resource_names": "resourceNames",
+    "label_selector": "labelSelector",
+}
 _UNITS = {
     "": 1,
     "B": 1,
@@ -130,6 +140,7 @@ class Manifest:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     compute_limit_ms: float = DEFAULT_COMPUTE_LIMIT_MS
     service_account: tuple[str, str] | None = None  # (namespace, name)
+    log_lines_per_second: float = DEFAULT_LOG_RATE
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     source: Path | None = None
 
@@ -157,6 +168,12 @@ class _Reader:
 
     def _get(self, key: str, required: bool) -> Any:
         self.used.add(key)
+        alias = _CAMEL.get(key)
+        if alias is not None and alias in self.data:  # RBAC's own spelling (apiGroups) is accepted too
+            self.used.add(alias)
+            if key in self.data:
+                raise ManifestError(f"{self.where}: both {key!r} and {alias!r} given; use one")
+            return self.data[alias]
         if key not in self.data:
             if required:
                 raise ManifestError(f"{self.where}: missing key {key!r}")
@@ -300,6 +317,7 @@ def parse_manifest(data: Any, *, source: Path | None = None, base: Path | None =
         idle_timeout=r.number("idle_timeout", DEFAULT_IDLE_TIMEOUT),
         compute_limit_ms=r.number("compute_limit_ms", DEFAULT_COMPUTE_LIMIT_MS),
         service_account=service_account,
+        log_lines_per_second=r.number("log_lines_per_second", DEFAULT_LOG_RATE),
         config=dict(config),
         source=source,
     )
@@ -332,5 +350,6 @@ def manifest_paths(directory: Path) -> list[Path]:
         raise ManifestError(f"controller directory {directory} does not exist")
     found: list[Path] = []
     for pattern in ("*.toml", "*.controller.json", "*/*.toml", "*/*.controller.json"):
-        found.extend(p for p in directory.glob(pattern) if p.is_file())
+        # bundle.toml: an installed bundle's metadata (edgeagent.wasm.bundle), beside its manifest
+        found.extend(p for p in directory.glob(pattern) if p.is_file() and p.name != "bundle.toml")
     return sorted(set(found))

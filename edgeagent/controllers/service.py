@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent.config import AgentConfig
-from edgeagent.errors import ControllerError
+from edgeagent.errors import ControllerError, EdgeAgentError
 
 
 def parse_configmap_ref(text: str) -> tuple[str, str]:
@@ -52,8 +52,21 @@ def check(cfg: AgentConfig, directory: Path | None) -> Path | None:
     return directory
 
 
-def run(cfg: AgentConfig, directory: Path | None = None) -> None:
-    """Runs the host until SIGTERM/SIGINT. Raises project errors for what stops it from starting."""
+def run(
+    cfg: AgentConfig,
+    directory: Path | None = None,
+    *,
+    stop: threading.Event | None = None,
+    api: Any = None,
+    sync_timeout: float = 30.0,
+) -> None:
+    """Runs the host until SIGTERM/SIGINT. Raises project errors for what stops it from starting.
+
+    Controllers keep their state across runs: a graceful stop swaps every one out to its snapshot and the next
+    start resumes it (same module only), then calls each one's ``handle-synced`` once its watches have
+    listed. ``stop`` given (tests): no signal handlers, the caller sets it; ``api``: a KubeApi to use instead
+    of connecting.
+    """
     from edgeagent.controllers.host import ControllerHost, HostOptions
     from edgeagent.controllers.measured import measured_digests
     from edgeagent.controllers.source import ConfigMapSource
@@ -61,7 +74,8 @@ def run(cfg: AgentConfig, directory: Path | None = None) -> None:
 
     cc = cfg.controllers
     directory = check(cfg, directory)
-    api = KubeApi(connect(cc.kubeconfig))
+    if api is None:
+        api = KubeApi(connect(cc.kubeconfig))
     host = ControllerHost(
         api,
         HostOptions(
@@ -70,6 +84,8 @@ def run(cfg: AgentConfig, directory: Path | None = None) -> None:
             workers=cc.workers,
             max_active=cc.max_active,
             digest_for=measured_digests(cfg) if cc.verify else None,
+            resume_saved=True,
+            advertise=True,
         ),
     )
     source = ConfigMapSource(host, api, *parse_configmap_ref(cc.configmap)) if cc.configmap else None
@@ -82,16 +98,20 @@ def run(cfg: AgentConfig, directory: Path | None = None) -> None:
         raise
     if not host.controllers and source is None:
         host.stop()
-        raise ControllerError(f"no controller could be loaded from {directory}: {errors[0]}")
-    stop = threading.Event()
+        first = host.load_errors[0] if host.load_errors else None
+        # The first error's own class, so its exit code (a manifest error is a configuration error: 78).
+        cls = type(first) if isinstance(first, EdgeAgentError) else ControllerError
+        raise cls(f"no controller could be loaded from {directory}: {errors[0]}")
+    stopping = stop if stop is not None else threading.Event()
+    if stop is None:
 
-    def _on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
+        def _on_signal(signum: int, _frame: Any) -> None:
+            stopping.set()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
     try:
-        host.start()
+        host.start(sync_timeout=sync_timeout, cancel=stopping)
         if source is not None:
             source.start()
         print(
@@ -102,9 +122,9 @@ def run(cfg: AgentConfig, directory: Path | None = None) -> None:
             file=sys.stderr,
             flush=True,
         )
-        while not stop.wait(1.0):
+        while not stopping.wait(1.0):
             pass
     finally:
         if source is not None:
             source.stop()
-        host.stop()
+        host.stop(save=True)

@@ -81,10 +81,15 @@ class WatchHub:
                     self.watches[key] = self._open(key, subs)
             self._pending.clear()
 
-    def wait_synced(self, timeout: float) -> bool:
-        """True once every watch has listed and is healthy, False when ``timeout`` passed first."""
+    def wait_synced(self, timeout: float, *, cancel: threading.Event | None = None) -> bool:
+        """True once every watch has listed and is healthy; False when ``timeout`` passed or ``cancel`` was
+        set first (checked every 0.1 s: the signal handler that sets it cannot wake an Event.wait)."""
         deadline = time.monotonic() + timeout
-        return all(w.synced.wait(max(0.0, deadline - time.monotonic())) for w in self.watches.values())
+        for w in list(self.watches.values()):
+            while not w.synced.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
+                    return False
+        return True
 
     def stop(self) -> None:
         with self._lock:

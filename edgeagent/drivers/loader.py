@@ -15,7 +15,7 @@ from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
 from edgeagent.drivers.policy import Policy, load_policy
 from edgeagent.errors import DriverError, PolicyError
-from edgeagent.wasm.cache import ModuleCache
+from edgeagent.wasm.cache import ModuleCache, usable_directory
 from edgeagent.wasm.engine import Runtime
 
 
@@ -28,13 +28,26 @@ class DriverSource:
 
 
 def cache_for(config: AgentConfig) -> ModuleCache:
-    """The compiled-module cache under the state dir (``<state>/cache/wasm``), or none if it is not
-    writable."""
-    return ModuleCache(config.state_path(Path("cache/wasm")))
+    """The compiled-module cache under the state dir (``<state>/cache/wasm``); where that is not writable
+    (a non-root user, the default state dir) the user's own cache, else none."""
+    return ModuleCache(usable_directory(config.state_path(Path("cache/wasm"))))
 
 
 def resolve(driver: str, config: AgentConfig, policy_file: Path | None = None) -> DriverSource:
-    """Bundled name or .wasm path -> module path + policy. Raises DriverError / PolicyError."""
+    """Bundled name, installed bundle, bundle path or .wasm path -> module path + policy.
+
+    Raises DriverError / PolicyError (BundleError for a broken bundle).
+    """
+    from edgeagent.drivers import bundled  # third-party bundles: kept out of the rules below
+
+    found = bundled.lookup(driver, config)
+    if found is not None:
+        return DriverSource(
+            name=found.meta.name,
+            path=found.module,
+            info=found.info,
+            policy=load_policy(policy_file or found.policy),
+        )
     looks_like_path = driver.endswith(".wasm") or "/" in driver
     if looks_like_path:
         path = Path(driver)

@@ -3,6 +3,8 @@
 The runner owns the mapping from what a guest returns to what a user sees: a negative result from ``init``,
 ``read`` or ``write`` becomes AccessDenied (a policy denial) or HardwareError (a bus failure), naming the
 driver, the operation and the device; a trap or a limit becomes DriverError (from edgeagent.wasm.guest).
+ABI 2 adds the driver's own verdicts: EA_ERR_DATA with a message (``ea_fail``) becomes DeviceDataError, and
+EA_SKIP from ``read`` a Reading marked ``skipped`` (no values); drivers built for ABI 1 run unchanged.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from typing import Any
 import wasmtime
 
 from edgeagent.drivers.hosts.i2c import ERR_ACCESS, DelayHost, I2cGrant, I2cHost, describe_error
-from edgeagent.errors import AccessDenied, DriverError, HardwareError
+from edgeagent.errors import AccessDenied, DeviceDataError, DriverError, HardwareError
 from edgeagent.hw.i2c import I2cBus
 from edgeagent.wasm.engine import Limits, Runtime
 from edgeagent.wasm.guest import Guest
 from edgeagent.wasm.hosts.log import LogHost
 
-ABI_VERSION = 1
+ABI_VERSION = 2  # what drivers built against drivers/include/edgeagent_i2c.h now declare
+SUPPORTED_ABI_VERSIONS = (1, 2)
+ERR_DATA = -32  # EA_ERR_DATA (ABI 2): the message is NUL-terminated at the start of the exchange buffer
+SKIP = -33  # EA_SKIP (ABI 2, read only)
+MAX_MESSAGE = 256
 REQUIRED_EXPORTS = ("memory", "ea_abi_version", "ea_buffer", "init")
 
 
@@ -31,9 +37,13 @@ class Reading:
     time: float
     values: dict[str, float]
     units: dict[str, str]
+    skipped: bool = False  # the driver returned EA_SKIP: no reading this time
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.skipped:
+            del d["skipped"]
+        return d
 
 
 class I2cDriver:
@@ -71,8 +81,10 @@ class I2cDriver:
         )
         try:
             version = self.guest.call("ea_abi_version")
-            if version != ABI_VERSION:
-                raise DriverError(f"driver {name}: ABI version {version}, this agent speaks {ABI_VERSION}")
+            if version not in SUPPORTED_ABI_VERSIONS:
+                speaks = " and ".join(str(v) for v in SUPPORTED_ABI_VERSIONS)
+                raise DriverError(f"driver {name}: ABI version {version}, this agent speaks {speaks}")
+            self.abi_version = int(version or 0)
             self._buffer = int(self.guest.call("ea_buffer") or 0)
             exports = set(self.guest.export_names)
             self.kind = "sensor" if "read" in exports else "output" if "write" in exports else ""
@@ -111,6 +123,10 @@ class I2cDriver:
             return rc
         rc = rc if rc < 0x80000000 else rc - (1 << 32)
         where = f"I2C address {self.address:#04x} on {self.bus.name}"
+        if rc == ERR_DATA and self.abi_version >= 2:
+            raw = self._mem.read(self._buffer, MAX_MESSAGE)
+            message = raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip() or "(no message)"
+            raise DeviceDataError(f"driver {self.name}: {op}: data error: {message} at {where}")
         if rc == ERR_ACCESS:
             denied = self.i2c.denials[-1] if self.i2c.denials else None
             addr = denied.address if denied else self.address
@@ -127,7 +143,10 @@ class I2cDriver:
         if self.kind != "sensor":
             raise DriverError(f"driver {self.name} is an output driver: it has no readings")
         self.i2c.last_error = None
-        n = self._check("read", self.guest.call("read"))
+        rc = int(self.guest.call("read") or 0)
+        if rc in (SKIP, SKIP & 0xFFFFFFFF) and self.abi_version >= 2:
+            return Reading(self.name, time.time(), {}, {}, skipped=True)
+        n = self._check("read", rc)
         if n > len(self.channels) or n > 512:
             raise DriverError(
                 f"driver {self.name}: read returned {n} values for {len(self.channels)} channels"
@@ -148,6 +167,8 @@ class I2cDriver:
             raise DriverError(f"driver {self.name} is an output driver: it has no readings")
         n = read()
         if not 0 <= n <= self._n_channels:  # type: ignore[operator]
+            if n in (SKIP, SKIP & 0xFFFFFFFF) and self.abi_version >= 2:
+                return []
             n = self._check("read", n)
             if n > self._n_channels:
                 raise DriverError(

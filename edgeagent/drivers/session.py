@@ -52,10 +52,24 @@ def choose_device(source: loader.DriverSource, device: str | None) -> I2cDevice:
 
 
 def sim_bus_for(source: loader.DriverSource, device: I2cDevice) -> SimI2cBus:
-    """A simulated bus with the driver's part at the chosen address (granted or not: the policy decides)."""
+    """A simulated bus with the driver's part (granted or not: the policy decides).
+
+    The part sits at the chosen address when it can (a model's straps allow it), else at its own, so a driver
+    pointed at the wrong address gets no acknowledge, as on hardware. A driver without a simulated part is
+    refused in one line instead of failing later with a misleading NACK.
+    """
+    if source.info is None or source.info.sim_model is None:
+        where = "its bundle names no model" if source.info else "a module outside a bundle has none"
+        raise DriverError(
+            f"driver {source.name} has no simulated part ({where}); add one (a model.toml in its bundle, see "
+            "docs/simulate.md) or run it with --hardware"
+        )
     bus = SimI2cBus(name=f"sim:/dev/i2c-{device.bus}")
-    if source.info is not None and source.info.sim_model is not None:
-        bus.attach(source.info.sim_model(device.address))
+    part = source.info.sim_model(device.address)
+    straps = getattr(part, "addresses", None)  # where the part's address pins let it be
+    if straps and device.address not in straps:
+        part = source.info.sim_model(type(part).address)
+    bus.attach(part)
     return bus
 
 

@@ -311,10 +311,10 @@ class SharedWatch:
             rv = str(meta.get("resourceVersion", ""))
             old = self._known.get(key)
             changed = old is None or old[0] != rv
+            if changed:  # before the fresh ones: it compares with the labels known before this list
+                self._emit("ADDED" if old is None else "MODIFIED", obj, now, subs=others)
             if fresh:
                 self._emit("ADDED", obj, now, subs=fresh, count=not (changed and others))
-            if changed:
-                self._emit("ADDED" if old is None else "MODIFIED", obj, now, subs=others)
         for key in [k for k in self._known if k not in seen]:
             rv, labels = self._known[key]
             gone: dict[str, Any] = {
@@ -407,18 +407,31 @@ class SharedWatch:
         rv = str(meta.get("resourceVersion", ""))
         with self._lock:
             if etype == "DELETED":
-                self._known.pop((ns, name), None)
+                old = self._known.pop((ns, name), None)
             else:
+                old = self._known.get((ns, name))
                 self._known[(ns, name)] = (rv, labels)
+        old_labels = old[1] if old is not None else None
         self.stats.events += count
-        event: Event | None = None
+        events: dict[str, Event] = {}
         for sub in self.subscriptions if subs is None else subs:
-            if not sub.selector.matches(ns, labels):
+            # What a label-selector watch on the API server reports: an object that stops matching is
+            # DELETED for that subscriber, one that starts matching is ADDED (with the object as it is now).
+            if etype == "MODIFIED" and old_labels is not None:
+                was, now = sub.selector.matches(ns, old_labels), sub.selector.matches(ns, labels)
+                if not was and not now:
+                    continue
+                etype_for = "DELETED" if not now else "ADDED" if not was else etype
+            elif not sub.selector.matches(ns, labels):
                 continue
+            else:
+                etype_for = etype
+            event = events.get(etype_for)
             if event is None:
-                if raw is None:
-                    raw = json.dumps({"type": etype, "object": obj}, separators=(",", ":")).encode()
-                event = Event(etype, ns, name, labels, rv, raw, received)
+                data = raw if raw is not None and etype_for == etype else None
+                if data is None:
+                    data = json.dumps({"type": etype_for, "object": obj}, separators=(",", ":")).encode()
+                event = events[etype_for] = Event(etype_for, ns, name, labels, rv, data, received)
             try:
                 sub.sink(event)
             except Exception:  # one subscriber's bug must not stall the watch for the others

@@ -56,6 +56,38 @@ def compile_module(runtime: Runtime, data: bytes, name: str) -> wasmtime.Module:
         raise WasmError(f"{name}: invalid WebAssembly module: {first[0] if first else e}") from None
 
 
+def usable_directory(preferred: Path) -> Path | None:
+    """``preferred`` if this process can create and write it, else the user's cache
+    ($XDG_CACHE_HOME or ~/.cache, /edgeagent/wasm), else None (compile every time, quietly).
+
+    Why: a non-root user running a driver against the default state directory (/var/lib/edgeagent, root's)
+    would otherwise be warned on every run that the cache cannot be written.
+    """
+
+    def writable(d: Path) -> bool:
+        probe = d
+        while not probe.exists():
+            if probe.parent == probe:
+                return False
+            probe = probe.parent
+        return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+    if writable(preferred):
+        return preferred
+    home = os.environ.get("XDG_CACHE_HOME") or (
+        str(Path.home() / ".cache") if Path.home() != Path("/") else ""
+    )
+    fallback = Path(home) / "edgeagent" / "wasm" if home else None
+    if fallback is not None and writable(fallback):
+        log.debug("module cache %s is not writable; using %s", preferred, fallback)
+        return fallback
+    log.debug("module cache %s is not writable and no user cache is; compiling every time", preferred)
+    return None
+
+
+_UNWRITABLE: set[Path] = set()
+
+
 class ModuleCache:
     """Serialized compiled modules under ``directory`` (created 0700 on first write)."""
 
@@ -149,6 +181,9 @@ class ModuleCache:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as e:
-            log.warning("cannot write module cache entry %s: %s", path, e.strerror)
+            # Once per directory and process: a cache that cannot be written costs compile time, nothing else.
+            level = logging.DEBUG if path.parent in _UNWRITABLE else logging.WARNING
+            _UNWRITABLE.add(path.parent)
+            log.log(level, "cannot write module cache entry %s: %s", path, e.strerror)
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)

@@ -39,6 +39,12 @@ def guests() -> None:
     subprocess.run(["make", "-s", "-C", str(CONTROLLERS)], check=True)
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`controllers run` hosts leave a pointer to their state for `controllers list`: here, not in /run."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+
+
 @pytest.fixture
 def core(kube_cluster: Any) -> k8s.CoreV1Api:
     return k8s.CoreV1Api(kube_cluster.client())

@@ -102,19 +102,30 @@ def test_malformed_policy(cli, tmp_path):
 
 
 def test_trapping_driver_by_path(cli, tmp_path, wasm_build):
+    # In a bundle with a (trivial) model: a module by path outside a bundle has no simulated part.
+    import shutil
+
+    shutil.copyfile(wasm_build / "tests" / "looping_driver.wasm", tmp_path / "looping_driver.wasm")
     policy = tmp_path / "p.toml"
     policy.write_text("[[i2c]]\nbus = 1\naddresses = [0x10]\n")
-    code, _, err = cli(
-        "run-driver",
-        str(wasm_build / "tests" / "looping_driver.wasm"),
-        "--policy",
-        str(policy),
-        "--sim",
-        "--count",
-        "1",
+    model = 'name = "dummy"\naddress = 0x10\n[[registers]]\nat = 0\nreset = [0]\n'
+    (tmp_path / "model.toml").write_text(model)
+    (tmp_path / "bundle.toml").write_text(
+        '[bundle]\nname = "looping_driver"\nkind = "driver"\nabi = 1\nmodule = "looping_driver.wasm"\n'
+        'policy = "p.toml"\nmodel = "model.toml"\n'
     )
+    code, _, err = cli("run-driver", str(tmp_path / "looping_driver.wasm"), "--sim", "--count", "1")
     assert code == 5
     assert "edgeagent: error: driver looping_driver: stopped in read: ran past its 50 ms compute limit" in err
+
+
+def test_a_module_by_path_with_sim_says_it_has_no_simulated_part(cli, tmp_path, wasm_build):
+    # Before: it failed later with a misleading "no-acknowledge(address) (ENXIO)".
+    policy = tmp_path / "p.toml"
+    policy.write_text("[[i2c]]\nbus = 1\naddresses = [0x48]\n")
+    code, _, err = cli("run-driver", str(wasm_build / "tmp102.wasm"), "--policy", str(policy), "--sim")
+    assert code == 5 and err.count("\n") == 1
+    assert err.startswith("edgeagent: error: driver tmp102 has no simulated part (a module outside a bundle")
 
 
 def test_live_table_shows_channel_units(tmp_path, wasm_build, runtime):
@@ -135,3 +146,15 @@ def test_live_table_shows_channel_units(tmp_path, wasm_build, runtime):
     finally:
         s.close()
     assert "temperature [C]" in buf.getvalue() and "23.500" in buf.getvalue()
+
+
+def test_a_simulated_part_answers_only_where_its_straps_allow(cli, tmp_path):
+    # Before: the simulated TMP102 answered at whatever address the driver was pointed at.
+    policy = tmp_path / "p.toml"
+    policy.write_text("[[i2c]]\nbus = 1\naddresses = [0x10, 0x4a]\n")
+    code, _, err = cli(
+        "run-driver", "tmp102", "--policy", str(policy), "--sim", "-d", "1:0x4a", "-n", "1", "--json"
+    )
+    assert code == 0, err  # a TMP102 can be strapped to 0x4a
+    code, _, err = cli("run-driver", "tmp102", "--policy", str(policy), "--sim", "-d", "1:0x10", "-n", "1")
+    assert code == 6 and "no-acknowledge(address)" in err and "0x10" in err

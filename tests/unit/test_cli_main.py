@@ -52,3 +52,22 @@ def test_project_error_becomes_exit_code(
     assert ei.value.code == TpmUnavailable.exit_code
     err = capsys.readouterr().err
     assert err == "edgeagent: error: no TPM at device:/dev/tpmrm9: No such file or directory\n"
+
+
+def test_verbose_takes_a_number_as_its_help_shows() -> None:
+    # Before: `-v 1` failed with "No such command '1'" although --help shows `--verbose <int>`.
+    for args in (("-v", "1"), ("--verbose", "2"), ("--verbose=1",), ("-vv",)):
+        r = run(*args, "drivers", "list", "--json")
+        assert r.returncode == 0, (args, r.stderr)
+    from edgeagent.cli.main import expand_verbosity
+
+    assert expand_verbosity(["-v", "2", "controllers", "restart", "1"]) == ["-v", "-v", "controllers",
+                                                                            "restart", "1"]
+    assert expand_verbosity(["--state-dir", "3", "-v", "x"]) == ["--state-dir", "3", "-v", "x"]
+
+
+def test_python_dash_m_edgeagent_runs_the_cli() -> None:
+    # Before: "No module named edgeagent.__main__".
+    r = subprocess.run([sys.executable, "-m", "edgeagent", "--version"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("edgeagent "), r.stderr

@@ -145,6 +145,7 @@ def test_module_without_driver_exports(config, runtime, tmp_path, wasm_build):
             sim=True,
             runtime=runtime,
             policy_file=policy(tmp_path, "0x48"),
+            bus=SimI2cBus(),  # a module outside a bundle has no simulated part of its own
         )
 
 

@@ -257,3 +257,58 @@ def test_health_goes_false_while_the_api_server_is_down_and_true_when_it_is_back
     assert sw.alive and sw.stats.consecutive_failures == 0
     assert api.watch_rvs[-1] == "1" and api.list_calls == 1  # resumed, not relisted
     assert names(seen) == ["ADDED a@1"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+    """Objects whose label ``key`` is ``value`` (a label-selector subscriber)."""
+
+    key: str
+    value: str
+    namespace: str = ""
+
+    def matches(self, namespace: str, labels: Any) -> bool:
+        return labels.get(self.key) == self.value
+
+
+def labelled(name: str, rv: int, **labels: str) -> dict[str, Any]:
+    o = obj(name, rv)
+    o["metadata"]["labels"] = labels
+    return o
+
+
+def test_an_object_leaving_a_selector_is_deleted_for_it_and_added_when_it_comes_back(make_watch) -> None:
+    # What a label-selector watch on the API server reports; without it a mirror keeps an orphaned copy.
+    api = FakeApi()
+    api.lists = [listing(1, labelled("a", 1, mirror="yes"))]
+    api.streams = [
+        (
+            [
+                line("MODIFIED", labelled("a", 2, mirror="no")),
+                line("MODIFIED", labelled("a", 3, mirror="no", other="x")),
+                line("MODIFIED", labelled("a", 4, mirror="yes")),
+            ],
+            None,
+        )
+    ]
+    sw, everything, _ = make_watch(api, start=False)
+    mirrored: list[Event] = []
+    sw.subscribe(Labelled("mirror", "yes"), mirrored.append)
+    sw.start()
+    wait_for(lambda: len(everything) == 4, timeout=DEADLINE, what="every event")
+    wait_for(lambda: len(mirrored) == 3, timeout=DEADLINE, what="the selector's events")
+    assert names(mirrored) == ["ADDED a@1", "DELETED a@2", "ADDED a@4"]
+    assert json.loads(mirrored[1].raw)["type"] == "DELETED"
+    assert names(everything) == ["ADDED a@1", "MODIFIED a@2", "MODIFIED a@3", "MODIFIED a@4"]
+
+
+def test_a_relist_reports_an_object_that_left_the_selector_meanwhile_as_deleted(make_watch) -> None:
+    api = FakeApi()
+    api.lists = [listing(1, labelled("a", 1, mirror="yes")), listing(9, labelled("a", 5, mirror="no"))]
+    api.streams = [([], TIMEOUT), gone("watch configmaps")]
+    sw, _, _ = make_watch(api, start=False)
+    mirrored: list[Event] = []
+    sw.subscribe(Labelled("mirror", "yes"), mirrored.append)
+    sw.start()
+    wait_for(lambda: len(mirrored) == 2, timeout=DEADLINE, what="the relist's deletion")
+    assert names(mirrored) == ["ADDED a@1", "DELETED a@5"]

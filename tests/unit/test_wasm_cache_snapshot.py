@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +160,36 @@ def test_snapshot_save_is_atomic(runtime, test_guest, tmp_path):
     snap.save(path)
     snap.save(path)
     assert os.listdir(tmp_path) == ["s.snap"]
+
+
+def test_a_cache_dir_this_user_cannot_write_falls_back_to_the_user_cache(
+    runtime, test_guest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: as non-root every driver run warned that /var/lib/edgeagent/cache could not be written.
+    from edgeagent.config import load_config
+    from edgeagent.drivers import loader
+
+    system = tmp_path / "var-lib-edgeagent"
+    system.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == system else real_access(p, m))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    cfg = load_config(None, overrides={"state_dir": system})
+    cache = loader.cache_for(cfg)
+    assert cache.directory == tmp_path / "home-cache" / "edgeagent" / "wasm"
+    with caplog.at_level(logging.DEBUG, logger="edgeagent.wasm.cache"):
+        cache.load(runtime, test_guest("misbehave"), name="m")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert cache.path_for(runtime, test_guest("misbehave")).is_file()  # type: ignore[union-attr]
+
+
+def test_an_unwritable_cache_warns_once_per_process(
+    runtime, test_guest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cache = ModuleCache(blocker / "wasm")  # mkdir fails: ENOTDIR
+    with caplog.at_level(logging.WARNING, logger="edgeagent.wasm.cache"):
+        cache.load(runtime, test_guest("misbehave"), name="one")
+        cache.load(runtime, test_guest("looping_driver"), name="two")
+    assert len([r for r in caplog.records if "cannot write module cache" in r.message]) == 1

@@ -3,6 +3,8 @@ and the agent (this process) and other guests keep working."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from edgeagent.drivers.hosts.i2c import (
@@ -19,7 +21,7 @@ from edgeagent.hw.sim.i2c_bus import SimI2cBus
 from edgeagent.hw.sim.tmp102 import Tmp102
 from edgeagent.wasm import Guest, HostModule, HostTrap, Limits, ModuleCache, hostfunc
 from edgeagent.wasm.host import I32, I64, signed32
-from edgeagent.wasm.hosts.log import LogHost
+from edgeagent.wasm.hosts.log import LogHost, LogLimit
 
 
 @pytest.fixture
@@ -385,3 +387,19 @@ def test_guest_memory_bounds_and_helpers(runtime, module):
     assert mem.read_f64_array(400, 0) == []
     with pytest.raises(HostTrap, match="outside its memory"):
         mem.read_f64_array(top - 8, 2)
+
+
+def test_log_lines_beyond_the_rate_are_counted_and_reported_as_suppressed(runtime, module, caplog):
+    # Before: lines beyond the rate vanished without a trace; now the next line that passes says how many.
+    limit = LogLimit(rate=1.0, burst=3)
+    log = LogHost("chatty", keep=20, limit=limit)
+    g = Guest(runtime, module("misbehave"), name="chatty", hosts=[I2cHost(), DelayHost(), log])
+    with caplog.at_level(logging.INFO, logger="edgeagent.guest.chatty"):
+        for _ in range(10):  # one burst, far faster than 1/s: 3 pass, 7 are suppressed
+            g.call("say")
+        assert [t for _, t in log.lines] == ["hello from misbehave"] * 3 and log.dropped == 7
+        limit._tokens = 1.0  # the budget refilled (as one second later), without sleeping
+        g.call("say")
+    texts = [t for _, t in log.lines]
+    assert texts[-2:] == ["7 log lines suppressed (rate limit 1/s)", "hello from misbehave"]
+    assert any("7 log lines suppressed" in r.message for r in caplog.records)

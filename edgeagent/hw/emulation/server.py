@@ -6,10 +6,11 @@ run as other processes with ``LD_PRELOAD=libumockdev-preload.so.0`` and ``UMOCKD
 root; their ioctls arrive here, in umockdev's handler thread.
 
 Argument: a JSON spec ``{"usb": [{"name": "echo", "model": "echo"}, ...], "i2c": [{"bus": 1, "parts":
-[{"model": "tmp102", "address": 72}]}]}``. The first stdout line is ``{"ready": true, "root": ..., "usb":
-{...}, "i2c": {...}}``; then each command line gets one reply line. Commands: ``plug`` (name, model),
-``unplug`` (name), ``halt`` (name, endpoint), ``wait_pending`` (name, endpoint, timeout), ``stats``,
-``i2c_detach`` (bus, address), ``i2c_inject`` (bus, address, code), ``quit``.
+[{"model": "tmp102", "address": 72}]}]}`` (a part may be ``{"model_file": "model.toml", "address": 68}`` or
+``{"entry_point": "sht31", "address": 68}`` instead, see ``i2c_part``). The first stdout line is
+``{"ready": true, "root": ..., "usb": {...}, "i2c": {...}}``; then each command line gets one reply line.
+Commands: ``plug`` (name, model), ``unplug`` (name), ``halt`` (name, endpoint), ``wait_pending`` (name,
+endpoint, timeout), ``stats``, ``i2c_detach`` (bus, address), ``i2c_inject`` (bus, address, code), ``quit``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,20 @@ def usb_model(spec: dict[str, Any]) -> UsbFunction:
 
 
 def i2c_part(spec: dict[str, Any]) -> Any:
-    """A new sim model from edgeagent.hw.sim whose class ``name`` is the spec's model (e.g. "tmp102")."""
+    """A new sim model: ``model_file`` (a declarative TOML model, placed at ``address`` when its straps allow
+    it), ``entry_point`` (a factory of the ``edgeagent.sim_models`` group), or ``model``: a class of
+    edgeagent.hw.sim whose ``name`` it is (e.g. "tmp102")."""
+    if "model_file" in spec:
+        from pathlib import Path
+
+        from edgeagent.hw.sim.declarative import load_model
+
+        model = load_model(Path(spec["model_file"]))
+        return model.part(model.place(int(spec["address"])) if "address" in spec else None)
+    if "entry_point" in spec:
+        from edgeagent.hw.sim.declarative import python_model
+
+        return python_model(spec["entry_point"])(int(spec.get("address", 0)))
     name = spec["model"]
     for module_info in pkgutil.iter_modules(edgeagent.hw.sim.__path__):
         if module_info.name.startswith("usb_"):

@@ -109,6 +109,7 @@ def _bisect(f: Callable[[int], float], target: float, lo: int, hi: int, increasi
 
 class Bme280(RegisterDevice):
     address = 0x76
+    addresses = (0x76, 0x77)  # SDO to GND or VDDIO
     name = "bme280"
     read_only = frozenset({CHIP_ID, STATUS, *range(0x88, 0xA2), *range(0xE1, 0xE8), *range(0xF7, 0xFF)})
 

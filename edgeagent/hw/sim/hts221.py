@@ -28,6 +28,7 @@ T0_OUT, T1_OUT = -20, 700
 
 class Hts221(RegisterDevice):
     address = 0x5F
+    addresses = (0x5F,)  # fixed
     name = "hts221"
     read_only = frozenset({WHO_AM_I, STATUS_REG, *range(0x28, 0x2C), *range(0x30, 0x40)})
 

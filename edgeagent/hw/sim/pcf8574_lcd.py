@@ -70,6 +70,7 @@ class Hd44780:
 
 class Pcf8574Lcd(RegisterDevice):
     address = 0x27
+    addresses = tuple(range(0x20, 0x28)) + tuple(range(0x38, 0x40))  # PCF8574 / PCF8574A, A0-A2
     name = "pcf8574-hd44780"
 
     def __init__(self, address: int | None = None, columns: int = 16, rows: int = 2) -> None:

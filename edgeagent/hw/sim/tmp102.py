@@ -17,6 +17,7 @@ CONFIG_POWER_ON = 0x60A0
 
 class Tmp102(RegisterDevice):
     address = 0x48
+    addresses = (0x48, 0x49, 0x4A, 0x4B)  # ADD0 strapped to GND, V+, SDA, SCL
     name = "tmp102"
 
     def __init__(self, address: int | None = None, temperature: float = 23.5) -> None:

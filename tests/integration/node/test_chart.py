@@ -1,7 +1,7 @@
 """The cluster side installed as an operator does: `make images` (the attestation controller and Keylime as
-OCI archives) imported into a real node's containerd, and the chart (deploy/chart/edgeagent) installed with helm
-onto the test cluster. A device (swtpm + `edgeagent agent` on the host) then enrolls against Keylime and the
-controller running as pods, is revoked after a tamper and comes back after the restore.
+OCI archives) imported into a real node's containerd, and the chart (deploy/chart/edgeagent) installed with
+helm onto the test cluster. A device (swtpm + `edgeagent agent` on the host) then enrolls against Keylime
+and the controller running as pods, is revoked after a tamper and comes back after the restore.
 
 The test cluster has no pod network reaching the API server and no kube-proxy, so the chart runs with
 ``hostNetwork: true`` (its single-node edge mode): the pods share the node's network namespace (here: the
