@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/edgeagent
 export EDGEAGENT_CACHE := $(CACHE)
 
-.PHONY: all setup system-deps venv guests kube kube-current keylime images helm test test-unit lint run clean \
+.PHONY: all setup system-deps venv guests kube kube-current keylime images helm deploy test test-unit lint run clean \
 	install install-files install-python wasm
 
 all: setup
@@ -55,11 +55,15 @@ images: venv .stamps/system-deps
 helm:
 	./scripts/build-helm.sh
 
+# deploy/*.yaml rendered from the chart (never edited by hand; a test checks they are current).
+deploy: helm venv
+	$(PY) scripts/render-deploy.py
+
 # The tests that start a Kubernetes control plane, run a second time on 1.20 (the oldest release supported).
 CLUSTER_TESTS := tests/integration/test_kube_cluster.py tests/integration/cloud tests/integration/test_controllers.py \
 	tests/integration/test_attest_enroll.py
 
-test: setup kube kube-current keylime
+test: setup kube kube-current keylime images helm
 	$(VENV)/bin/ruff check edgeagent tests scripts
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy edgeagent

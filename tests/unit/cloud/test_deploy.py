@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -63,3 +66,60 @@ def test_deployment_runs_two_replicas_with_leader_election() -> None:
         "--lease-namespace",
         "--identity",
     } <= options
+
+
+CHART = DEPLOY / "chart" / "edgeagent"
+
+
+def _helm(*args: str) -> subprocess.CompletedProcess[str]:
+    from edgeagent.testbed.helm import helm_binary
+
+    return subprocess.run(
+        [str(helm_binary()), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HELM_CACHE_HOME": "/tmp/helm-unit"},
+    )
+
+
+def test_deploy_manifests_are_rendered_from_the_chart() -> None:
+    run = subprocess.run(
+        [sys.executable, str(DEPLOY.parent / "scripts" / "render-deploy.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_chart_lints_clean_and_refuses_missing_values_in_one_line() -> None:
+    ok = _helm("lint", str(CHART), "--values", str(CHART / "ci" / "lint-values.yaml"))
+    assert ok.returncode == 0 and "0 chart(s) failed" in ok.stdout, ok.stdout + ok.stderr
+    bare = _helm("template", "x", str(CHART))
+    assert bare.returncode != 0
+    assert "apiServer" in bare.stderr and "ekCA" in bare.stderr
+
+
+def test_charts_keylime_configuration_has_the_testbeds_keys() -> None:
+    """The chart's Keylime files and the testbed's (the suite runs Keylime with those) name the same keys."""
+    import configparser
+
+    from edgeagent.testbed import keylime_config
+
+    docs = _docs("keylime.yaml")
+    conf = _find(docs, "ConfigMap", "keylime-config")["data"]
+    settings = keylime_config.KeylimeSettings(
+        verifier_port=1,
+        registrar_port=2,
+        registrar_tls_port=3,
+        zmq_port=4,
+        tpm_cert_store=Path("/x"),
+        webhook_url="https://w",
+    )
+    for component, sections in keylime_config.render(settings).items():
+        parser = configparser.RawConfigParser()
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser.read_string(conf[f"{component}.conf"])
+        for section, values in sections.items():
+            assert set(parser[section]) == set(values), (component, section)
