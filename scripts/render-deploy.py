@@ -1,7 +1,7 @@
 """`make deploy`: the plain manifests in deploy/ rendered from the chart (deploy/chart/edgeagent), so they
 are never kept by hand. Values: the chart's ci/lint-values.yaml (placeholders for the API server URL and the
-EK CA) with the TLS Secret supplied by the user (a generated one would differ at every render). A test renders them
-again and compares (tests/unit/cloud/test_deploy.py).
+EK CA) with the TLS Secret supplied by the user (a generated one would differ at every render). A test
+renders them again and compares (tests/unit/cloud/test_deploy.py).
 """
 
 from __future__ import annotations
