@@ -198,6 +198,65 @@ def test_a_device_enrolls_is_revoked_and_recovers_through_the_charts_pods(
         tpm.stop()
 
 
+def test_helm_upgrade_keeps_enrolled_devices_enrolled(
+    installed: Installed, swtpm_template: SoftwareTpm, tmp_path: Path
+) -> None:
+    """A changed value rolls the controller; the TLS material (which devices trust) is reused, the device
+    stays enrolled and attested, and the new controller still revokes it on a tamper."""
+    inst = installed
+    secret_before = inst.core.read_namespaced_secret("edgeagent-keylime-tls", NAMESPACE).data
+    pods_before = {n for n in inst.pods() if n.startswith("edgeagent-attestation-controller")}
+    name = f"chart-up-{uuid.uuid4().hex[:6]}"
+    tpm = swtpm_template.clone(tmp_path / "swtpm").start()
+    agent: AgentProcess | None = None
+    try:
+        with Tpm.open(tpm.tcti) as t:
+            ek_cert = tpm_identity.load_ek(t).cert
+        assert ek_cert is not None
+        port = procs.free_port()
+        pin_device(
+            inst.api,
+            name,
+            ek_cert=ek_cert,
+            agent_uuid=f"{name}-agent",
+            agent_address=f"127.0.0.1:{port}",
+            register_node=True,
+        )
+        keylime = SimpleNamespace(
+            registrar_url=f"http://127.0.0.1:{inst.ports['registrar']}",
+            ca_cert=inst.keylime_ca(tmp_path / "keylime-ca.crt"),
+        )
+        agent = AgentProcess(
+            worker.write_config(tmp_path, keylime, node=name, port=port), tpm.tcti, tmp_path / "agent.sock"
+        )
+        agent.start(timeout=60)
+        agent.wait_status(lambda s: s["attestation"]["credential_expiry"], timeout=120, what="the credential")
+        edgenodes = crd.EdgeNodes(inst.api)
+        procs.wait_for(lambda: edgenodes.get(name).phase == "Enrolled", timeout=60, what="Enrolled")
+
+        values = {**inst.values, "controller": {**inst.values["controller"], "credentialLifetime": 7200}}
+        inst.helm.install(RELEASE, NAMESPACE, values, upgrade=True, wait="180s")
+        inst.values = values
+        pods_after = {n for n in inst.pods() if n.startswith("edgeagent-attestation-controller")}
+        assert pods_after and not pods_after & pods_before, "the controller was rolled"
+        assert inst.core.read_namespaced_secret("edgeagent-keylime-tls", NAMESPACE).data == secret_before
+        en = edgenodes.get(name)
+        assert en.phase == "Enrolled" and en.status.get("attested") is True
+        assert not agent.status()["attestation"]["revoked"]
+
+        (tmp_path / worker.MEASURED_FILE).write_text("mode = debug\n")
+        agent.send(signal.SIGHUP)
+        procs.wait_for(
+            lambda: edgenodes.get(name).phase == "Unattested",
+            timeout=60,
+            what="the upgraded controller to revoke the tampered device",
+        )
+    finally:
+        if agent is not None and agent.proc is not None:
+            agent.stop(signal.SIGKILL)
+        tpm.stop()
+
+
 def test_bad_values_are_refused_by_the_schema(installed: Installed) -> None:
     for bad, expect in (
         ({"keylime": {"quoteInterval": 0}}, "quoteInterval"),
