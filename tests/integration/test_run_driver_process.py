@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,20 +44,21 @@ def test_sensor_readings_stream_as_json_lines_and_the_cache_is_written(tmp_path,
     ],
 )
 def test_bad_driver_is_one_line_on_stderr(tmp_path, wasm_build, guest, exit_code, message):
-    policy = tmp_path / "p.toml"
-    policy.write_text("[[i2c]]\nbus = 1\naddresses = [0x10]\n")
-    p = run(
-        [
-            "run-driver",
-            str(wasm_build / "tests" / f"{guest}.wasm"),
-            "--policy",
-            str(policy),
-            "--sim",
-            "--count",
-            "1",
-        ],
-        tmp_path,
+    # As a third party ships it: a bundle directory with the module, its policy and a simulated part (a
+    # module given by path alone has no simulated part, and --sim says so first).
+    bundle = tmp_path / guest
+    bundle.mkdir()
+    shutil.copyfile(wasm_build / "tests" / f"{guest}.wasm", bundle / f"{guest}.wasm")
+    (bundle / "policy.toml").write_text("[[i2c]]\nbus = 1\naddresses = [0x10]\n")
+    (bundle / "model.toml").write_text(
+        'name = "dummy"\naddress = 0x10\n\n[[registers]]\nat = 0x00\nreset = [0x00]\n'
     )
+    (bundle / "bundle.toml").write_text(
+        f'[bundle]\nname = "{guest}"\nkind = "driver"\nversion = "0.1.0"\nabi = 1\nmodule = "{guest}.wasm"\n'
+        'policy = "policy.toml"\nmodel = "model.toml"\n\n[driver]\nbus = "i2c"\ndefault_address = 0x10\n'
+        'channels = ["value:1"]\n'
+    )
+    p = run(["run-driver", str(bundle), "--sim", "--count", "1"], tmp_path)
     assert p.returncode == exit_code
     (line,) = p.stderr.strip().splitlines()  # one line, no traceback
     assert line.startswith(f"edgeagent: error: {message}")
