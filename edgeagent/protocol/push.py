@@ -270,7 +270,8 @@ def parse_evidence_request(body: Mapping[str, Any]) -> EvidenceRequest:
         pair = (str(item.get("evidence_class")), str(item.get("evidence_type")))
         requested.append(pair)
         if pair == ("certification", "tpm_quote"):
-            quote = item.get("chosen_parameters") if isinstance(item.get("chosen_parameters"), Mapping) else {}
+            params = item.get("chosen_parameters")
+            quote = params if isinstance(params, Mapping) else {}
     if quote is None:
         raise PushError("malformed 3.0 response: the verifier requested no tpm_quote")
     nonce = _unb64(quote.get("challenge"), "the quote challenge")
@@ -313,5 +314,6 @@ def parse_acknowledgement(body: Mapping[str, Any]) -> float:
     meta = body.get("meta")
     value = meta.get("seconds_to_next_attestation") if isinstance(meta, Mapping) else None
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise PushError("malformed 3.0 response to PATCH /attestations: no meta.seconds_to_next_attestation")
+        raise PushError("malformed 3.0 response to PATCH /attestations: "
+                        "no meta.seconds_to_next_attestation")
     return float(value)

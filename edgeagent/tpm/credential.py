@@ -14,8 +14,8 @@ import hmac
 import os
 import struct
 
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.decrepit.ciphers.modes import CFB  # the TPM's outer wrap is AES-CFB
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from edgeagent.errors import TpmError
@@ -59,7 +59,8 @@ def kdfa(hash_name: str, key: bytes, label: str, context_u: bytes, context_v: by
     out = b""
     counter = 1
     while len(out) * 8 < bits:
-        msg = counter.to_bytes(4, "big") + label.encode() + b"\0" + context_u + context_v + bits.to_bytes(4, "big")
+        msg = (counter.to_bytes(4, "big") + label.encode() + b"\0" + context_u + context_v
+               + bits.to_bytes(4, "big"))
         out += hmac.new(key, msg, hash_name).digest()
         counter += 1
     out = out[: (bits + 7) // 8]
@@ -68,12 +69,13 @@ def kdfa(hash_name: str, key: bytes, label: str, context_u: bytes, context_v: by
     return out
 
 
-def make_credential(ek_public: bytes, object_name: bytes, secret: bytes, *, seed: bytes | None = None) -> bytes:
+def make_credential(ek_public: bytes, object_name: bytes, secret: bytes, *,
+                    seed: bytes | None = None) -> bytes:
     """TPM2_MakeCredential done outside any TPM (Part 1 §24, "Credential Protection"), as tpm2-tools' blob.
 
     Only the TPM that holds the private half of ``ek_public`` *and* has an object loaded whose name is
-    ``object_name`` (the AK) can get ``secret`` back with TPM2_ActivateCredential: the seed is encrypted to the
-    EK, and both the symmetric key and the integrity HMAC are derived from the seed and the AK's name. RSA EKs
+    ``object_name`` (the AK) can get ``secret`` back with TPM2_ActivateCredential: the seed is encrypted to
+    the EK, and both the symmetric key and the integrity HMAC are derived from the seed and the AK's name. RSA EKs
     only (the standard template: RSA-2048, AES-128-CFB, SHA-256); an ECC EK raises CredentialError.
     ``seed`` is for known-answer tests only.
     """
@@ -82,7 +84,7 @@ def make_credential(ek_public: bytes, object_name: bytes, secret: bytes, *, seed
     except attest.StructureError as e:
         raise CredentialError(f"EK public area: {e}") from None
     if not isinstance(ek.key, rsa.RSAPublicKey):
-        raise CredentialError("MakeCredential to an ECC EK is not supported (the push delivery needs an RSA EK)")
+        raise CredentialError("MakeCredential to an ECC EK is not supported (push delivery needs an RSA EK)")
     if ek.sym_alg != attest.TPM_ALG_AES or ek.sym_bits not in (128, 192, 256):
         raise CredentialError(f"EK symmetric algorithm 0x{ek.sym_alg:04x}/{ek.sym_bits} is not AES-CFB")
     hash_name = attest.HASH_BY_ID.get(ek.name_alg)
