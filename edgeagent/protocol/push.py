@@ -136,7 +136,8 @@ def pop_request(agent_id: str, session_id: str, message: bytes, signature: bytes
     """`PATCH /v3.0/sessions/{id}`: the TPM2_Certify answer (TPMS_ATTEST, TPMT_SIGNATURE)."""
     return {"data": {"type": "session", "id": session_id, "attributes": {
         "agent_id": agent_id,
-        "authentication_provided": [{**POP, "data": {"message": _b64(message), "signature": _b64(signature)}}],
+        "authentication_provided": [
+            {**POP, "data": {"message": _b64(message), "signature": _b64(signature)}}],
     }}}
 
 

@@ -75,8 +75,8 @@ def make_credential(ek_public: bytes, object_name: bytes, secret: bytes, *,
 
     Only the TPM that holds the private half of ``ek_public`` *and* has an object loaded whose name is
     ``object_name`` (the AK) can get ``secret`` back with TPM2_ActivateCredential: the seed is encrypted to
-    the EK, and both the symmetric key and the integrity HMAC are derived from the seed and the AK's name. RSA EKs
-    only (the standard template: RSA-2048, AES-128-CFB, SHA-256); an ECC EK raises CredentialError.
+    the EK, and both the symmetric key and the integrity HMAC are derived from the seed and the AK's name.
+    RSA EKs only (the standard template: RSA-2048, AES-128-CFB, SHA-256); an ECC EK raises CredentialError.
     ``seed`` is for known-answer tests only.
     """
     try:
