@@ -150,11 +150,23 @@ class KeylimeClient:
     def _version(self, base: str) -> str:
         if base not in self._versions:
             env = self.http.request("GET", f"{base}/version")
+            if env.code == 410:
+                # A push-mode verifier (Keylime 7.14) has retired /version; its v3 admin routes are stubs
+                # answering 404, so the admin API there is still v2: the highest v2 root it answers.
+                self._versions[base] = self._v2_root(base)
+                return self._versions[base]
             if not env.ok:
                 raise AttestationError(f"{base}/version -> {env.code} {env.status}")
             theirs = protocol.parse_version_results(env.results)
             self._versions[base] = protocol.negotiate_api_version(CLIENT_API_VERSIONS, theirs)
         return self._versions[base]
+
+    def _v2_root(self, base: str) -> str:
+        for version in reversed(CLIENT_API_VERSIONS):
+            if self.http.request("GET", f"{base}/v{version}/").code != 404:
+                return version
+        raise AttestationError(f"{base} answers /version with 410 and none of the v2 roots "
+                               f"{', '.join(CLIENT_API_VERSIONS)}")
 
     def _url(self, base: str, path: str) -> str:
         return f"{base}/v{self._version(base)}{path}"

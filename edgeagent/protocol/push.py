@@ -28,12 +28,17 @@ import base64
 import binascii
 import datetime as dt
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from edgeagent.errors import ProtocolError, QuoteVerificationError
 from edgeagent.tpm import attest
+from edgeagent.tpm.credential import CredentialError, make_credential
 from edgeagent.tpm.quote import verify_signature
 
 API_VERSION = "3.0"
@@ -255,10 +260,14 @@ class EvidenceRequest:
 
 
 def parse_evidence_request(body: Mapping[str, Any]) -> EvidenceRequest:
+    # Keylime 7.14.3 sends no data.id (its docs show one); the index is then the last segment of
+    # data.links.self, and without either the evidence goes to .../attestations/latest.
     data = body.get("data")
     index = data.get("id") if isinstance(data, Mapping) else None
-    if index is None or not str(index).isdigit():
-        raise PushError("malformed 3.0 response to POST /attestations: no attestation index")
+    links = data.get("links") if isinstance(data, Mapping) else None
+    if index is None and isinstance(links, Mapping) and isinstance(links.get("self"), str):
+        index = links["self"].rstrip("/").rpartition("/")[2]
+    index = str(index) if index is not None and str(index).isdigit() else "latest"
     attrs = _attributes(body, "POST /attestations")
     items = attrs.get("evidence_requested")
     if not isinstance(items, list) or not items:
@@ -285,7 +294,7 @@ def parse_evidence_request(body: Mapping[str, Any]) -> EvidenceRequest:
     pcrs = subjects.get(bank)
     if not isinstance(pcrs, list) or not pcrs or not all(isinstance(p, int) and 0 <= p < 24 for p in pcrs):
         raise PushError(f"malformed 3.0 response: selected_subjects[{bank!r}] is not a list of PCRs 0-23")
-    return EvidenceRequest(str(index), nonce, bank, tuple(sorted(set(pcrs))), tuple(requested),
+    return EvidenceRequest(index, nonce, bank, tuple(sorted(set(pcrs))), tuple(requested),
                            parse_time(attrs.get("challenges_expire_at")), dict(body))
 
 
@@ -318,3 +327,52 @@ def parse_acknowledgement(body: Mapping[str, Any]) -> float:
         raise PushError("malformed 3.0 response to PATCH /attestations: "
                         "no meta.seconds_to_next_attestation")
     return float(value)
+
+
+# ---------------------------------------------------------------- join material sealed to one TPM
+JOIN_KEY_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """Join material only one TPM can open: K wrapped with TPM2_MakeCredential (to the EK, for the AK's
+    name), the material under AES-256-GCM with K and the agent id as associated data."""
+
+    agent_id: str
+    credential: bytes
+    """tpm2-tools credential blob (0xBADCC0DE) whose secret is K."""
+    nonce: bytes
+    ciphertext: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": "attested", "agent_id": self.agent_id, "credential": _b64(self.credential),
+                "nonce": _b64(self.nonce), "ciphertext": _b64(self.ciphertext)}
+
+
+def seal(*, agent_id: str, ek_public: bytes, ak_name: bytes, material: bytes) -> Sealed:
+    """Encrypts ``material`` so that only ActivateCredential in the TPM with this EK and AK can open it."""
+    key = os.urandom(JOIN_KEY_SIZE)
+    try:
+        credential = make_credential(ek_public, ak_name, key)
+    except CredentialError as e:
+        raise PushError(f"cannot seal join material for {agent_id}: {e}") from None
+    nonce = os.urandom(12)
+    return Sealed(agent_id, credential, nonce, AESGCM(key).encrypt(nonce, material, agent_id.encode()))
+
+
+def parse_sealed(body: Mapping[str, Any], agent_id: str) -> Sealed:
+    if body.get("agent_id") != agent_id:
+        raise PushError(f"malformed join answer: made for agent {body.get('agent_id')!r}, not {agent_id!r}")
+    return Sealed(agent_id, _unb64(body.get("credential"), "the join credential"),
+                  _unb64(body.get("nonce"), "the join nonce"),
+                  _unb64(body.get("ciphertext"), "the join ciphertext"))
+
+
+def open_sealed(sealed: Sealed, key: bytes) -> bytes:
+    """The material, with K from ActivateCredential; PushError if it does not authenticate."""
+    if len(key) != JOIN_KEY_SIZE:
+        raise PushError(f"join key is {len(key)} bytes, not {JOIN_KEY_SIZE}")
+    try:
+        return AESGCM(key).decrypt(sealed.nonce, sealed.ciphertext, sealed.agent_id.encode())
+    except InvalidTag:
+        raise PushError("join material does not authenticate under the key this TPM recovered") from None
