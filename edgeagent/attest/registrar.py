@@ -118,8 +118,8 @@ class RegistrarClient:
             if not str(e).startswith("HTTP 5"):
                 env = self._call("POST", "/v3.0/agents", {"agent_id": agent_id, **body}, step="registration")
             else:
-                log.warning("registrar answered its API 3.0 registration with %s (Keylime 7.14.3 fails on its "
-                            "v3 routes); registering on its v%s routes instead", e, self.api_version())
+                log.warning("registrar answered its API 3.0 registration with %s (Keylime 7.14.3 fails on "
+                            "its v3 routes); registering on its v%s routes instead", e, self.api_version())
                 credential = self.register(agent_id, body)
                 self.activate(agent_id, activate_credential(credential.to_bytes()))
                 return self.api_version()

@@ -101,11 +101,25 @@ class VerifierAgent:
     raw: dict[str, Any]
 
     @property
+    def push(self) -> bool:
+        """A push-mode agent: the verifier has no address for it (it pushes its evidence)."""
+        return self.raw.get("ip") is None and self.raw.get("port") is None
+
+    @property
+    def attestation_status(self) -> str:
+        """Keylime 7.14's summary: PASS, FAIL, TIMEOUT (a push agent silent 5 quote intervals), PENDING."""
+        return str(self.raw.get("attestation_status") or "PENDING")
+
+    @property
     def good(self) -> bool:
+        if self.push:  # operational_state stays GET_QUOTE whatever the evidence says
+            return self.attestation_status == "PASS" and self.attestation_count > 0
         return self.operational_state in OperationalState.GOOD and self.attestation_count > 0
 
     @property
     def failed(self) -> bool:
+        if self.push:
+            return self.attestation_status in ("FAIL", "TIMEOUT")
         return self.operational_state in OperationalState.BAD
 
 
@@ -203,8 +217,8 @@ class KeylimeClient:
         *,
         agent: RegistrarAgent,
         v: bytes,
-        ip: str,
-        port: int,
+        ip: str | None,
+        port: int | None,
         tpm_policy: dict[str, list[str]],
         revocation_key_pem: str,
         agent_api_version: str,
@@ -212,6 +226,7 @@ class KeylimeClient:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """`POST /v2.x/agents/{uuid}`: the verifier starts polling the agent and sends V after a good quote.
+        A push-mode verifier ignores ``ip``/``port`` (None) and ``v``: it waits for the agent's evidence.
 
         ``tpm_policy`` maps PCR numbers to accepted hex values; the mask is derived from it (plus the
         measured-boot PCRs when ``mb_policy``, a Keylime reference state, is given), as Keylime's tenant does.
@@ -255,6 +270,8 @@ class KeylimeClient:
             raise AttestationError(f"verifier GET agent {uuid}: {env.code} {env.status}")
         r = env.results.get(uuid, env.results)
         state = r.get("operational_state")
+        if state is None and r.get("ip") is None and r.get("port") is None:
+            state = OperationalState.GET_QUOTE  # push mode clears it while it verifies the first evidence
         if not isinstance(state, int):
             raise ProtocolError(f"verifier's record of {uuid} has no operational_state")
         return VerifierAgent(
