@@ -111,7 +111,8 @@ def enroll_command(
     """Enroll this device: provision, measure, register with Keylime, get attested, obtain the node
     credential, write the kubelet kubeconfig, then keep serving attestation. Safe to re-run: it resumes."""
     cfg = state(ctx).config
-    _apply_options(cfg, mode=mode, verifier_url=verifier, join_url=join_url, registrar_url=registrar, agent_host=host, agent_port=port, node_name=node_name,
+    _apply_options(cfg, mode=mode, verifier_url=verifier, join_url=join_url, registrar_url=registrar,
+                   agent_host=host, agent_port=port, node_name=node_name,
                    uuid=uuid, keylime_ca=keylime_ca, kubeconfig=kubeconfig, payload_dir=payload_dir)
     from edgeagent.attest import enroll
 
