@@ -1,0 +1,291 @@
+"""Push mode end to end, with the device behind a real NAT.
+
+The device (`edgeagent enroll --mode push`, a process in its own network namespace, with its own swtpm there)
+sits behind a masquerading router namespace that drops every connection from outside that it did not see
+leave (`edgeagent.testbed.nat`). The cluster side is the stock Keylime 7.14.3 verifier started with
+`mode = push` and its registrar, the real kube-apiserver + kube-controller-manager, and the attestation
+controller with its join endpoint; the device reaches them only through the NAT.
+
+Asserted: a connection from the cluster side into the device fails (a listener in the device namespace is
+not reachable) while the device registers, proves possession of its AK, pushes its quotes, opens the join
+material sealed to its TPM and gets its node credential; the enroll process itself listens on nothing;
+every connection the cluster side saw came from the router's masqueraded address. Then a measured file
+changes and the agent restarts: its next push fails Keylime's policy, the controller revokes (EdgeNode
+Unattested, the node's RBAC grant withdrawn), and the device, told on its next push through a revocation
+signed with its enrollment's key, deletes its credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from edgeagent.cloud import crd
+from edgeagent.cloud.controller import Controller
+from edgeagent.testbed.cluster_side import pin_device
+from edgeagent.testbed.keylime import Keylime, make_settings
+from edgeagent.testbed.nat import DEVICE_IP, ROUTER_OUTER_IP, Nat, Relay, in_netns
+from edgeagent.tpm import Tpm
+from edgeagent.tpm import identity as tpm_identity
+from edgeagent.tpm.swtpm import SoftwareTpm
+from tests.fixtures import procs
+from tests.fixtures.kube import KubeCluster
+from tests.integration.cloud.conftest import controller_settings, least_privilege_client, wait_edgenode
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[3]
+PUSH_VERIFIER = {
+    "mode": "push",
+    # a device that failed and was put right attests again without re-adding it
+    "auto_recover_attestation_failures": "True",
+    # evidence must follow its challenge within 5 s (a quote takes milliseconds; test_push_bad_input)
+    "challenge_lifetime": "5",
+}
+
+
+@pytest.fixture(scope="module")
+def nat() -> Iterator[Nat]:
+    with Nat("push") as n:
+        yield n
+
+
+@pytest.fixture(scope="module")
+def push_keylime(swtpm_template: SoftwareTpm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keylime]:
+    root = tmp_path_factory.mktemp("push-keylime")
+    deployment = Keylime(root, make_settings(root, [swtpm_template.ca_cert],
+                                             extra={"verifier": dict(PUSH_VERIFIER)}))
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@pytest.fixture(scope="module")
+def push_controller(kube_cluster: KubeCluster, push_keylime: Keylime) -> Iterator[Controller]:
+    api = least_privilege_client(kube_cluster)
+    settings = controller_settings(
+        kube_cluster, push_keylime, install_crd=False, lease_namespace="edgeagent-system",
+        lease_name=f"edgeagent-push-{uuid.uuid4().hex[:6]}",
+        webhook_port=None, join_host="127.0.0.1", join_port=procs.free_port(), poll_interval=0.5,
+    )
+    c = Controller(api, settings).start()
+    try:
+        procs.wait_for(c.elector.is_leader, timeout=15, what="the controller to lead")
+        yield c
+    finally:
+        c.stop()
+
+
+@dataclass
+class PushDevice:
+    name: str
+    agent_uuid: str
+    root: Path
+    config: Path
+    tpm: SoftwareTpm
+    measured: Path
+    kubeconfig: Path
+    relays: list[tuple[Relay, Relay]]
+    nat: Nat
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.root / "enroll.log"
+
+    def cli(self, *args: str) -> list[str]:
+        return [*self.nat.exec_prefix(), sys.executable, "-m", "edgeagent.cli.main", "--config",
+                str(self.config), *args]
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.cli(*args), capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def start(self) -> None:
+        self.proc = procs.start(self.cli("enroll", "--json"), log=self.log,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop(self.proc)
+            self.proc = None
+
+    def pcr23(self) -> str:
+        def read() -> str:
+            with Tpm.open(self.tpm.tcti) as tpm:
+                return tpm.pcr_read([23])[23].hex()
+        return in_netns(self.nat.device_ns, read)
+
+
+def _push_device(nat: Nat, keylime: Keylime, kube_cluster: KubeCluster, controller: Controller,
+                 swtpm_template: SoftwareTpm, root: Path) -> PushDevice:
+    name = f"edge-push-{uuid.uuid4().hex[:6]}"
+    tpm = in_netns(nat.device_ns, lambda: swtpm_template.clone(root / "swtpm").start())
+    join_port = controller.s.join_port
+    assert join_port is not None
+    relays = [nat.relay(port) for port in (keylime.registrar_port, keylime.verifier_port, join_port,
+                                           kube_cluster.api_port)]
+    measured = root / "app.conf"
+    measured.write_text("mode = production\n")
+    (root / "policies").mkdir()
+    kubeconfig = root / "kubelet" / "kubeconfig"
+    config = root / "agent.toml"
+    config.write_text(f"""
+state_dir = "{root / 'state'}"
+tpm_tcti = "{tpm.tcti}"
+policies_dir = "{root / 'policies'}"
+
+[measure]
+extra_paths = ["{measured}"]
+firmware_log = "{root / 'no-firmware-log'}"
+
+[enroll]
+mode = "push"
+registrar_url = "http://127.0.0.1:{keylime.registrar_port}"
+verifier_url = "https://127.0.0.1:{keylime.verifier_port}"
+join_url = "https://127.0.0.1:{join_port}"
+node_name = "{name}"
+uuid = "{name}-agent"
+keylime_ca = "{keylime.ca_cert}"
+payload_dir = "{root / 'run'}"
+kubeconfig = "{kubeconfig}"
+retry_timeout = 60
+payload_timeout = 120
+certificate_timeout = 60
+push_backoff_max = 4
+""")
+    return PushDevice(name, f"{name}-agent", root, config, tpm, measured, kubeconfig, relays, nat)
+
+
+@pytest.fixture
+def push_device(nat: Nat, push_keylime: Keylime, kube_cluster: KubeCluster, push_controller: Controller,
+                swtpm_template: SoftwareTpm, tmp_path: Path) -> Iterator[PushDevice]:
+    device = _push_device(nat, push_keylime, kube_cluster, push_controller, swtpm_template, tmp_path)
+    try:
+        yield device
+    finally:
+        device.stop()
+        for host, dev in device.relays:
+            host.stop()
+            dev.stop()
+        device.tpm.stop()
+        push_keylime.tenant("-c", "delete", "-u", device.agent_uuid)
+        push_keylime.tenant("-c", "regdelete", "-u", device.agent_uuid)
+
+
+def _allowed(kubeconfig_user: dict[str, Any], kube_cluster: KubeCluster) -> bool:
+    """Whether the node's credential may still list ConfigMaps (its RBAC grant)."""
+    cfg = k8s.Configuration()
+    cfg.host = kube_cluster.api_url
+    cfg.ssl_ca_cert = str(kube_cluster.ca_cert)
+    cfg.cert_file, cfg.key_file = kubeconfig_user["cert"], kubeconfig_user["key"]
+    try:
+        k8s.CoreV1Api(k8s.ApiClient(cfg)).list_namespaced_config_map("default")
+    except ApiException as e:
+        if e.status in (401, 403):
+            return False
+        raise
+    return True
+
+
+def _listeners(nat: Nat) -> str:
+    return subprocess.run([*nat.exec_prefix(), "ss", "-ltnpH"], capture_output=True, text=True,
+                          timeout=30).stdout
+
+
+def test_device_behind_nat_enrolls_attests_and_is_revoked(
+    nat: Nat, push_keylime: Keylime, kube_cluster: KubeCluster, push_controller: Controller,
+    push_device: PushDevice, tmp_path: Path,
+) -> None:
+    api = kube_cluster.client()
+    dev = push_device
+    # The operator pins the device: its EK certificate and the PCR 23 value `edgeagent measure` reports.
+    measured = dev.run("measure")
+    assert measured.returncode == 0, measured.stderr
+
+    def ek_cert() -> bytes | None:
+        with Tpm.open(dev.tpm.tcti) as tpm:
+            return tpm_identity.load_ek(tpm).cert
+
+    cert_der = in_netns(nat.device_ns, ek_cert)
+    assert cert_der is not None
+    pcr23 = dev.pcr23()
+    pin_device(api, dev.name, ek_cert=cert_der, agent_uuid=dev.agent_uuid, agent_address="",
+               mode="push", tpm_policy={"23": [pcr23]})
+
+    # Not attested yet: the join endpoint hands out nothing.
+    code, body = push_controller.join_answer(dev.agent_uuid)
+    assert code == 404 and body["state"] in ("pending", "unknown")
+
+    # The cluster side cannot open a connection to the device (a listener there is unreachable).
+    canary = in_netns(nat.device_ns, lambda: socket.create_server(("0.0.0.0", 0)))
+    try:
+        with pytest.raises(OSError):
+            socket.create_connection((DEVICE_IP, canary.getsockname()[1]), timeout=1.5).close()
+    finally:
+        canary.close()
+
+    dev.start()
+    procs.wait_for(lambda: dev.kubeconfig.exists() or (dev.proc is not None and dev.proc.poll() is not None),
+                   timeout=120, what="the device to write its kubelet kubeconfig")
+    assert dev.kubeconfig.exists(), dev.log.read_text()[-3000:]
+    en = wait_edgenode(api, dev.name, lambda e: e.phase == "Enrolled", timeout=30, what="Enrolled")
+    assert en.status.get("attested") is True
+
+    state_dir = dev.root / "state"
+    cert_path = state_dir / "node" / "node.crt"
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert cert.subject.rfc4514_string() == f"CN=system:node:{dev.name},O=system:nodes"
+    user = {"cert": str(cert_path), "key": str(state_dir / "node" / "node.key")}
+    # a copy of the credential, to show the cluster refuses it after the revocation
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "node.crt").write_bytes(cert_path.read_bytes())
+    (copy / "node.key").write_bytes((state_dir / "node" / "node.key").read_bytes())
+    copied = {"cert": str(copy / "node.crt"), "key": str(copy / "node.key")}
+    assert _allowed(copied, kube_cluster)
+
+    # the enroll process listens on nothing; every connection reached the cluster through the NAT
+    assert dev.proc is not None
+    assert f"pid={dev.proc.pid}," not in _listeners(nat)
+    for host, _ in dev.relays:
+        assert set(host.peers) <= {ROUTER_OUTER_IP}
+    assert any(host.peers for host, _ in dev.relays)
+    status = push_keylime.get(f"{push_keylime.verifier_url}/v2.2/agents/{dev.agent_uuid}")["results"]
+    assert status["attestation_status"] == "PASS" and status["ip"] is None and status["port"] is None
+
+    # Tamper: a measured file changes and the agent restarts; it measures the change into PCR 23.
+    dev.stop()
+    dev.measured.write_text("mode = debug\n")
+    dev.start()
+    wait_edgenode(api, dev.name, lambda e: e.phase == "Unattested", timeout=60,
+                  what="Unattested after the tampered push")
+    assert not _allowed(copied, kube_cluster)
+    node = k8s.CoreV1Api(api).read_node(dev.name)
+    assert node.spec.unschedulable is True
+    assert any(t.key == "edgeagent.io/unattested" and t.effect == "NoExecute" for t in node.spec.taints or [])
+    # The device learns it on its next push and drops its credential.
+    procs.wait_for(lambda: not cert_path.exists() and not dev.kubeconfig.exists(), timeout=60,
+                   what="the device to drop its credential")
+    assert "verifier revoked this agent" in dev.log.read_text()
+    code, body = push_controller.join_answer(dev.agent_uuid)
+    assert code == 403 and body["state"] == "revoked"
+    assert json.loads(body["revocation"]["msg"])["agent_id"] == dev.agent_uuid
+    assert hashlib.sha256(cert_der).hexdigest() == en.spec.ek_cert_sha256
+    assert crd.EdgeNodes(api).get(dev.name) is not None
