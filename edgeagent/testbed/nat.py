@@ -83,7 +83,7 @@ def in_netns(netns: str, fn: Callable[[], T]) -> T:
     t.join()
     if "error" in out:
         raise out["error"]
-    return out["value"]  # type: ignore[no-any-return]
+    return out["value"]
 
 
 class Nat:

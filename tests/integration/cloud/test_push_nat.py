@@ -259,7 +259,7 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
     (copy / "node.crt").write_bytes(cert_path.read_bytes())
     (copy / "node.key").write_bytes((state_dir / "node" / "node.key").read_bytes())
     copied = {"cert": str(copy / "node.crt"), "key": str(copy / "node.key")}
-    assert _allowed(copied, kube_cluster)
+    assert _allowed(user, kube_cluster) and _allowed(copied, kube_cluster)
 
     # the enroll process listens on nothing; every connection reached the cluster through the NAT
     assert dev.proc is not None
