@@ -34,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,8 @@ class PushStats:
     seconds_to_next: float | None = None
     last_push_at: float | None = None
     unreachable_since: float | None = None
+    backoffs: list[float] = field(default_factory=list)
+    """The waits chosen while the verifier was unreachable or refusing (the last 50)."""
 
 
 class PushAttester:
@@ -299,6 +301,7 @@ class PushAttester:
                     self.stats.unreachable_since = time.time()
                     log.warning("push: %s; retrying with backoff (up to %.0f s)", e, self.backoff_max)
                 wait, delay = delay, min(delay * 2, self.backoff_max)
+                self.stats.backoffs = [*self.stats.backoffs[-49:], wait]
             except ChallengeExpired as e:
                 self.stats.failures += 1
                 self.stats.last_error = str(e)
@@ -310,6 +313,7 @@ class PushAttester:
                     log.warning("push: %s", e)
                 self.stats.last_error = str(e)
                 wait, delay = delay, min(delay * 2, self.backoff_max)
+                self.stats.backoffs = [*self.stats.backoffs[-49:], wait]
             if self._stop.wait(max(wait, 0.05)):
                 return
 

@@ -17,12 +17,15 @@ signed with its enrollment's key, deletes its credential.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,11 +34,18 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from edgeagent.attest import push as push_client
+from edgeagent.attest.registrar import RegistrarClient
 from edgeagent.cloud import crd
+from edgeagent.cloud import keylime as ck
 from edgeagent.cloud.controller import Controller
+from edgeagent.protocol import keylime as keylime_protocol
+from edgeagent.protocol import push
 from edgeagent.testbed.cluster_side import pin_device
 from edgeagent.testbed.keylime import Keylime, make_settings
 from edgeagent.testbed.nat import DEVICE_IP, ROUTER_OUTER_IP, Nat, Relay, in_netns
@@ -289,3 +299,140 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
     assert json.loads(body["revocation"]["msg"])["agent_id"] == dev.agent_uuid
     assert hashlib.sha256(cert_der).hexdigest() == en.spec.ek_cert_sha256
     assert crd.EdgeNodes(api).get(dev.name) is not None
+
+
+# ---------------------------------------------------------------- bad input, against the same stock verifier
+@dataclass
+class Direct:
+    """A push-mode agent in this process (no NAT needed here), registered and added to the verifier."""
+
+    uuid: str
+    tpm: Tpm
+    swtpm: SoftwareTpm
+    attester: push_client.PushAttester
+    keylime_client: ck.KeylimeClient
+
+
+@pytest.fixture
+def direct(push_keylime: Keylime, swtpm_template: SoftwareTpm, tmp_path: Path) -> Iterator[Direct]:
+    sw = swtpm_template.clone(tmp_path / "swtpm").start()
+    tpm = Tpm.open(sw.tcti)
+    agent_uuid = f"push-bad-{uuid.uuid4().hex[:8]}"
+    client = ck.KeylimeClient(registrar_url=push_keylime.registrar_tls_url,
+                              verifier_url=push_keylime.verifier_url,
+                              tls=ck.KeylimeTls.from_dir(push_keylime.cv_ca))
+    try:
+        ident = tpm_identity.provision(tpm, tmp_path / "state")
+        request = keylime_protocol.RegistrationRequest(ek_tpm=ident.ek_public, aik_tpm=ident.ak_public,
+                                                       ekcert=ident.ek_cert, mtls_cert=None, ip="", port=0)
+        RegistrarClient(push_keylime.registrar_url).register_v3(
+            agent_uuid, request, lambda blob: tpm.activate_credential(ident, blob))
+        registered = client.registrar_agent(agent_uuid)
+        assert registered is not None
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        client.add_agent(agent_uuid, agent=registered, v=bytes(32), ip=None, port=None,
+                         tpm_policy={"23": [tpm.pcr_read([23])[23].hex()]},
+                         revocation_key_pem=key.private_bytes(
+                             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode(),
+                         agent_api_version="2.1")
+        verifier = push_client.HttpsClient(push_keylime.verifier_url, push_keylime.ca_cert)
+        attester = push_client.PushAttester(tpm=tpm, identity=ident, agent_id=agent_uuid, verifier=verifier,
+                                            backoff_max=4.0, pending_interval=0.2)
+        yield Direct(agent_uuid, tpm, sw, attester, client)
+    finally:
+        with contextlib.suppress(Exception):
+            client.delete_agent(agent_uuid)
+        push_keylime.tenant("-c", "regdelete", "-u", agent_uuid)
+        tpm.close()
+        sw.stop()
+
+
+def _offer(d: Direct) -> push.EvidenceRequest:
+    """Phase 1, waiting out the verifier's "not yet" (429 until quote_interval passed since the last)."""
+    got: list[push.EvidenceRequest] = []
+
+    def attempt() -> bool:
+        request = d.attester.offer()
+        if isinstance(request, push.EvidenceRequest):
+            got.append(request)
+            return True
+        return False
+
+    procs.wait_for(attempt, timeout=30, interval=0.3, what="the verifier to issue a challenge")
+    return got[0]
+
+
+def _status(d: Direct) -> str:
+    state = d.keylime_client.agent_state(d.uuid)
+    return state.attestation_status if state is not None else "gone"
+
+
+def test_verifier_unreachable_backoff_then_resume(
+    direct: Direct, push_keylime: Keylime, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = direct
+    thread = threading.Thread(target=d.attester.run, name="push-attestation", daemon=True)
+    thread.start()
+    try:
+        procs.wait_for(lambda: d.attester.stats.attestations >= 1, timeout=30, what="a first push")
+        push_keylime.stop_verifier()
+        procs.wait_for(lambda: len(d.attester.stats.backoffs) >= 4, timeout=60,
+                       what="four attempts on the stopped verifier")
+        assert d.attester.stats.backoffs[:4] == [1.0, 2.0, 4.0, 4.0]  # doubling, capped at backoff_max
+        assert "unreachable" in (d.attester.stats.last_error or "")
+        before = d.attester.stats.attestations
+        push_keylime.start_verifier()
+        procs.wait_for(lambda: d.attester.stats.attestations > before, timeout=60,
+                       what="pushes to resume once the verifier is back")
+        assert d.attester.stats.unreachable_since is None
+        procs.wait_for(lambda: _status(d) == "PASS", timeout=30, what="PASS after the outage")
+    finally:
+        d.attester.stop()
+        thread.join(timeout=20)
+    messages = [r.getMessage() for r in caplog.records if r.name == "edgeagent.attest.push"]
+    assert sum("retrying with backoff" in m for m in messages) == 1  # one line per outage, not per attempt
+    assert any("reachable again" in m for m in messages)
+
+
+def test_wrong_or_unknown_session_token_proves_possession_again(direct: Direct) -> None:
+    d = direct
+    d.attester.authenticate()
+    assert d.attester.stats.sessions == 1
+    for bogus in ("not-a-token", f"{uuid.uuid4()}.{'0' * 43}"):
+        d.attester.token = push.SessionToken(bogus, None)
+        _offer(d)  # the 401 makes it prove possession again, then the offer goes through
+    assert d.attester.stats.sessions == 3
+    # An agent the verifier no longer knows cannot get a token at all: one clear error.
+    d.keylime_client.delete_agent(d.uuid)
+    d.attester.token = push.SessionToken("expired-or-revoked", None)
+    with pytest.raises(push.PushError, match="refused the proof of possession"):
+        d.attester.offer()
+
+
+def test_challenge_expired_before_the_evidence(direct: Direct) -> None:
+    d = direct
+    request = _offer(d)
+    evidence = d.attester.collect(request)
+    assert request.expires_at is not None
+    procs.wait_for(lambda: time.time() > request.expires_at + 1, timeout=30,  # type: ignore[operator]
+                   what="the challenge to expire (challenge_lifetime = 5)")
+    with pytest.raises(push_client.ChallengeExpired, match="expired before the evidence arrived"):
+        d.attester.submit(evidence)
+
+
+def test_replayed_evidence_is_refused_or_fails(direct: Direct) -> None:
+    d = direct
+    evidence = d.attester.collect(_offer(d))
+    assert d.attester.submit(evidence) >= 0
+    procs.wait_for(lambda: _status(d) == "PASS", timeout=30, what="the first evidence to pass")
+    # the same submission again: the attestation's evidence is immutable
+    with pytest.raises(push.PushError, match=r"HTTP 403.*Cannot alter evidence"):
+        d.attester.submit(evidence)
+    # the old evidence for a new challenge: accepted for verification, and failed (nonce mismatch)
+    _offer(d)
+    d.attester.submit(evidence)
+    procs.wait_for(lambda: _status(d) == "FAIL", timeout=30, what="the replayed quote to fail")
+    # a genuine push afterwards passes again (auto_recover_attestation_failures)
+    d.attester.submit(d.attester.collect(_offer(d)))
+    procs.wait_for(lambda: _status(d) == "PASS", timeout=30, what="a genuine quote to pass again")
