@@ -69,3 +69,23 @@ def test_certify_self_is_keylimes_proof_of_possession(swtpm: SoftwareTpm, tmp_pa
         push.verify_pop(ident.ak_public, message, signature, os.urandom(16))
     with pytest.raises(push.PushError, match="signature"):
         push.verify_pop(ident.ak_public, message, signature[:-1] + bytes([signature[-1] ^ 1]), challenge)
+
+
+def test_join_material_sealed_for_another_tpm_does_not_open(
+    swtpm: SoftwareTpm, other_swtpm: SoftwareTpm, tmp_path: Path
+) -> None:
+    """The cluster side's seal (pure) and the device's open (ActivateCredential, then AES-GCM)."""
+    from edgeagent.attest.push import open_join
+    from edgeagent.tpm import attest
+
+    with Tpm.open(other_swtpm.tcti) as tpm:
+        theirs = provision(tpm, tmp_path / "theirs")
+        for_them = push.seal(agent_id="a1", ek_public=theirs.ek_public,
+                             ak_name=attest.object_name(theirs.ak_public), material=b"join material")
+        assert open_join(tpm, theirs, for_them) == b"join material"
+    with Tpm.open(swtpm.tcti) as tpm:
+        mine = provision(tpm, tmp_path / "mine")
+        with pytest.raises(CredentialError, match="refused"):
+            open_join(tpm, mine, for_them)
+        # the name the registrar computes from the registered AK is the name the TPM checks
+        assert attest.object_name(mine.ak_public) == mine.ak_name
