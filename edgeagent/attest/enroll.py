@@ -679,6 +679,16 @@ class Enrollment:
                 return
             self._on_revocation(revocation)
 
+    def attestation_traffic(self) -> tuple[int, int]:
+        """(attestations so far, bytes this device sent for them): pull, the agent API's answers to the
+        verifier; push, its requests to the verifier and the join endpoint. HTTP only, TLS not counted."""
+        if self.push is not None:
+            sent = self.push.verifier.bytes_sent + (self._join_client.bytes_sent if self._join_client else 0)
+            return self.push.stats.attestations, sent
+        if self.api is not None:
+            return self.api.quotes_served, self.api.bytes_sent
+        return 0, 0
+
     def _note_join_error(self, message: str) -> None:
         if message != self._join_error:
             log.warning("push: %s", message)
