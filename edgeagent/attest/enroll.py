@@ -650,11 +650,19 @@ class Enrollment:
         except (PeerUnreachable, ProtocolError) as e:
             self._note_join_error(str(e))
             return
+        if answer.state == "pending" and self._needs_material():
+            # The verifier checks evidence after accepting it and the controller seals the material once it
+            # sees the pass: ask again shortly rather than only after the next push (seconds away).
+            until_next = (self.push.stats.seconds_to_next or 0.0) if self.push is not None else 0.0
+            deadline = time.monotonic() + until_next - 0.2
+            while answer.state == "pending" and time.monotonic() < deadline and not self._stop.wait(0.1):
+                try:
+                    answer = push_client.fetch_join(self._join_client, self.state.uuid)
+                except (PeerUnreachable, ProtocolError) as e:
+                    self._note_join_error(str(e))
+                    return
         if answer.state == "attested" and answer.sealed is not None:
-            with self._credential_lock:
-                need = self.revoked.is_set() or (
-                    self._payload_dir is not None and payload.stored(self._payload_dir) is None)
-            if not need:
+            if not self._needs_material():
                 return
             assert self.tpm is not None and self.ident is not None
             try:
@@ -678,6 +686,11 @@ class Enrollment:
                 self._note_join_error(f"revocation answer refused: {e}")
                 return
             self._on_revocation(revocation)
+
+    def _needs_material(self) -> bool:
+        with self._credential_lock:
+            return self.revoked.is_set() or (
+                self._payload_dir is not None and payload.stored(self._payload_dir) is None)
 
     def attestation_traffic(self) -> tuple[int, int]:
         """(attestations so far, bytes this device sent for them): pull, the agent API's answers to the

@@ -147,7 +147,7 @@ class PushAttester:
         firmware_log: Path | None = None,
         cel_log: Path | None = None,
         backoff_max: float = 30.0,
-        pending_interval: float = 1.0,
+        pending_interval: float = 0.25,
         on_cycle: Callable[[], None] | None = None,
     ) -> None:
         """``on_cycle`` runs in the attesting thread after every accepted push (the enrollment fetches its
@@ -281,6 +281,7 @@ class PushAttester:
     def run(self) -> None:
         """Attests until `stop`; see the module doc for what is retried how."""
         delay = 1.0
+        pending, early = self.pending_interval, 0
         while not self._stop.is_set():
             try:
                 accepted, wait = self.attest_once()
@@ -312,7 +313,16 @@ class PushAttester:
                 if str(e) != self.stats.last_error:
                     log.warning("push: %s", e)
                 self.stats.last_error = str(e)
-                wait, delay = delay, min(delay * 2, self.backoff_max)
+                if self.stats.attestations == 0 and pending < self.backoff_max and (
+                        isinstance(e, NotEnrolled) or "refused the proof of possession" in str(e)):
+                    # Not added to the verifier yet: the normal state right after registration, which the
+                    # attestation controller ends within a second or so; look again soon, gently.
+                    early += 1
+                    wait = pending
+                    if early > 2:  # twice at the base interval, then doubling (session rate limit: 15/min)
+                        pending = min(pending * 2, self.backoff_max)
+                else:
+                    wait, delay = delay, min(delay * 2, self.backoff_max)
                 self.stats.backoffs = [*self.stats.backoffs[-49:], wait]
             if self._stop.wait(max(wait, 0.05)):
                 return
