@@ -107,6 +107,8 @@ CERT_FILE = "node.crt"
 CA_FILE = "cluster-ca.crt"
 REVOCATION_CERT_FILE = "revocation.crt"
 RENEW_RETRY_MAX = 300.0
+JOIN_WAIT_FOR_ADD = 30.0
+"""Push mode: longest wait, after starting, for the controller to add the agent before the first session."""
 RENEW_WAIT_MIN = 0.5
 """Least wait between two looks at the certificate in `serve`, whatever the configuration says, so the loop
 cannot spin (a zero ``renew_retry``, a renewal already due, a credential a revocation made unusable)."""
@@ -635,8 +637,25 @@ class Enrollment:
         )
         self._first_push_at = None
         self._server_started = time.monotonic()
-        self._push_thread = threading.Thread(target=self.push.run, name="push-attestation", daemon=True)
+        self._push_thread = threading.Thread(target=self._push_main, name="push-attestation", daemon=True)
         self._push_thread.start()
+
+    def _push_main(self) -> None:
+        """The push thread: right after a registration, wait (briefly, polling the join endpoint) until the
+        controller has added the agent to the verifier, so the first session is not spent on a refusal
+        (each costs the verifier a PBKDF2 token hash); then push until stopped."""
+        assert self.push is not None and self._join_client is not None and self.state.uuid is not None
+        deadline = time.monotonic() + JOIN_WAIT_FOR_ADD
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                answer = push_client.fetch_join(self._join_client, self.state.uuid)
+            except (PeerUnreachable, ProtocolError):
+                break  # the push loop reports and retries what is wrong
+            if answer.state != "pending" or answer.added:
+                break
+            if self.push.wait(0.1):
+                return
+        self.push.run()
 
     def _push_cycle(self) -> None:
         """Runs in the push thread after every push the verifier accepted: ask the join endpoint whether

@@ -170,6 +170,10 @@ class PushAttester:
     def stop(self) -> None:
         self._stop.set()
 
+    def wait(self, seconds: float) -> bool:
+        """Sleeps up to ``seconds``; True when stopped."""
+        return self._stop.wait(seconds)
+
     # ------------------------------------------------------------ session
     def authenticate(self) -> push.SessionToken:
         """Proves possession of the AK; the token is kept for the next requests."""
@@ -343,6 +347,8 @@ class JoinAnswer:
     sealed: push.Sealed | None = None
     revocation: dict[str, Any] | None = None
     detail: str = ""
+    added: bool = False
+    """pending: whether the controller has added the agent to the verifier (a session can succeed)."""
 
 
 def fetch_join(client: HttpsClient, agent_id: str) -> JoinAnswer:
@@ -355,7 +361,7 @@ def fetch_join(client: HttpsClient, agent_id: str) -> JoinAnswer:
         return JoinAnswer("revoked", revocation=revocation if isinstance(revocation, dict) else None,
                           detail=str(body.get("detail") or ""))
     if resp.code in (404, 409) and body.get("state") in ("pending", "unknown"):
-        return JoinAnswer("pending", detail=str(body.get("detail") or ""))
+        return JoinAnswer("pending", detail=str(body.get("detail") or ""), added=body.get("added") is True)
     raise push.PushError(f"malformed answer from the join endpoint: HTTP {resp.code}: {resp.detail()}")
 
 

@@ -630,7 +630,9 @@ class Controller:
             attested = en.phase in ("Attested", "Enrolled")
             if state is None or not state.good or mem.sealed is None or not attested:
                 status = state.attestation_status if state is not None else "not added"
-                return 404, {"state": "pending", "detail": f"verifier status {status}; phase {en.phase}"}
+                added = state is not None and bool(en.status.get("delivered"))
+                return 404, {"state": "pending", "added": added,
+                             "detail": f"verifier status {status}; phase {en.phase}"}
             return 200, mem.sealed.to_json()
 
     def _status_message(self, en: crd.EdgeNode, message: str) -> None:
