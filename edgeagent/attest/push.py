@@ -360,6 +360,8 @@ def fetch_join(client: HttpsClient, agent_id: str) -> JoinAnswer:
         revocation = body.get("revocation")
         return JoinAnswer("revoked", revocation=revocation if isinstance(revocation, dict) else None,
                           detail=str(body.get("detail") or ""))
+    if resp.code == 503:  # a follower replica, or the controller cannot ask Keylime right now
+        return JoinAnswer("pending", detail=str(body.get("state") or "unavailable"))
     if resp.code in (404, 409) and body.get("state") in ("pending", "unknown"):
         return JoinAnswer("pending", detail=str(body.get("detail") or ""), added=body.get("added") is True)
     raise push.PushError(f"malformed answer from the join endpoint: HTTP {resp.code}: {resp.detail()}")
