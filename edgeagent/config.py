@@ -338,6 +338,10 @@ def validate(cfg: AgentConfig, where: str) -> None:
     ctl = cfg.controllers
     if cfg.enroll.mode not in ("pull", "push"):
         raise ConfigError(f"{where}: enroll.mode must be pull or push, got {cfg.enroll.mode!r}")
+    if cfg.enroll.mode == "push" and (cfg.tpm.ak_type != "rsa" or cfg.tpm.ek_type != "rsa"):
+        # Keylime 7.14.3 checks the session's proof of possession as RSASSA whatever the AK, and the join
+        # material is sealed with MakeCredential to an RSA EK
+        raise ConfigError(f"{where}: enroll.mode = push needs tpm.ak_type = rsa and tpm.ek_type = rsa")
     if ctl.configmap and ctl.configmap.count("/") != 1:
         raise ConfigError(f"{where}: controllers.configmap must be NAMESPACE/NAME, got {ctl.configmap!r}")
     if ctl.workers < 1 or ctl.max_active < 0:

@@ -58,6 +58,9 @@ def _apply_options(cfg: AgentConfig, **options: Any) -> None:
             setattr(cfg.enroll, name, value)
     if cfg.enroll.mode not in ("pull", "push"):
         raise ConfigError(f"--mode must be pull or push, got {cfg.enroll.mode!r}")
+    if cfg.enroll.mode == "push" and (cfg.tpm.ak_type != "rsa" or cfg.tpm.ek_type != "rsa"):
+        raise ConfigError("--mode push needs tpm.ak_type = rsa and tpm.ek_type = rsa (Keylime 7.14.3 checks "
+                          "the proof of possession as RSASSA; the join material is sealed to an RSA EK)")
     if not 0 < cfg.enroll.agent_port < 65536:
         raise ConfigError(f"enroll.agent_port {cfg.enroll.agent_port} is not a TCP port (1-65535)")
 
