@@ -653,7 +653,7 @@ class Enrollment:
                 break  # the push loop reports and retries what is wrong
             if answer.state != "pending" or answer.added:
                 break
-            if self.push.wait(0.1):
+            if self.push.wait(0.05):
                 return
         self.push.run()
 
@@ -674,7 +674,7 @@ class Enrollment:
             # sees the pass: ask again shortly rather than only after the next push (seconds away).
             until_next = (self.push.stats.seconds_to_next or 0.0) if self.push is not None else 0.0
             deadline = time.monotonic() + until_next - 0.2
-            while answer.state == "pending" and time.monotonic() < deadline and not self._stop.wait(0.1):
+            while answer.state == "pending" and time.monotonic() < deadline and not self._stop.wait(0.05):
                 try:
                     answer = push_client.fetch_join(self._join_client, self.state.uuid)
                 except (PeerUnreachable, ProtocolError) as e:

@@ -140,7 +140,10 @@ class _Memory:
     device holds its certificate); kept only in memory: after a restart revocations go unsigned and the
     device keeps its files until renewal is refused."""
     sealed: push.Sealed | None = None
-    """Push mode: the join material of the current attested period, sealed to the device's TPM."""
+    """Push mode: the join material of the current period, sealed to the device's TPM; sealed as soon as the
+    agent is added (or access restored), handed out only while the verifier passes the device."""
+    sealed_at: float = 0.0
+    """time.monotonic() of the seal: its bootstrap token is renewed at half its TTL."""
 
 
 class Controller:
@@ -584,6 +587,9 @@ class Controller:
                 crd.condition("EKTrusted", True, "EKVerified", f"EK certified by {verdict.issuer or 'pin'}")),
         })
         self._record("added-push", en.name)
+        # Sealed now, released by join_answer only once the verifier passes the device: saves the device a
+        # round of waiting for this controller to notice the pass before it can get its credential.
+        self._seal(en, mem)
         return self.s.pending_interval
 
     def _seal(self, en: crd.EdgeNode, mem: _Memory) -> None:
@@ -600,6 +606,7 @@ class Controller:
                                        mem.revocation_cert_pem)
         mem.sealed = push.seal(agent_id=en.spec.agent_uuid, ek_public=agent.ek_tpm,
                                ak_name=tpm_attest.object_name(agent.aik_tpm), material=material.to_bytes())
+        mem.sealed_at = time.monotonic()
         self.edgenodes.patch_status(en.name, {"bootstrapTokenID": token.token_id})
         self._record("sealed", en.name)
 
@@ -627,12 +634,16 @@ class Controller:
                 return 403, {"state": "revoked", "revocation": revocation,
                              "detail": en.status.get("message") or "attestation failed"}
             state = self.keylime.agent_state(agent_id)
-            attested = en.phase in ("Attested", "Enrolled")
-            if state is None or not state.good or mem.sealed is None or not attested:
+            # Pending counts too: the verifier's word, asked now, is what releases the material (the
+            # reconcile that marks the EdgeNode Attested may come a moment later).
+            if state is None or not state.good or mem.sealed is None:
                 status = state.attestation_status if state is not None else "not added"
                 added = state is not None and bool(en.status.get("delivered"))
                 return 404, {"state": "pending", "added": added,
                              "detail": f"verifier status {status}; phase {en.phase}"}
+            if time.monotonic() - mem.sealed_at > self.s.token_ttl / 2:
+                self._seal(en, mem)  # a fresh bootstrap token: the sealed one may lapse before it is used
+                assert mem.sealed is not None
             return 200, mem.sealed.to_json()
 
     def _status_message(self, en: crd.EdgeNode, message: str) -> None:
