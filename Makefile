@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/edgeagent
 export EDGEAGENT_CACHE := $(CACHE)
 
-.PHONY: all setup system-deps venv guests kube kube-current keylime test test-unit lint run clean \
+.PHONY: all setup system-deps venv guests kube kube-current keylime images helm test test-unit lint run clean \
 	install install-files install-python wasm
 
 all: setup
@@ -42,6 +42,15 @@ kube-current:
 
 keylime: .stamps/system-deps
 	./scripts/install-keylime.sh
+
+# The cluster side's OCI images (attestation controller, Keylime) from pinned Debian packages and PyPI wheels
+# (deploy/images/*.toml and *.lock), cached per machine; as root.
+images: venv .stamps/system-deps
+	$(PY) scripts/build-images.py
+
+# helm v4 from the Go module proxy, cached per machine (~4 min the first time).
+helm:
+	./scripts/build-helm.sh
 
 # The tests that start a Kubernetes control plane, run a second time on 1.20 (the oldest release supported).
 CLUSTER_TESTS := tests/integration/test_kube_cluster.py tests/integration/cloud tests/integration/test_controllers.py \
@@ -127,6 +136,8 @@ install-files: wasm
 	install -m 0644 systemd/edgeagent.tmpfiles $(DESTDIR)$(TMPFILESDIR)/edgeagent.conf
 	if [ -f $(CONFIG_SRC) ] && [ ! -e $(DESTDIR)$(CONFDIR)/agent.toml ]; then \
 		install -m 0644 $(CONFIG_SRC) $(DESTDIR)$(CONFDIR)/agent.toml; fi
+	if [ ! -e $(DESTDIR)$(CONFDIR)/kubelet-config.yaml ]; then \
+		install -m 0644 etc/kubelet-config.yaml $(DESTDIR)$(CONFDIR)/kubelet-config.yaml; fi
 	cd policies && find . -type d -exec install -d -m 0755 $(DESTDIR)$(CONFDIR)/policies/{} \; && \
 		find . -type f -exec sh -c '[ -e "$$1/$$2" ] || install -m 0644 "$$2" "$$1/$$2"' _ $(DESTDIR)$(CONFDIR)/policies {} \;
 

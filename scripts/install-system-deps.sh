@@ -16,6 +16,8 @@ PKGS=(
   clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32
   # Kubernetes test cluster: etcd + a build of kube-apiserver/kube-controller-manager from Debian's source
   golang-go etcd-server rsync jq dpkg-dev golang-github-modern-go-reflect2-dev
+  # A real worker node in the tests: containerd + runc + CNI plugins; busybox-static for the test image
+  containerd runc containernetworking-plugins busybox-static iptables
 )
 
 missing=()

@@ -2,16 +2,20 @@
 
 Everything is real and on loopback: a software TPM (swtpm, EK certificate from a local CA, kept in
 .state/embedded/ so the device keeps its EK across runs) with a simulated firmware measured boot; stock
-Keylime 7.14 (verifier + registrar) and etcd + kube-apiserver + kube-controller-manager from the local
-testbed; the attestation controller; and on the device `edgeagent agent`, the service systemd runs, with
-Wasm drivers reading simulated sensors and a Wasm controller (node-labeler) talking to the API server as the
-attested node.
+Keylime 7.14 (verifier + registrar) and etcd + kube-apiserver + kube-controller-manager + kube-scheduler
+from the local testbed; the attestation controller; and on the device `edgeagent agent`, the service systemd
+runs, with Wasm drivers reading simulated sensors and a Wasm controller (node-labeler) talking to the API
+server as the attested node, and a real kubelet (containerd, runc, CNI bridge) joining with the kubeconfig
+the agent wrote, running a pod. Without root (or containerd) there is no kubelet: the demo registers the
+Node object itself and says why.
 
-The story: measured -> registered -> attested -> credential issued -> sensor readings, an LCD write -> the
+The story: measured -> registered -> attested -> credential issued -> the kubelet joins, Node Ready, a pod
+runs -> sensor readings, an LCD write -> the
 controller sleeping on disk and waking on a ConfigMap change -> a measured driver module is swapped and the
-agent reloaded -> Keylime fails the quote: access withdrawn, Node cordoned and tainted, the device drops its
-credential, controllers stop -> the module restored and the device rebooted -> the same AK attested again, a
-new credential, controllers back. Then everything is torn down. On a terminal the agent's status is shown
+agent reloaded -> Keylime fails the quote: access withdrawn, Node cordoned and tainted, the pod evicted, the
+device drops its credential, controllers stop -> the module restored and the device rebooted -> the same AK
+attested again, a new credential, the kubelet back, a pod runs again, controllers back. Then everything is
+torn down. On a terminal the agent's status is shown
 live; otherwise each step is a plain log line.
 """
 
@@ -142,14 +146,16 @@ def main() -> int:
     from kubernetes import client as k8s
 
     from edgeagent.cloud import crd
-    from edgeagent.testbed import procs
+    from edgeagent.testbed import procs, worker
     from edgeagent.testbed.agent_process import AgentProcess
     from edgeagent.testbed.cluster_side import ClusterSide, labels_configmap
+    from edgeagent.testbed.node import unavailable
     from edgeagent.tpm import Tpm
     from edgeagent.tpm import identity as tpm_identity
     from edgeagent.tpm.swtpm import SoftwareTpm
 
     story = Story()
+    no_kubelet = unavailable()
     WORK.mkdir(parents=True, exist_ok=True)
     run = WORK / "run"
     shutil.rmtree(run, ignore_errors=True)
@@ -169,17 +175,20 @@ def main() -> int:
         )
 
         t0 = time.monotonic()
-        side = stack.enter_context(ClusterSide(run, [template.ca_cert]))
+        side = stack.enter_context(ClusterSide(run, [template.ca_cert], nodes=no_kubelet is None))
         keylime, cluster, api = side.keylime, side.cluster, side.api
         release = ".".join(map(str, cluster.version or ()))
         story.beat(
             f"cluster side up in {time.monotonic() - t0:.1f} s: Keylime 7.14 verifier + registrar, "
-            f"etcd + kube-apiserver + kube-controller-manager {release}, the attestation controller"
+            f"etcd + kube-apiserver + kube-controller-manager{' + kube-scheduler' if cluster.nodes else ''} "
+            f"{release}, the attestation controller"
         )
 
         core = k8s.CoreV1Api(api)
         port = procs.free_port()
-        side.pin_device(NAME, ek_cert=ek_cert, agent_uuid=f"{NAME}-agent", agent_address=f"127.0.0.1:{port}")
+        # with a kubelet the Node is registered by it; without one, the demo registers the object in its place
+        side.pin_device(NAME, ek_cert=ek_cert, agent_uuid=f"{NAME}-agent", agent_address=f"127.0.0.1:{port}",
+                        register_node=no_kubelet is not None)
         labels_configmap(api, NAMESPACE, LABELS, {"zone": "lab"})
         story.beat(
             f"operator: EdgeNode {NAME} pins the device's EK (sha256 "
@@ -211,6 +220,25 @@ def main() -> int:
             f"registered with Keylime, attested ({steps.get('attest', {}).get('seconds', 0):.1f} s), "
             f"node credential issued: system:node:{NAME}, expires {s['attestation']['credential_expiry']}"
         )
+        kubelet = None
+        if no_kubelet is None:
+            kubelet = side.kubelet(run / "node", NAME, Path(s["attestation"]["kubeconfig"]))
+            stack.callback(kubelet.stop)
+            t_kubelet = time.monotonic()
+            kubelet.start()
+            wait(story, agent, lambda: worker.node_ready(core, NAME), "the Node to be Ready")
+            info = core.read_node(NAME).status.node_info
+            story.beat(
+                f"kubelet {info.kubelet_version} on {info.container_runtime_version} started with the "
+                f"agent's kubeconfig: Node {NAME} Ready {time.monotonic() - t_kubelet:.1f} s later"
+            )
+            core.create_namespaced_pod("default", worker.pod("hello", NAME))
+            wait(story, agent, lambda: worker.pod_phase(core, "hello") == "Running", "the pod to run")
+            log = wait(story, agent, lambda: core.read_namespaced_pod_log("hello", "default").strip(),
+                       "the pod's log")
+            story.beat(f"pod hello (busybox, built here) running on the attested node; its log: {log!r}")
+        else:
+            story.beat(f"no kubelet in this run ({no_kubelet}): the demo registered the Node object itself")
         s = wait(
             story,
             agent,
@@ -309,8 +337,18 @@ def main() -> int:
             "device: signed revocation from the verifier -> credential dropped, controllers stopped "
             "(state saved); drivers keep reading"
         )
+        if kubelet is not None:
+            node_ = kubelet
+            wait(story, agent, lambda: worker.pod_phase(core, "hello") is None and not node_.container_pids(),
+                 "the pod to be evicted")
+            story.beat(
+                f"the NoExecute taint evicted pod hello: its containers stopped and the pod deleted "
+                f"{time.monotonic() - t_tamper:.1f} s after the tamper"
+            )
 
         module.write_bytes(original)
+        if kubelet is not None:
+            kubelet.stop_kubelet()
         agent.stop()
         tpm.stop()
         tpm.start()
@@ -334,7 +372,15 @@ def main() -> int:
             f"same AK ({'yes' if s['attestation']['ak_name'] == ak else 'NO'}), attested again, a new "
             f"credential {time.monotonic() - t_boot:.1f} s after boot"
         )
+        if kubelet is not None:
+            kubelet.start_kubelet()  # edgeagent-kubelet.path: once the credential exists
         wait(story, agent, lambda: not core.read_node(NAME).spec.unschedulable, "the Node to be uncordoned")
+        if kubelet is not None:
+            wait(story, agent, lambda: worker.node_ready(core, NAME), "the Node to be Ready again")
+            core.create_namespaced_pod("default", worker.pod("hello-again", NAME, message="back in service"))
+            wait(story, agent, lambda: worker.pod_phase(core, "hello-again") == "Running", "the new pod")
+            story.beat("kubelet restarted with the new credential: Node Ready and schedulable, "
+                       "pod hello-again running")
         wait(
             story,
             agent,

@@ -7,6 +7,10 @@
  * are removed from the Node again: the set of labels it manages is remembered across swaps in a static table.
  * It needs nothing but `patch` on its own Node.
  *
+ * A patch that fails for a reason that passes (the Node not registered yet: a kubelet registers it a moment
+ * after the device's credential exists; the API server away; 409/429/5xx) is retried from a timer, 1 s then
+ * doubling up to 30 s, until it lands or a newer event replaces what is to be published.
+ *
  * config: {"node": "edge1", "prefix": "device.edgeagent.io/"}
  */
 #include "edgeagent_controller.h"
@@ -20,6 +24,13 @@ static char prefix[128] = "device.edgeagent.io/";
 static char managed[MAX_LABELS][KEY_MAX]; /* data keys currently published as labels */
 static int n_managed;
 static unsigned patches;
+/* The patch waiting to be (re)sent and the data keys it publishes; both survive swaps with the memory. */
+static char pending_req[5120];
+static char pending_seen[MAX_LABELS][KEY_MAX];
+static int pending_n_seen = -1; /* -1: nothing pending */
+static uint32_t retry_ms;
+#define RETRY_TIMER 1
+#define RETRY_MAX_MS 30000
 
 static int init(ea_slice config) {
     if (ea_json_string(ea_json_get(config, "node"), node, sizeof node) <= 0) {
@@ -41,6 +52,8 @@ static int add_label(char *buf, size_t cap, size_t *o, const char *key, const ch
     *o += (size_t)n;
     return 0;
 }
+
+static int publish(void);
 
 static int on_event(const ea_event *ev) {
     char labels[4096];
@@ -81,20 +94,45 @@ static int on_event(const ea_event *ev) {
     labels[o] = 0;
     if (o == 2 && n_managed == 0) return 0; /* nothing to publish, nothing to remove */
 
-    static char req[5120];
-    snprintf(req, sizeof req,
-             "{\"verb\":\"patch\",\"group\":\"\",\"version\":\"v1\",\"resource\":\"nodes\",\"name\":\"%s\","
-             "\"body\":{\"metadata\":{\"labels\":%s}}}",
-             node, labels);
-    int status = ea_k8s_request(req, NULL, 0, NULL);
+    int n = snprintf(pending_req, sizeof pending_req,
+                     "{\"verb\":\"patch\",\"group\":\"\",\"version\":\"v1\",\"resource\":\"nodes\","
+                     "\"name\":\"%s\",\"body\":{\"metadata\":{\"labels\":%s}}}",
+                     node, labels);
+    if (n < 0 || (size_t)n >= sizeof pending_req) return 2;
+    for (int i = 0; i < n_seen; i++) strcpy(pending_seen[i], seen[i]);
+    pending_n_seen = n_seen;
+    retry_ms = 0;
+    ea_timer_cancel(RETRY_TIMER);
+    return publish();
+}
+
+/* Whether a failed patch may succeed later without anything else changing. */
+static int transient(int status) {
+    return status == 404 || status == 409 || status == 429 || status >= 500 || status == EA_ERR_UNAVAILABLE;
+}
+
+static int publish(void) {
+    if (pending_n_seen < 0) return 0;
+    int status = ea_k8s_request(pending_req, NULL, 0, NULL);
     if (status != 200) {
-        ea_log(EA_LOG_WARN, "patch node %s labels: status %d", node, status);
-        return 3;
+        if (!transient(status)) {
+            ea_log(EA_LOG_WARN, "patch node %s labels: status %d", node, status);
+            pending_n_seen = -1;
+            return 3;
+        }
+        retry_ms = retry_ms ? (retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : retry_ms * 2) : 1000;
+        ea_log(EA_LOG_INFO, "patch node %s labels: status %d; retrying in %u ms", node, status, retry_ms);
+        ea_timer_set(RETRY_TIMER, retry_ms);
+        return 0;
     }
-    for (int i = 0; i < n_seen; i++) strcpy(managed[i], seen[i]);
-    n_managed = n_seen;
+    for (int i = 0; i < pending_n_seen; i++) strcpy(managed[i], pending_seen[i]);
+    n_managed = pending_n_seen;
+    pending_n_seen = -1;
+    retry_ms = 0;
     patches++;
     return 0;
 }
 
-EA_CONTROLLER(init, on_event, NULL)
+static int on_timer(uint32_t id) { return id == RETRY_TIMER ? publish() : 0; }
+
+EA_CONTROLLER(init, on_event, on_timer)

@@ -47,6 +47,8 @@ def _make_command(area: str, module: str):
             render.print_json(report.to_dict())
         else:
             render.console.print(report_table(report))
+            for note in report.meta.get("notes", []):
+                render.console.print(f"note: {note}")
             render.console.print(f"JSON written to {path}")
 
     return command

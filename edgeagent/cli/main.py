@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,7 @@ import typer
 
 from edgeagent import __version__
 from edgeagent.cli.context import CliState
-from edgeagent.errors import EdgeAgentError
+from edgeagent.cli.runner import run
 from edgeagent.logs import setup_logging
 
 app = typer.Typer(
@@ -74,26 +73,8 @@ for _name in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Runs the CLI: a project error becomes one line on stderr and its exit code, never a traceback.
-
-    Usage errors, --help and exit codes are handled by typer's standalone mode (it raises SystemExit).
-    """
-    args = sys.argv[1:] if argv is None else argv
-    verbose = any(a in ("-v", "-vv", "-vvv", "--verbose") for a in args)
-    try:
-        app(args=args, prog_name="edgeagent")
-    except EdgeAgentError as e:
-        print(f"edgeagent: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except BrokenPipeError:
-        sys.exit(141)
-    except Exception as e:  # a bug: still one line, the traceback only on request
-        if verbose:
-            logging.getLogger("edgeagent").exception("internal error")
-        print(
-            f"edgeagent: internal error: {type(e).__name__}: {e} (rerun with -v for details)", file=sys.stderr
-        )
-        sys.exit(70)
+    """Runs the CLI: a project error becomes one line on stderr and its exit code, never a traceback."""
+    run(app, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -212,6 +212,8 @@ class Controller:
         self.errors: list[str] = []
         """Failed reconciles ("key: error"), for tests and diagnostics; the last 100 are kept."""
         self.notifications: list[tuple[float, str, str]] = []
+        self.auto_approval: list[str] = []
+        """ClusterRoleBindings that approve kubelet certificates without this controller (seen on leading)."""
         """(time, event, node) of every verified webhook notification, as received."""
         self.actions: list[tuple[float, str, str]] = []
         """(time, action, node) of every state-changing action, for tests and the bench."""
@@ -294,6 +296,16 @@ class Controller:
         read_binding = rbac.read_cluster_role_binding
         if kube_errors.call(f"read {binding}", read_binding, binding, ok=(404,)) is None:
             bootstrap.ensure_rbac(self.api)
+        try:
+            self.auto_approval = csr_mod.auto_approval_bindings(self.api)
+        except EdgeAgentError as e:
+            log.warning("cannot check for other approvers of kubelet certificates: %s", e)
+        if self.auto_approval:
+            log.warning(
+                "kubelet client certificates are also approved without attestation through %s (csrapproving "
+                "in kube-controller-manager): delete these bindings, or run it with "
+                "--controllers=*,-csrapproving",
+                ", ".join(self.auto_approval))
 
     # ------------------------------------------------------------ watches
     def _queue_event(self, kind: str, ev: Event) -> None:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -31,6 +32,7 @@ from edgeagent.cloud.crd import EdgeNode
 from edgeagent.cloud.ekcheck import EkRejected
 from edgeagent.cloud.keylime import RegistrarAgent, VerifierAgent
 from edgeagent.errors import QuoteVerificationError
+from edgeagent.kube import errors as kube_errors
 from edgeagent.protocol import nodebinding
 from edgeagent.tpm.quote import Quote, verify_quote
 
@@ -262,3 +264,41 @@ class Approver:
             accepted = policy.get(str(pcr))
             if accepted and value.hex() not in [a.lower() for a in accepted]:
                 raise Denied("PolicyMismatch", f"PCR {pcr} in the binding quote is not the attested value")
+
+
+AUTO_APPROVAL_ROLES = (
+    "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+    "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+)
+"""ClusterRoles that make kube-controller-manager's csrapproving controller approve kubelet client CSRs by
+itself (kubeadm binds them: kubeadm:node-autoapprove-bootstrap, kubeadm:node-autoapprove-certificate-
+rotation)."""
+
+
+KUBEADM_AUTO_APPROVAL = (
+    "kubeadm:node-autoapprove-bootstrap",
+    "kubeadm:node-autoapprove-certificate-rotation",
+)
+
+
+def auto_approval_bindings(api: Any) -> list[str]:
+    """ClusterRoleBindings through which kubelet client certificates get approved without this controller.
+
+    Where kube-controller-manager runs its csrapproving controller (the default), each such binding lets its
+    subjects obtain or renew a node certificate with no attestation and no TPM binding, so the controller's
+    decision would not be the only one. The API does not say whether csrapproving runs: the bindings are
+    what can be seen, and what the operator removes.
+    """
+    from kubernetes import client as k8s
+
+    rbac = k8s.RbacAuthorizationV1Api(api)
+    try:
+        listed: Any = kube_errors.call("list ClusterRoleBindings", rbac.list_cluster_role_binding)
+        found = [b for b in listed.items]
+    except kube_errors.ApiError as e:
+        if e.status != 403:
+            raise
+        # Least privilege (deploy/rbac.yaml grants get, not list): kubeadm's bindings by name.
+        found = [b for name in KUBEADM_AUTO_APPROVAL
+                 if (b := kube_errors.call(f"read {name}", rbac.read_cluster_role_binding, name, ok=(404,)))]
+    return sorted(str(b.metadata.name) for b in found if b.role_ref.name in AUTO_APPROVAL_ROLES)

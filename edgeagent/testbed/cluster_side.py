@@ -18,13 +18,15 @@ from typing import Any
 from edgeagent.testbed import procs
 from edgeagent.testbed.keylime import Keylime, make_settings
 from edgeagent.testbed.kube import KubeCluster
+from edgeagent.testbed.node import KubeletNode
 
 
 class ClusterSide:
-    def __init__(self, root: Path, ek_ca_certs: Sequence[Path], *, push: bool = False,
+    def __init__(self, root: Path, ek_ca_certs: Sequence[Path], *, push: bool = False, nodes: bool = False,
                  **controller_settings: Any) -> None:
         """``ek_ca_certs``: the CAs of the TPMs' EK certificates (Keylime's and the controller's trust store);
         ``push``: Keylime's verifier in push mode (API 3.0) and the controller's join endpoint on a free port;
+        ``nodes``: the control plane serves real kubelets (see `KubeCluster`, `kubelet`);
         ``controller_settings``: overrides of the attestation controller's Settings. Nothing runs before
         ``start()``."""
         self.root = root
@@ -39,7 +41,7 @@ class ClusterSide:
             extra=extra,
         )
         self.keylime = Keylime(root / "keylime", settings, webhook_port=webhook_port)
-        self.cluster = KubeCluster(root / "kube")
+        self.cluster = KubeCluster(root / "kube", nodes=nodes)
         self.controller: Any = None
         self.api: Any = None
         self.startup_seconds: dict[str, float] = {}
@@ -98,6 +100,12 @@ class ClusterSide:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    def kubelet(self, root: Path, name: str, kubeconfig: Path, *, bootstrap: bool = False) -> KubeletNode:
+        """A worker node (containerd + kubelet, not started) joining as ``name`` with the device's
+        ``kubeconfig`` (``bootstrap``: as a bootstrap credential, see `KubeletNode`); needs ``nodes=True``."""
+        return KubeletNode(root, name=name, kubeconfig=kubeconfig, cluster_ca=self.cluster.ca_cert,
+                           bin_dir=self.cluster.bin_dir, bootstrap=bootstrap)
 
     def pin_device(self, name: str, **kwargs: Any) -> None:
         pin_device(self.api, name, **kwargs)

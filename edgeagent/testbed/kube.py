@@ -50,6 +50,9 @@ KUBE_VERSION = KUBE_RELEASES[DEFAULT_KUBE]
 """The release run when `EDGEAGENT_KUBE` is unset."""
 KCM_CONTROLLERS = ("csrsigning", "csrcleaner", "bootstrapsigner", "tokencleaner", "serviceaccount-token",
                    "serviceaccount", "namespace")
+NODE_KCM_CONTROLLERS = ("nodelifecycle", "taint-eviction-controller", "podgc", "garbagecollector")
+"""Added when the cluster serves real kubelets (``nodes=True``): Node health, and eviction of the pods of a
+node tainted NoExecute (its own controller since 1.29; part of nodelifecycle before)."""
 
 
 def kube_release() -> str:
@@ -80,8 +83,13 @@ def binary_version(exe: Path) -> tuple[int, int]:
 class KubeCluster:
     """etcd, kube-apiserver and kube-controller-manager as process groups, with their PKI on disk."""
 
-    def __init__(self, root: Path, *, signing_duration: str = "1h", admin_token: bool = False) -> None:
+    def __init__(self, root: Path, *, signing_duration: str = "1h", admin_token: bool = False,
+                 nodes: bool = False) -> None:
+        """``nodes``: serve real kubelets too: kube-scheduler, the node lifecycle and taint eviction
+        controllers, and the API server's kubelet client (by node InternalIP, with its own certificate)."""
         self.root = root
+        self.nodes = nodes
+        self.scheduler: subprocess.Popen | None = None
         self.signing_duration = signing_duration
         self.token: str | None = secrets.token_hex(16) if admin_token else None
         """Static bearer token of an admin (group system:masters), when asked for."""
@@ -111,6 +119,11 @@ class KubeCluster:
             dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"])
         admin = kube_pki.issue(self.ca, "edgeagent-test-admin", orgs=["system:masters"], client=True)
         kcm = kube_pki.issue(self.ca, "system:kube-controller-manager", orgs=["system:masters"], client=True)
+        # The API server's client for kubelets (logs, exec): the kubelet trusts the cluster CA for clients
+        # and authorizes this user through a SubjectAccessReview (system:masters may do anything).
+        kube_pki.issue(self.ca, "kube-apiserver-kubelet-client", orgs=["system:masters"], client=True).write(
+            d / "apiserver-kubelet-client.crt", d / "apiserver-kubelet-client.key")
+        scheduler = kube_pki.issue(self.ca, "system:kube-scheduler", client=True)
         self.ca.write(d / "ca.crt", d / "ca.key")
         self.signing.write(d / "signing-ca.crt", d / "signing-ca.key")
         serving.write(d / "apiserver.crt", d / "apiserver.key")
@@ -125,6 +138,9 @@ class KubeCluster:
                                                 user="admin")
         self.kcm_kubeconfig = self.write_kubeconfig(self.root / "kcm.kubeconfig", kcm.cert_pem, kcm.key_pem,
                                                     user="kube-controller-manager")
+        self.scheduler_kubeconfig = self.write_kubeconfig(self.root / "scheduler.kubeconfig",
+                                                          scheduler.cert_pem, scheduler.key_pem,
+                                                          user="kube-scheduler")
         if self.token is not None:
             tokens = d / "tokens.csv"
             tokens.touch(mode=0o600)
@@ -170,6 +186,8 @@ class KubeCluster:
             self.start_apiserver()
             if controller_manager:
                 self.start_controller_manager()
+            if self.nodes:
+                self.start_scheduler()
         except BaseException:
             self.stop()
             raise
@@ -182,6 +200,9 @@ class KubeCluster:
         self.stop()
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            procs.stop(self.scheduler)
+            self.scheduler = None
         self.stop_controller_manager()
         self.stop_apiserver()
         if self.etcd is not None:
@@ -230,6 +251,7 @@ class KubeCluster:
              "--authorization-mode=Node,RBAC", "--enable-bootstrap-token-auth",
              "--service-cluster-ip-range=10.0.0.0/24",
              f"--cert-dir={self.root / 'apiserver-certs'}",
+             *self._kubelet_client_flags(),
              *self._log_flags(version), "--v=1"],
             log=log)
         procs.wait_port(self.api_port, timeout=timeout, proc=self.apiserver, log=log)
@@ -258,7 +280,9 @@ class KubeCluster:
         self.kcm = procs.start(
             [exe,
              f"--kubeconfig={self.kcm_kubeconfig}",
-             f"--controllers={','.join(KCM_CONTROLLERS)}",
+             f"--controllers={','.join(self._kcm_controllers(version))}",
+             # A node that stops reporting is marked NotReady within seconds rather than 40-50 s.
+             *(["--node-monitor-period=1s", "--node-monitor-grace-period=10s"] if self.nodes else []),
              f"--cluster-signing-cert-file={d / 'signing-ca.crt'}",
              f"--cluster-signing-key-file={d / 'signing-ca.key'}",
              f"--cluster-signing-duration={self.signing_duration}",
@@ -279,6 +303,39 @@ class KubeCluster:
         if self.kcm is not None:
             procs.stop(self.kcm)
             self.kcm = None
+
+    def start_scheduler(self, *, timeout: float = 60.0) -> None:
+        """kube-scheduler, so pods are placed as in a real cluster (a cordoned node gets nothing new)."""
+        exe = self._binary("kube-scheduler")
+        t0 = time.perf_counter()
+        log = self.logs / "kube-scheduler.log"
+        port = procs.free_port()
+        kc = self.scheduler_kubeconfig
+        self.scheduler = procs.start(
+            [exe, f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+             f"--authorization-kubeconfig={kc}",
+             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={port}",
+             f"--cert-dir={self.root / 'scheduler-certs'}", "--v=1"],
+            log=log)
+        procs.wait_port(port, timeout=timeout, proc=self.scheduler, log=log)
+        self.startup_seconds["kube-scheduler"] = time.perf_counter() - t0
+
+    def _kcm_controllers(self, version: tuple[int, int]) -> list[str]:
+        names = list(KCM_CONTROLLERS)
+        if self.nodes:
+            # Before 1.29 NoExecute eviction was part of nodelifecycle.
+            names += [c for c in NODE_KCM_CONTROLLERS
+                      if c != "taint-eviction-controller" or version >= (1, 29)]
+        return names
+
+    def _kubelet_client_flags(self) -> list[str]:
+        if not self.nodes:
+            return []
+        d = self.pki_dir
+        # By InternalIP: by Hostname the API server would look the node's name up in DNS (off the machine).
+        return ["--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={d / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={d / 'apiserver-kubelet-client.key'}"]
 
     # ------------------------------------------------------------ probes
     @staticmethod

@@ -735,3 +735,44 @@ def test_custom_resource_watch_gets_bookmarks_and_follows_their_resource_version
         assert seen == ["ADDED"] and sw.stats.errors == 0 and sw.stats.relists == 0
     finally:
         sw.stop()
+
+
+def test_node_labeler_retries_until_the_node_is_registered(core, kube_cluster, host_factory) -> None:
+    """On a device the labeler starts with the credential, a moment before the kubelet registers the Node:
+    the first patch gets 404 and is retried from a timer until the Node exists (not dropped)."""
+    node = f"edge-{uuid.uuid4().hex[:6]}"
+    try:
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name="edgeagent-system")))
+    except k8s.ApiException as e:
+        if e.status != 409:
+            raise
+    shipped = load_manifest(CONTROLLERS / "node-labeler" / "node-labeler.toml")
+    raw = {
+        "name": shipped.name,
+        "module": str(shipped.module),
+        "idle_timeout": 0.1,
+        "config": {**shipped.config, "node": node},
+        "watches": [
+            {
+                "version": "v1",
+                "kind": "ConfigMap",
+                "plural": "configmaps",
+                "namespace": "edgeagent-system",
+                "label_selector": str(shipped.watches[0].label_selector),
+            }
+        ],
+        "grants": [{"verbs": ["patch"], "resources": ["nodes"], "resource_names": [node]}],
+    }
+    host = host_factory(parse_manifest(raw))
+    meta = k8s.V1ObjectMeta(name=f"labels-{node}", labels={"edgeagent.io/node-labels": "true"})
+    body = k8s.V1ConfigMap(metadata=meta, data={"zone": "lab"})
+    core.create_namespaced_config_map("edgeagent-system", body)
+    controller = host.controllers["node-labeler"]
+    procs.wait_for(lambda: controller.stats.events >= 1, timeout=20, what="the ConfigMap event")
+    core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=node)))
+    procs.wait_for(
+        lambda: (core.read_node(node).metadata.labels or {}).get("device.edgeagent.io/zone") == "lab",
+        timeout=20,
+        what="the retried patch to label the Node registered later",
+    )
+    assert controller.stats.errors == 0

@@ -225,13 +225,17 @@ def test_install_adds_the_default_config_but_never_overwrites_site_files(tmp_pat
     make_install_files(fresh, f"CONFIG_SRC={default}")
     assert (fresh / "etc/edgeagent/agent.toml").read_text() == default.read_text()
     assert mode(fresh / "etc/edgeagent/agent.toml") == 0o644
+    shipped_kubelet = (REPO / "etc/kubelet-config.yaml").read_text()
+    assert (fresh / "etc/edgeagent/kubelet-config.yaml").read_text() == shipped_kubelet
 
     site = tmp_path / "site"
     (site / "etc/edgeagent/policies/drivers").mkdir(parents=True)
     (site / "etc/edgeagent/agent.toml").write_text("# site config\n")
+    (site / "etc/edgeagent/kubelet-config.yaml").write_text("# site kubelet\n")
     (site / "etc/edgeagent/policies/drivers/tmp102.toml").write_text("# site policy\n")
     make_install_files(site, f"CONFIG_SRC={default}")
     assert (site / "etc/edgeagent/agent.toml").read_text() == "# site config\n"
+    assert (site / "etc/edgeagent/kubelet-config.yaml").read_text() == "# site kubelet\n"
     assert (site / "etc/edgeagent/policies/drivers/tmp102.toml").read_text() == "# site policy\n"
     assert (site / "etc/edgeagent/policies/drivers/bme280.toml").is_file(), "absent policies are added"
 

@@ -430,3 +430,51 @@ def test_deleting_the_edgenode_withdraws_everything(
         what="the verifier to stop polling the agent",
     )
     assert not _can_list_configmaps(_as_node(enrolled.kubeconfig, kube_cluster))
+
+
+def test_auto_approval_bindings_are_found(kube_cluster: KubeCluster) -> None:
+    """kubeadm's bindings that let kube-controller-manager approve kubelet certificates without attestation
+    are what the controller warns about on leading; the testbed has none until one is made."""
+    from edgeagent.cloud.csr import auto_approval_bindings
+
+    api = kube_cluster.client()
+    rbac = k8s.RbacAuthorizationV1Api(api)
+    name = f"kubeadm:node-autoapprove-certificate-rotation-{uuid.uuid4().hex[:6]}"
+    assert name not in auto_approval_bindings(api)
+    rbac.create_cluster_role_binding(k8s.V1ClusterRoleBinding(
+        metadata=k8s.V1ObjectMeta(name=name),
+        role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                               name="system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"),
+        subjects=[
+            k8s.RbacV1Subject(kind="Group", name="system:nodes", api_group="rbac.authorization.k8s.io")
+        ],
+    ))
+    try:
+        assert name in auto_approval_bindings(api)
+    finally:
+        rbac.delete_cluster_role_binding(name)
+    assert name not in auto_approval_bindings(api)
+
+
+def test_auto_approval_bindings_by_name_with_the_controllers_own_rights(kube_cluster: KubeCluster) -> None:
+    """With deploy/rbac.yaml's rights (get, not list, on ClusterRoleBindings) kubeadm's bindings are found by
+    name."""
+    from edgeagent.cloud.csr import auto_approval_bindings
+    from tests.integration.cloud.conftest import least_privilege_client
+
+    admin = k8s.RbacAuthorizationV1Api(kube_cluster.client())
+    name = "kubeadm:node-autoapprove-bootstrap"
+    admin.create_cluster_role_binding(k8s.V1ClusterRoleBinding(
+        metadata=k8s.V1ObjectMeta(name=name),
+        role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                               name="system:certificates.k8s.io:certificatesigningrequests:nodeclient"),
+        subjects=[
+            k8s.RbacV1Subject(kind="Group", name="system:bootstrappers",
+                              api_group="rbac.authorization.k8s.io")
+        ],
+    ))
+    try:
+        assert auto_approval_bindings(least_privilege_client(kube_cluster)) == [name]
+    finally:
+        admin.delete_cluster_role_binding(name)
+    assert auto_approval_bindings(least_privilege_client(kube_cluster)) == []
