@@ -12,7 +12,8 @@ material sealed to its TPM and gets its node credential; the enroll process itse
 every connection the cluster side saw came from the router's masqueraded address. Then a measured file
 changes and the agent restarts: its next push fails Keylime's policy, the controller revokes (EdgeNode
 Unattested, the node's RBAC grant withdrawn), and the device, told on its next push through a revocation
-signed with its enrollment's key, deletes its credential.
+signed with its enrollment's key, deletes its credential. Put right (the file restored, a reboot), it
+passes again, access comes back, and new sealed join material gets it a new credential.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from kubernetes.client.rest import ApiException
 
 from edgeagent.attest import push as push_client
 from edgeagent.attest.registrar import RegistrarClient
-from edgeagent.cloud import crd
 from edgeagent.cloud import keylime as ck
 from edgeagent.cloud.controller import Controller
 from edgeagent.protocol import keylime as keylime_protocol
@@ -298,7 +298,27 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
     assert code == 403 and body["state"] == "revoked"
     assert json.loads(body["revocation"]["msg"])["agent_id"] == dev.agent_uuid
     assert hashlib.sha256(cert_der).hexdigest() == en.spec.ek_cert_sha256
-    assert crd.EdgeNodes(api).get(dev.name) is not None
+
+    # Put right: the file as it was and a reboot (PCR 23 reset, the agent measures a fresh segment). The
+    # verifier passes it again, the controller restores access and seals new join material, and the device
+    # gets a new credential, all still through the NAT.
+    dev.stop()
+    dev.measured.write_text("mode = production\n")
+
+    def reboot() -> None:
+        with Tpm.open(dev.tpm.tcti) as tpm:
+            tpm.pcr_reset(23)
+
+    in_netns(nat.device_ns, reboot)
+    dev.start()
+    procs.wait_for(lambda: dev.kubeconfig.exists(), timeout=60, what="a new credential after the restore")
+    wait_edgenode(api, dev.name, lambda e: e.phase in ("Attested", "Enrolled") and e.status.get("attested"),
+                  timeout=30, what="attested again")
+    assert dev.pcr23() == pcr23
+    assert _allowed(user, kube_cluster)
+    node = k8s.CoreV1Api(api).read_node(dev.name)
+    assert not node.spec.unschedulable
+    assert not any(t.key == "edgeagent.io/unattested" for t in node.spec.taints or [])
 
 
 # ---------------------------------------------------------------- bad input, against the same stock verifier
