@@ -456,3 +456,66 @@ def test_replayed_evidence_is_refused_or_fails(direct: Direct) -> None:
     # a genuine push afterwards passes again (auto_recover_attestation_failures)
     d.attester.submit(d.attester.collect(_offer(d)))
     procs.wait_for(lambda: _status(d) == "PASS", timeout=30, what="a genuine quote to pass again")
+
+
+def test_the_agent_service_attests_in_push_mode(
+    push_keylime: Keylime, kube_cluster: KubeCluster, push_controller: Controller,
+    swtpm_template: SoftwareTpm, tmp_path: Path,
+) -> None:
+    """`edgeagent agent` with `[enroll] mode = "push"`: the same enrollment, inside the service."""
+    from tests.integration.agent_proc import AgentProcess
+
+    api = kube_cluster.client()
+    name = f"edge-svc-{uuid.uuid4().hex[:6]}"
+    sw = swtpm_template.clone(tmp_path / "swtpm").start()
+    agent: AgentProcess | None = None
+    try:
+        (tmp_path / "policies").mkdir()
+        cfg = tmp_path / "agent.toml"
+        cfg.write_text(f"""
+state_dir = "{tmp_path / 'state'}"
+policies_dir = "{tmp_path / 'policies'}"
+[measure]
+firmware_log = "{tmp_path / 'no-firmware-log'}"
+[enroll]
+mode = "push"
+registrar_url = "{push_keylime.registrar_url}"
+verifier_url = "{push_keylime.verifier_url}"
+join_url = "https://127.0.0.1:{push_controller.s.join_port}"
+node_name = "{name}"
+uuid = "{name}-agent"
+keylime_ca = "{push_keylime.ca_cert}"
+payload_dir = "{tmp_path / 'run'}"
+kubeconfig = "{tmp_path / 'kubelet' / 'kubeconfig'}"
+retry_timeout = 60
+certificate_timeout = 60
+[agent]
+socket = "{tmp_path / 'agent.sock'}"
+metrics_port = 0
+""")
+        measured = subprocess.run([sys.executable, "-m", "edgeagent.cli.main", "--config", str(cfg), "--tpm",
+                                   sw.tcti, "measure"], capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert measured.returncode == 0, measured.stderr
+        with Tpm.open(sw.tcti) as tpm:
+            pcr23 = tpm.pcr_read([23])[23].hex()
+            ek_cert = tpm_identity.load_ek(tpm).cert
+        assert ek_cert is not None
+        pin_device(api, name, ek_cert=ek_cert, agent_uuid=f"{name}-agent", agent_address="", mode="push",
+                   tpm_policy={"23": [pcr23]})
+        agent = AgentProcess(cfg, sw.tcti, tmp_path / "agent.sock",
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        agent.start(timeout=60)
+        s = agent.wait_status(
+            lambda s: s["attestation"]["credential_expiry"] and s["attestation"]["phase"] == "serving",
+            timeout=120, what="the node credential")
+        att = s["attestation"]
+        assert att["mode"] == "push" and att["agent_address"].startswith("push to https://")
+        assert att["quotes_served"] >= 1 and att["push_last_error"] is None
+        wait_edgenode(api, name, lambda e: e.phase == "Enrolled", timeout=30, what="Enrolled")
+    finally:
+        if agent is not None:
+            agent.stop()
+        push_keylime.tenant("-c", "delete", "-u", f"{name}-agent")
+        push_keylime.tenant("-c", "regdelete", "-u", f"{name}-agent")
+        sw.stop()
