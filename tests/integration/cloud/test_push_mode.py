@@ -42,6 +42,7 @@ from kubernetes.client.rest import ApiException
 
 from edgeagent.attest import push as push_client
 from edgeagent.attest.registrar import RegistrarClient
+from edgeagent.cloud import crd
 from edgeagent.cloud import keylime as ck
 from edgeagent.cloud.controller import Controller
 from edgeagent.protocol import keylime as keylime_protocol
@@ -135,6 +136,14 @@ class PushDevice:
         if self.proc is not None:
             procs.stop(self.proc)
             self.proc = None
+
+    def wait(self, condition: Any, *, timeout: float, what: str) -> None:
+        """procs.wait_for, failing with the device's log tail (what it saw) instead of a bare timeout."""
+        try:
+            procs.wait_for(condition, timeout=timeout, what=what)
+        except TimeoutError as e:
+            tail = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else "(no log)"
+            raise AssertionError(f"{e}\n--- device log tail ---\n{tail}") from None
 
     def pcr23(self) -> str:
         def read() -> str:
@@ -252,8 +261,8 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
         canary.close()
 
     dev.start()
-    procs.wait_for(lambda: dev.kubeconfig.exists() or (dev.proc is not None and dev.proc.poll() is not None),
-                   timeout=120, what="the device to write its kubelet kubeconfig")
+    dev.wait(lambda: dev.kubeconfig.exists() or (dev.proc is not None and dev.proc.poll() is not None),
+             timeout=120, what="the device to write its kubelet kubeconfig")
     assert dev.kubeconfig.exists(), dev.log.read_text()[-3000:]
     en = wait_edgenode(api, dev.name, lambda e: e.phase == "Enrolled", timeout=30, what="Enrolled")
     assert en.status.get("attested") is True
@@ -284,15 +293,15 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
     dev.stop()
     dev.measured.write_text("mode = debug\n")
     dev.start()
-    wait_edgenode(api, dev.name, lambda e: e.phase == "Unattested", timeout=60,
-                  what="Unattested after the tampered push")
+    dev.wait(lambda: (crd.EdgeNodes(api).get(dev.name) or en).phase == "Unattested", timeout=60,
+             what="Unattested after the tampered push")
     assert not _allowed(copied, kube_cluster)
     node = k8s.CoreV1Api(api).read_node(dev.name)
     assert node.spec.unschedulable is True
     assert any(t.key == "edgeagent.io/unattested" and t.effect == "NoExecute" for t in node.spec.taints or [])
     # The device learns it on its next push and drops its credential.
-    procs.wait_for(lambda: not cert_path.exists() and not dev.kubeconfig.exists(), timeout=60,
-                   what="the device to drop its credential")
+    dev.wait(lambda: not cert_path.exists() and not dev.kubeconfig.exists(), timeout=60,
+             what="the device to drop its credential")
     assert "verifier revoked this agent" in dev.log.read_text()
     code, body = push_controller.join_answer(dev.agent_uuid)
     assert code == 403 and body["state"] == "revoked"
@@ -311,7 +320,7 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
 
     in_netns(nat.device_ns, reboot)
     dev.start()
-    procs.wait_for(lambda: dev.kubeconfig.exists(), timeout=60, what="a new credential after the restore")
+    dev.wait(lambda: dev.kubeconfig.exists(), timeout=60, what="a new credential after the restore")
     wait_edgenode(api, dev.name, lambda e: e.phase in ("Attested", "Enrolled") and e.status.get("attested"),
                   timeout=30, what="attested again")
     assert dev.pcr23() == pcr23
