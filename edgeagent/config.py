@@ -126,8 +126,19 @@ class AgentSection:
 class EnrollConfig:
     """``edgeagent enroll``: where Keylime and the agent API are, and where the node credential goes."""
 
+    # pull: Keylime's verifier connects to the agent's mTLS API (it must be reachable); push: Keylime's push
+    # model (API 3.0, experimental in Keylime 7.14), for devices behind NAT: the agent opens no port, it
+    # pushes its quotes to the verifier and fetches its join material from the attestation controller.
+    mode: str = "pull"
     # The Keylime registrar's plain-HTTP agent port (registration and AK activation are unauthenticated).
     registrar_url: str = "http://127.0.0.1:8890"
+    # push: the Keylime verifier (HTTPS; its certificate must chain to keylime_ca).
+    verifier_url: str = "https://127.0.0.1:8881"
+    # push: the attestation controller's join endpoint (its --join-port; HTTPS checked against keylime_ca,
+    # or plain HTTP: the join material is sealed to this TPM either way).
+    join_url: str = "https://127.0.0.1:8444"
+    # push: longest wait between two attempts to reach an unreachable verifier (the wait doubles from 1 s).
+    push_backoff_max: float = 30.0
     # The agent's mTLS API: the address it listens on is also the one it registers (the verifier pulls).
     agent_host: str = "127.0.0.1"
     agent_port: int = 9002
@@ -325,6 +336,12 @@ def validate(cfg: AgentConfig, where: str) -> None:
             choices = ", ".join(SIM_CHOICES)
             raise ConfigError(f"{at} ({inst.name}): sim must be one of {choices}, got {inst.sim!r}")
     ctl = cfg.controllers
+    if cfg.enroll.mode not in ("pull", "push"):
+        raise ConfigError(f"{where}: enroll.mode must be pull or push, got {cfg.enroll.mode!r}")
+    if cfg.enroll.mode == "push" and (cfg.tpm.ak_type != "rsa" or cfg.tpm.ek_type != "rsa"):
+        # Keylime 7.14.3 checks the session's proof of possession as RSASSA whatever the AK, and the join
+        # material is sealed with MakeCredential to an RSA EK
+        raise ConfigError(f"{where}: enroll.mode = push needs tpm.ak_type = rsa and tpm.ek_type = rsa")
     if ctl.configmap and ctl.configmap.count("/") != 1:
         raise ConfigError(f"{where}: controllers.configmap must be NAMESPACE/NAME, got {ctl.configmap!r}")
     if ctl.workers < 1 or ctl.max_active < 0:

@@ -24,6 +24,7 @@ FILES = {  # file -> kinds it holds (Namespace: made here, helm creates it with 
     "deployment.yaml": (
         "Deployment/edgeagent-attestation-controller",
         "Service/edgeagent-attestation-webhook",
+        "Service/edgeagent-join",
         "ConfigMap/edgeagent-ek-ca",
     ),
     "keylime.yaml": ("ConfigMap/keylime-config", "PersistentVolumeClaim", "Deployment", "Service"),

@@ -100,14 +100,21 @@ class AttestationWorker(Part):
         state = run.state if run is not None else None
         expiry = self.credential_expiry()
         api = run.api if run is not None else None
+        push = run.push if run is not None else None
         return {
             "phase": self.phase,
             "serving": self.serving.is_set(),
             "uuid": getattr(state, "uuid", None),
             "node_name": getattr(state, "node_name", None),
             "ak_name": getattr(state, "ak_name", None),
-            "agent_address": f"{self.config.enroll.agent_host}:{self.config.enroll.agent_port}",
-            "quotes_served": getattr(api, "quotes_served", 0),
+            "mode": self.config.enroll.mode,
+            "agent_address": (
+                f"push to {self.config.enroll.verifier_url}" if self.config.enroll.mode == "push"
+                else f"{self.config.enroll.agent_host}:{self.config.enroll.agent_port}"),
+            # pull: quotes the verifier fetched; push: evidence the verifier accepted
+            "quotes_served": (push.stats.attestations if push is not None
+                              else getattr(api, "quotes_served", 0)),
+            "push_last_error": push.stats.last_error if push is not None else None,
             "revoked": bool(run is not None and run.revoked.is_set()),
             "renewals": getattr(run, "renewals", 0),
             "renewal_failures": getattr(run, "renewal_failures", 0),

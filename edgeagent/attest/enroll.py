@@ -75,6 +75,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edgeagent.attest import kubecsr, nk, nodekey, payload, tls
+from edgeagent.attest import push as push_client
 from edgeagent.attest.registrar import RegistrarClient, RetryPolicy
 from edgeagent.attest.secrets import read_private, write_private
 from edgeagent.attest.server import AgentApi, AgentServer
@@ -86,7 +87,9 @@ from edgeagent.errors import (
     EdgeAgentError,
     PeerUnreachable,
     ProtocolError,
+    SignatureError,
     StateError,
+    TpmError,
 )
 from edgeagent.protocol import keylime as protocol
 from edgeagent.protocol import nodebinding
@@ -104,6 +107,8 @@ CERT_FILE = "node.crt"
 CA_FILE = "cluster-ca.crt"
 REVOCATION_CERT_FILE = "revocation.crt"
 RENEW_RETRY_MAX = 300.0
+JOIN_WAIT_FOR_ADD = 30.0
+"""Push mode: longest wait, after starting, for the controller to add the agent before the first session."""
 RENEW_WAIT_MIN = 0.5
 """Least wait between two looks at the certificate in `serve`, whatever the configuration says, so the loop
 cannot spin (a zero ``renew_retry``, a renewal already due, a credential a revocation made unusable)."""
@@ -281,6 +286,14 @@ class Enrollment:
         self._revocations = 0
         """Verified revocations for this agent so far (under ``_credential_lock``): a certificate obtained
         with a payload read before the latest one is discarded."""
+        self.push: push_client.PushAttester | None = None
+        """Push mode (``enroll.mode = "push"``): the attester; its thread, ``push-attestation``, pushes
+        quotes and, after each accepted push, asks the join endpoint for join material or a revocation."""
+        self._push_thread: threading.Thread | None = None
+        self._join_client: push_client.HttpsClient | None = None
+        self._push_revocation_key: Any = None
+        self._join_error: str | None = None
+        self._first_push_at: float | None = None
 
     # ------------------------------------------------------------ control
     def stop(self) -> None:
@@ -357,8 +370,11 @@ class Enrollment:
 
     def serve(self) -> None:
         """Keeps answering the verifier until `stop()`, renewing the node certificate while attested."""
-        address = f"{self.enroll.agent_host}:{self.server.port if self.server else '-'}"
-        self._emit("serve", "waiting", detail=f"serving attestation on {address}")
+        if self.enroll.mode == "push":
+            self._emit("serve", "waiting", detail=f"pushing attestation to {self.enroll.verifier_url}")
+        else:
+            address = f"{self.enroll.agent_host}:{self.server.port if self.server else '-'}"
+            self._emit("serve", "waiting", detail=f"serving attestation on {address}")
         floor = max(self.enroll.renew_retry, RENEW_WAIT_MIN)
         retry = floor
         last_attempt = -float("inf")
@@ -488,6 +504,11 @@ class Enrollment:
                     ", ".join(dropped) or "(none stored)")
 
     def close(self) -> None:
+        if self.push is not None:
+            self.push.stop()
+            if self._push_thread is not None:
+                self._push_thread.join(timeout=15)
+            self.push = None
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -500,7 +521,8 @@ class Enrollment:
             uuid=self.state.uuid or "",
             node_name=self.state.node_name or "",
             ak_name=ident.ak_name.hex(),
-            agent_address=f"{self.enroll.agent_host}:{self.enroll.agent_port}",
+            agent_address=("push: no listening socket" if self.enroll.mode == "push"
+                           else f"{self.enroll.agent_host}:{self.enroll.agent_port}"),
             kubeconfig=self.enroll.kubeconfig if "kubeconfig" in self.state.steps else None,
             steps=list(self.events),
             figures=dict(self.figures),
@@ -538,6 +560,9 @@ class Enrollment:
             t.detail = f"{res.measured} new, {len(res.items)} files, PCR {res.pcr} = {value[:16]}…"
 
     def _register(self, ident: tpm_identity.Identity) -> None:
+        if self.enroll.mode == "push":
+            self._register_push(ident)
+            return
         assert self.tpm is not None and self.state.uuid is not None
         uuid = self.state.uuid
         self.agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -567,6 +592,139 @@ class Enrollment:
             self._retrying("register", "registration", attempt)
             self.state.registration = wanted
             t.detail = f"registered {uuid} at {self.enroll.registrar_url}"
+
+    # ------------------------------------------------------------ push mode
+    def _register_push(self, ident: tpm_identity.Identity) -> None:
+        """Registration without an address or a TLS certificate, then the push thread (no socket opened)."""
+        assert self.tpm is not None and self.state.uuid is not None
+        uuid = self.state.uuid
+        self.agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._payload_dir = payload.payload_dir(self.enroll.payload_dir, self.state_dir)
+        wanted = {"ak_name": ident.ak_name.hex(), "mode": "push", "registrar": self.enroll.registrar_url}
+        if self.state.registration == wanted and "register" in self.state.steps:
+            self._emit("register", "skipped", detail="already registered and activated with this AK")
+        else:
+            request = protocol.RegistrationRequest(
+                ek_tpm=ident.ek_public, aik_tpm=ident.ak_public, ekcert=ident.ek_cert,
+                mtls_cert=None, ip="", port=0,
+            )
+            tpm = self.tpm
+            with self._timed("register") as t:
+                def attempt() -> str:
+                    client = RegistrarClient(self.enroll.registrar_url, retry=self.registrar_retry)
+                    return client.register_v3(uuid, request,
+                                              lambda blob: tpm.activate_credential(ident, blob))
+
+                version = self._retrying("register", "registration", attempt)
+                self.state.registration = wanted
+                t.detail = f"registered {uuid} at {self.enroll.registrar_url} (API {version}), no address"
+        self._start_push(ident)
+
+    def _start_push(self, ident: tpm_identity.Identity) -> None:
+        assert self.tpm is not None and self.state.uuid is not None
+        verifier = push_client.HttpsClient(self.enroll.verifier_url, self.enroll.keylime_ca, what="verifier")
+        self._join_client = push_client.HttpsClient(self.enroll.join_url, self.enroll.keylime_ca,
+                                                    what="join endpoint")
+        self._push_revocation_key = (
+            _load_revocation_key(self.enroll.revocation_cert)
+            or _load_revocation_key(self.agent_dir / REVOCATION_CERT_FILE, configured=False))
+        firmware = self.config.measure.firmware_log
+        self.push = push_client.PushAttester(
+            tpm=self.tpm, identity=ident, agent_id=self.state.uuid, verifier=verifier,
+            firmware_log=firmware if firmware.exists() else None,
+            cel_log=self.config.state_path(self.config.measure.event_log),
+            backoff_max=self.enroll.push_backoff_max, on_cycle=self._push_cycle,
+        )
+        self._first_push_at = None
+        self._server_started = time.monotonic()
+        self._push_thread = threading.Thread(target=self._push_main, name="push-attestation", daemon=True)
+        self._push_thread.start()
+
+    def _push_main(self) -> None:
+        """The push thread: right after a registration, wait (briefly, polling the join endpoint) until the
+        controller has added the agent to the verifier, so the first session is not spent on a refusal
+        (each costs the verifier a PBKDF2 token hash); then push until stopped."""
+        assert self.push is not None and self._join_client is not None and self.state.uuid is not None
+        deadline = time.monotonic() + JOIN_WAIT_FOR_ADD
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                answer = push_client.fetch_join(self._join_client, self.state.uuid)
+            except (PeerUnreachable, ProtocolError):
+                break  # the push loop reports and retries what is wrong
+            if answer.state != "pending" or answer.added:
+                break
+            if self.push.wait(0.05):
+                return
+        self.push.run()
+
+    def _push_cycle(self) -> None:
+        """Runs in the push thread after every push the verifier accepted: ask the join endpoint whether
+        there is join material (opened only when none is held) or a revocation (acted on only when its
+        signature verifies with the enrollment's revocation certificate)."""
+        if self._first_push_at is None:
+            self._first_push_at = time.monotonic()
+        assert self._join_client is not None and self.state.uuid is not None
+        try:
+            answer = push_client.fetch_join(self._join_client, self.state.uuid)
+        except (PeerUnreachable, ProtocolError) as e:
+            self._note_join_error(str(e))
+            return
+        if answer.state == "pending" and self._needs_material():
+            # The verifier checks evidence after accepting it and the controller seals the material once it
+            # sees the pass: ask again shortly rather than only after the next push (seconds away).
+            until_next = (self.push.stats.seconds_to_next or 0.0) if self.push is not None else 0.0
+            deadline = time.monotonic() + until_next - 0.2
+            while answer.state == "pending" and time.monotonic() < deadline and not self._stop.wait(0.05):
+                try:
+                    answer = push_client.fetch_join(self._join_client, self.state.uuid)
+                except (PeerUnreachable, ProtocolError) as e:
+                    self._note_join_error(str(e))
+                    return
+        if answer.state == "attested" and answer.sealed is not None:
+            if not self._needs_material():
+                return
+            assert self.tpm is not None and self.ident is not None
+            try:
+                data = push_client.open_join(self.tpm, self.ident, answer.sealed)
+            except (TpmError, ProtocolError) as e:
+                self._note_join_error(f"join material not for this TPM: {e}")
+                return
+            self._join_error = None
+            self._on_delivery(payload.Delivery(key=b"", payload=data))
+        elif answer.state == "revoked":
+            if self.revoked.is_set():
+                return
+            key = self._push_revocation_key
+            if key is None or not isinstance(key, rsa.RSAPublicKey) or answer.revocation is None:
+                self._note_join_error("the cluster side says this device is revoked, unsigned or without a "
+                                      "revocation certificate here: credential kept until renewal is refused")
+                return
+            try:
+                revocation = protocol.verify_revocation(answer.revocation, key)
+            except (SignatureError, ProtocolError) as e:
+                self._note_join_error(f"revocation answer refused: {e}")
+                return
+            self._on_revocation(revocation)
+
+    def _needs_material(self) -> bool:
+        with self._credential_lock:
+            return self.revoked.is_set() or (
+                self._payload_dir is not None and payload.stored(self._payload_dir) is None)
+
+    def attestation_traffic(self) -> tuple[int, int]:
+        """(attestations so far, bytes this device sent for them): pull, the agent API's answers to the
+        verifier; push, its requests to the verifier and the join endpoint. HTTP only, TLS not counted."""
+        if self.push is not None:
+            sent = self.push.verifier.bytes_sent + (self._join_client.bytes_sent if self._join_client else 0)
+            return self.push.stats.attestations, sent
+        if self.api is not None:
+            return self.api.quotes_served, self.api.bytes_sent
+        return 0, 0
+
+    def _note_join_error(self, message: str) -> None:
+        if message != self._join_error:
+            log.warning("push: %s", message)
+        self._join_error = message
 
     def _start_server(self, ident: tpm_identity.Identity, server_id: tls.ServerIdentity) -> None:
         assert self.tpm is not None and self.state.uuid is not None
@@ -617,6 +775,7 @@ class Enrollment:
         key = x509.load_pem_x509_certificate(material.revocation_cert).public_key()
         if self.api is not None and isinstance(key, rsa.RSAPublicKey):  # parse_join_material refuses others
             self.api.revocation_key = key
+        self._push_revocation_key = key
 
     def _attest(self) -> tuple[payload.JoinMaterial | None, int]:
         """The join material (None: the credential is already issued) and the revocation count when the
@@ -631,24 +790,38 @@ class Enrollment:
             self._emit("attest", "skipped", detail="payload already delivered")
             return self._parse_material(data), revocations
         with self._timed("attest") as t:
-            self._emit("attest", "waiting",
-                       detail=f"agent API on {self.enroll.agent_host}:{self.enroll.agent_port}; "
-                              "waiting for the verifier to accept a quote and deliver the payload")
+            if self.enroll.mode == "push":
+                self._emit("attest", "waiting",
+                           detail=f"pushing quotes to {self.enroll.verifier_url}; waiting for the join "
+                                  f"material from {self.enroll.join_url}")
+            else:
+                self._emit("attest", "waiting",
+                           detail=f"agent API on {self.enroll.agent_host}:{self.enroll.agent_port}; "
+                                  "waiting for the verifier to accept a quote and deliver the payload")
             timeout = self.enroll.payload_timeout
             deadline = None if timeout <= 0 else time.monotonic() + timeout
             while not self._delivered.wait(0.1):
                 if self._stop.is_set():
                     raise AttestationError("enrollment stopped while waiting for the payload")
                 if deadline is not None and time.monotonic() > deadline:
-                    raise AttestationError(
-                        f"no payload within {timeout:.0f} s: is the agent added to the Keylime verifier?")
+                    last = ""
+                    if self.push is not None and self.push.stats.last_error:
+                        last = f" (last push error: {self.push.stats.last_error})"
+                    raise AttestationError(f"no payload within {timeout:.0f} s: is the agent added to the "
+                                           f"Keylime verifier?{last}")
             data, revocations = self._stored_payload()
             if data is None:
                 raise StateError(f"payload vanished from {self._payload_dir}")
-            assert self.api is not None
-            if self.api.first_quote_at is not None:
-                self.figures["first_quote"] = self.api.first_quote_at - self._server_started
-            t.detail = f"payload delivered ({len(data)} bytes) after {self.api.quotes_served} quotes"
+            if self.push is not None:
+                if self._first_push_at is not None:
+                    self.figures["first_quote"] = self._first_push_at - self._server_started
+                t.detail = (f"join material opened by this TPM ({len(data)} bytes) after "
+                            f"{self.push.stats.attestations} pushes")
+            else:
+                assert self.api is not None
+                if self.api.first_quote_at is not None:
+                    self.figures["first_quote"] = self.api.first_quote_at - self._server_started
+                t.detail = f"payload delivered ({len(data)} bytes) after {self.api.quotes_served} quotes"
             material = self._parse_material(data)
         return material, revocations
 

@@ -14,6 +14,7 @@ Standard library only.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,8 @@ from typing import Any
 
 from edgeagent.errors import PeerUnreachable, ProtocolError, RegistrationError
 from edgeagent.protocol import keylime as protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,13 @@ class RegistrarClient:
             self._api_version = protocol.negotiate_api_version(protocol.AGENT_API_VERSIONS, versions)
         return self._api_version
 
-    def register(self, agent_id: str, request: protocol.RegistrationRequest) -> protocol.CredentialBlob:
+    def register(self, agent_id: str, request: protocol.RegistrationRequest | dict[str, Any],
+                 ) -> protocol.CredentialBlob:
         """`POST /v{api}/agents/{agent_id}`; returns the credential to activate with the TPM."""
         protocol.check_agent_id(agent_id)
         path = f"/v{self.api_version()}/agents/{agent_id}"
-        env = self._call("POST", path, request.to_json(), step="registration")
+        body = request.to_json() if isinstance(request, protocol.RegistrationRequest) else request
+        env = self._call("POST", path, body, step="registration")
         if not env.ok:
             raise RegistrationError(f"registrar refused registration of {agent_id}: {env.code} {env.status}")
         return protocol.parse_registration_results(env.results)
@@ -93,6 +98,40 @@ class RegistrarClient:
         """Both steps; ``activate_credential`` gets the tpm2-tools credential blob and returns its secret."""
         credential = self.register(agent_id, request)
         self.activate(agent_id, activate_credential(credential.to_bytes()))
+
+    # ------------------------------------------------------------ API 3.0 (push mode)
+    def register_v3(self, agent_id: str, request: protocol.RegistrationRequest,
+                    activate_credential: Callable[[bytes], bytes]) -> str:
+        """Push mode's registration: no address and no mTLS certificate (nothing connects to the agent).
+
+        First on the registrar's API 3.0 routes (`POST /v3.0/agents` with the id in the body, then
+        `POST /v3.0/agents/{id}/activate`). Keylime 7.14.3's registrar stores the registration there but
+        then fails to answer it (HTTP 500: its AgentsController calls respond() on a v3 route), so on a 5xx
+        the same registration goes to its v2 routes, which push mode leaves unchanged ("the registrar
+        interaction is unchanged", push_model.rst). Returns the API version that registered the agent.
+        """
+        protocol.check_agent_id(agent_id)
+        body = {k: v for k, v in request.to_json().items() if k not in ("mtls_cert", "ip", "port")}
+        try:
+            env = self._once("POST", "/v3.0/agents", {"agent_id": agent_id, **body})
+        except _Retryable as e:
+            if not str(e).startswith("HTTP 5"):
+                env = self._call("POST", "/v3.0/agents", {"agent_id": agent_id, **body}, step="registration")
+            else:
+                log.warning("registrar answered its API 3.0 registration with %s (Keylime 7.14.3 fails on "
+                            "its v3 routes); registering on its v%s routes instead", e, self.api_version())
+                credential = self.register(agent_id, body)
+                self.activate(agent_id, activate_credential(credential.to_bytes()))
+                return self.api_version()
+        if not env.ok:
+            raise RegistrationError(f"registrar refused registration of {agent_id}: {env.code} {env.status}")
+        credential = protocol.parse_registration_results(env.results)
+        challenge = activate_credential(credential.to_bytes())
+        env = self._call("POST", f"/v3.0/agents/{agent_id}/activate",
+                         protocol.activation_request(challenge, agent_id), step="activation")
+        if not env.ok:
+            raise RegistrationError(f"registrar refused activation of {agent_id}: {env.code} {env.status}")
+        return "3.0"
 
     # ------------------------------------------------------------ transport
     def _call(self, method: str, path: str, body: Any, *, step: str) -> protocol.Envelope:

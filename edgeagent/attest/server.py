@@ -105,6 +105,9 @@ class AgentApi:
         self.on_revocation = on_revocation
         self._quote_lock = threading.Lock()
         self.quotes_served = 0
+        self.bytes_sent = 0
+        """HTTP bodies and the headers this API sets, summed over its answers (the bench compares it with
+        push mode's requests; TLS framing is not counted in either)."""
         self.first_quote_at: float | None = None
         """time.monotonic() of the first integrity quote served (for enrollment timing)."""
 
@@ -270,9 +273,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, code: int, obj: dict[str, Any]) -> None:
         data = json.dumps(obj).encode()
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+        self.server.api.bytes_sent += len(data) + sum(len(k) + len(v) + 4 for k, v in headers.items())
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
 

@@ -99,6 +99,8 @@ def status_renderables(s: dict[str, Any]) -> list[Any]:
         f"node {att.get('node_name') or '-'}, agent {att.get('uuid') or '-'} on "
         f"{att.get('agent_address')}, {att.get('quotes_served', 0)} quotes served"
     )
+    if att.get("push_last_error"):
+        detail += f", last push error: {escape(str(att['push_last_error']))}"
     if att.get("revoked"):
         detail += ", [red]revoked: credential dropped[/]"
     if att.get("last_error"):

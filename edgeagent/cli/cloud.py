@@ -75,6 +75,11 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Webhook TLS certificate (trusted by the verifier's trusted_server_ca)"),
         ] = None,
         webhook_key: Annotated[Path | None, typer.Option(help="Webhook TLS key")] = None,
+        join_listen: Annotated[
+            str | None,
+            typer.Option(help="Join endpoint HOST:PORT for push-mode devices (TLS with the webhook's "
+                         "certificate when given) [default: not served]"),
+        ] = None,
         credential_lifetime: Annotated[
             int, typer.Option(min=600, max=MAX_LIFETIME, help="Longest node certificate, seconds")
         ] = MAX_LIFETIME,
@@ -98,6 +103,7 @@ def register(app: typer.Typer) -> None:
         from edgeagent.cloud.controller import Controller, Settings
 
         host, port = parse_listen(webhook_listen)
+        join_host, join_port = parse_listen(join_listen) if join_listen else ("0.0.0.0", None)
         api = load_api(kubeconfig)
         ca_path = api_server_ca or (
             Path(api.configuration.ssl_ca_cert) if api.configuration.ssl_ca_cert else None
@@ -127,6 +133,8 @@ def register(app: typer.Typer) -> None:
             webhook_client_ca=keylime_ca_dir / "cacert.crt" if webhook_cert else None,
             install_crd=install_crd,
             resync_interval=resync_interval,
+            join_host=join_host,
+            join_port=join_port,
         )
         if poll_interval is not None:  # the default lives in Settings, once
             settings = dataclasses.replace(settings, poll_interval=poll_interval)

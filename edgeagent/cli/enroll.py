@@ -56,6 +56,11 @@ def _apply_options(cfg: AgentConfig, **options: Any) -> None:
     for name, value in options.items():
         if value is not None:
             setattr(cfg.enroll, name, value)
+    if cfg.enroll.mode not in ("pull", "push"):
+        raise ConfigError(f"--mode must be pull or push, got {cfg.enroll.mode!r}")
+    if cfg.enroll.mode == "push" and (cfg.tpm.ak_type != "rsa" or cfg.tpm.ek_type != "rsa"):
+        raise ConfigError("--mode push needs tpm.ak_type = rsa and tpm.ek_type = rsa (Keylime 7.14.3 checks "
+                          "the proof of possession as RSASSA; the join material is sealed to an RSA EK)")
     if not 0 < cfg.enroll.agent_port < 65536:
         raise ConfigError(f"enroll.agent_port {cfg.enroll.agent_port} is not a TCP port (1-65535)")
 
@@ -75,6 +80,15 @@ def _result_dict(res: enroll.EnrollResult) -> dict[str, Any]:
 
 def enroll_command(
     ctx: typer.Context,
+    mode: Annotated[str | None, typer.Option(
+        "--mode", help="pull: the verifier connects to the agent API; push: Keylime's push model for "
+        "devices behind NAT, no listening socket (default: enroll.mode)")] = None,
+    verifier: Annotated[str | None, typer.Option(
+        "--verifier", help="push: Keylime verifier URL, https://HOST:PORT (default: enroll.verifier_url)",
+    )] = None,
+    join_url: Annotated[str | None, typer.Option(
+        "--join-url", help="push: the attestation controller's join endpoint (default: enroll.join_url)",
+    )] = None,
     registrar: Annotated[str | None, typer.Option(
         "--registrar", help="Keylime registrar URL, http://HOST:PORT (default: enroll.registrar_url)",
     )] = None,
@@ -100,7 +114,8 @@ def enroll_command(
     """Enroll this device: provision, measure, register with Keylime, get attested, obtain the node
     credential, write the kubelet kubeconfig, then keep serving attestation. Safe to re-run: it resumes."""
     cfg = state(ctx).config
-    _apply_options(cfg, registrar_url=registrar, agent_host=host, agent_port=port, node_name=node_name,
+    _apply_options(cfg, mode=mode, verifier_url=verifier, join_url=join_url, registrar_url=registrar,
+                   agent_host=host, agent_port=port, node_name=node_name,
                    uuid=uuid, keylime_ca=keylime_ca, kubeconfig=kubeconfig, payload_dir=payload_dir)
     from edgeagent.attest import enroll
 
@@ -131,7 +146,9 @@ def enroll_command(
                 render.console.print(f"kubelet kubeconfig: {escape(str(res.kubeconfig))}")
         if not once:
             if not json_:
-                render.console.print(f"serving attestation on {res.agent_address} (SIGTERM to stop)")
+                where = (f"pushing attestation to {cfg.enroll.verifier_url}" if cfg.enroll.mode == "push"
+                         else f"serving attestation on {res.agent_address}")
+                render.console.print(f"{where} (SIGTERM to stop)")
             run.serve()
     finally:
         run.close()

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client as k8s
 
-from edgeagent.cloud import bootstrap, crd, ekcheck, keylime, leader, revoke, tenant, webhook
+from edgeagent.cloud import bootstrap, crd, ekcheck, joinserver, keylime, leader, revoke, tenant, webhook
 from edgeagent.cloud import csr as csr_mod
 from edgeagent.errors import ClusterError, ConfigError, EdgeAgentError
 from edgeagent.kube import errors as kube_errors
@@ -54,8 +54,15 @@ from edgeagent.kube.api import KubeApi
 from edgeagent.kube.queue import DelayQueue
 from edgeagent.kube.transport import ClientTransport
 from edgeagent.kube.watch import Event, Everything, SharedWatch
+from edgeagent.protocol import keylime as protocol
+from edgeagent.protocol import push
+from edgeagent.tpm import attest as tpm_attest
 
 log = logging.getLogger(__name__)
+
+PUSH_VERDICT_DELAY = 0.15
+"""Seconds after a push-mode device's join request before its node is reconciled (the verifier's verdict on
+the evidence it just accepted is ready by then in the common case; the regular poll covers the rest)."""
 
 BINDING_PCRS = [23]
 """The agent's own measurements (CEL log from `edgeagent measure`) live in PCR 23."""
@@ -98,6 +105,11 @@ class Settings:
     webhook_key: Path | None = None
     webhook_client_ca: Path | None = None
     """CA the notifier's client certificate must chain to (the Keylime CA); None: no client certificate."""
+    join_host: str = "0.0.0.0"
+    join_port: int | None = None
+    """Port of the join endpoint push-mode devices fetch their sealed join material from (`joinserver`);
+    None: not served (pull-mode devices only). TLS with ``webhook_cert``/``webhook_key`` when set (no client
+    certificate: devices have none yet; the material is sealed to each device's TPM)."""
     install_crd: bool = False
     watch_timeout: int = 300
     """Seconds one watch request lasts on the API server (timeoutSeconds; each request gets 1-1.5 times it);
@@ -123,6 +135,15 @@ class _Memory:
     split_key: tenant.SplitKey | None = None
     """K of the last delivery: lets a restore send fresh join material without re-adding the agent."""
     revocation_cert_pem: str | None = None
+    revocation_private: rsa.RSAPrivateKey | None = None
+    """Push mode: the enrollment's revocation key, which signs the join endpoint's revocation answers (the
+    device holds its certificate); kept only in memory: after a restart revocations go unsigned and the
+    device keeps its files until renewal is refused."""
+    sealed: push.Sealed | None = None
+    """Push mode: the join material of the current period, sealed to the device's TPM; sealed as soon as the
+    agent is added (or access restored), handed out only while the verifier passes the device."""
+    sealed_at: float = 0.0
+    """time.monotonic() of the seal: its bootstrap token is renewed at half its TTL."""
 
 
 class Controller:
@@ -186,6 +207,7 @@ class Controller:
             active=self.elector.is_leader,
         )
         self.webhook: webhook.WebhookServer | None = None
+        self.join_server: joinserver.JoinServer | None = None
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
         """Failed reconciles ("key: error"), for tests and diagnostics; the last 100 are kept."""
@@ -209,6 +231,13 @@ class Controller:
             self.webhook = webhook.WebhookServer(
                 self.receiver, self.s.webhook_host, self.s.webhook_port, ctx
             ).start()
+        if self.s.join_port is not None:
+            join_ctx = None
+            if self.s.webhook_cert is not None and self.s.webhook_key is not None:
+                join_ctx = webhook.server_context(self.s.webhook_cert, self.s.webhook_key, None)
+            self.join_server = joinserver.JoinServer(
+                self.join_answer, self.s.join_host, self.s.join_port, join_ctx
+            ).start()
         self.elector.start()
         self.edgenode_watch.start()
         self.csr_watch.start()
@@ -222,6 +251,8 @@ class Controller:
         self.queue.close()
         if self.webhook is not None:
             self.webhook.stop()
+        if self.join_server is not None:
+            self.join_server.stop()
         self.elector.stop()
         self.edgenode_watch.stop()
         self.csr_watch.stop()
@@ -334,7 +365,7 @@ class Controller:
                 return None
             mem.uuid = en.spec.agent_uuid
             if not en.status.get("delivered"):
-                return self._enroll(en)
+                return self._enroll_push(en) if en.spec.mode == "push" else self._enroll(en)
             state = self.keylime.agent_state(en.spec.agent_uuid)
             if state is None:  # the verifier lost the agent (deleted, database reset): enroll again
                 if en.phase != "Unattested":
@@ -348,6 +379,8 @@ class Controller:
                     )
                 elif state.good:
                     self._attested(en, state, mem)
+                    if en.spec.mode == "push" and mem.sealed is None:
+                        self._seal(en, mem)
                 return self.s.pending_interval if en.phase == "Pending" else self.s.poll_interval
             # Unattested: have the verifier look again, restore once a quote after that passes
             # restore only on a good quote taken after the revocation (and after our last reactivation)
@@ -355,8 +388,13 @@ class Controller:
             if state.good and state.last_successful_attestation > floor:
                 self.access.restore(en, enrolled=_credential_alive(en))
                 self._record("restore", name)
-                self._redeliver(en, mem)
-            elif state.failed and time.time() - mem.reactivated_at > self.s.reactivate_interval:
+                if en.spec.mode == "push":
+                    self._seal(en, mem)  # fresh join material (a new bootstrap token) for the device
+                else:
+                    self._redeliver(en, mem)
+            elif (state.failed and en.spec.mode != "push"
+                  and time.time() - mem.reactivated_at > self.s.reactivate_interval):
+                # push agents are not reactivated: the verifier accepts their next evidence anyway
                 self.keylime.reactivate_agent(en.spec.agent_uuid)
                 mem.reactivated_at = time.time()
             return self.s.pending_interval
@@ -501,6 +539,125 @@ class Controller:
         except (EdgeAgentError, ClusterError) as e:
             log.warning("cannot send %s new join material after the restore: %s", en.name, e)
 
+    # ------------------------------------------------------------ push mode
+    def _enroll_push(self, en: crd.EdgeNode) -> float:
+        """Pending push-mode device: check the TPM and add it to the push-mode verifier. Nothing is sent to
+        the device (nothing can reach it); its join material is sealed once the verifier passes it."""
+        agent = self.keylime.registrar_agent(en.spec.agent_uuid)
+        if agent is None:
+            self._status_message(en, "waiting for the agent to register and activate its AK")
+            return self.s.pending_interval
+        try:
+            verdict = self.check_ek(en, agent)
+        except ekcheck.EkRejected as e:
+            if en.status.get("message") != str(e):
+                self.edgenodes.patch_status(en.name, {
+                    "phase": "Pending", "attested": False, "message": str(e),
+                    "conditions": crd.merge_conditions(
+                        en.status.get("conditions"), crd.condition("EKTrusted", False, "EKRejected", str(e))),
+                })
+                self.access.event(en, reason="EKRejected", message=str(e), warning=True)
+                self._record("ek-rejected", en.name)
+            return 30.0
+        if not en.spec.tpm_policy:
+            # No trust on first use: nothing can ask a device behind NAT for its PCRs before it is trusted.
+            message = ("push mode needs spec.tpmPolicy (the PCR 23 value `edgeagent measure` reports): "
+                       "the controller cannot ask an unreachable device for it")
+            self._status_message(en, message)
+            return 30.0
+        verifier_policy = {**en.spec.tpm_policy, **boot_policy(en.spec)}
+        self.keylime.delete_agent(en.spec.agent_uuid)
+        revocation_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.keylime.add_agent(
+            en.spec.agent_uuid,
+            agent=agent,
+            v=tenant.SplitKey.fresh().v,  # unused in push mode; Keylime's schema still wants one
+            ip=None,
+            port=None,
+            tpm_policy=verifier_policy,
+            mb_policy=json.dumps(en.spec.mb_refstate, sort_keys=True) if en.spec.mb_refstate else None,
+            revocation_key_pem=revocation_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+            agent_api_version="2.1",
+            metadata={"edgenode": en.name, "mode": "push"},
+        )
+        mem = self.memory[f"node/{en.name}"]
+        mem.revocation_key = revocation_key.public_key()
+        mem.revocation_private = revocation_key
+        mem.revocation_cert_pem = tenant.revocation_certificate(revocation_key, en.name)
+        mem.sealed = None
+        public_pem = mem.revocation_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        self.edgenodes.patch_status(en.name, {
+            "phase": "Pending", "attested": False, "delivered": True,
+            "revocationPublicKey": public_pem,
+            "trustedPolicy": en.spec.tpm_policy,
+            "message": "added to the push-mode verifier; join material is sealed to its TPM once it attests",
+            "conditions": crd.merge_conditions(
+                en.status.get("conditions"),
+                crd.condition("EKTrusted", True, "EKVerified", f"EK certified by {verdict.issuer or 'pin'}")),
+        })
+        self._record("added-push", en.name)
+        # Sealed now, released by join_answer only once the verifier passes the device: saves the device a
+        # round of waiting for this controller to notice the pass before it can get its credential.
+        self._seal(en, mem)
+        return self.s.pending_interval
+
+    def _seal(self, en: crd.EdgeNode, mem: _Memory) -> None:
+        """Join material for this attested period (a fresh bootstrap token), sealed with MakeCredential to
+        the registrar's EK of the device for its registered AK's name."""
+        agent = self.keylime.registrar_agent(en.spec.agent_uuid)
+        if agent is None:
+            return
+        if mem.revocation_private is None:  # the controller restarted since the device was added
+            mem.revocation_private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            mem.revocation_cert_pem = tenant.revocation_certificate(mem.revocation_private, en.name)
+        token = bootstrap.create(self.api, node_name=en.name, ttl_seconds=self.s.token_ttl)
+        material = tenant.JoinMaterial(self.s.api_server_url, self.s.api_server_ca_pem, token.token, en.name,
+                                       mem.revocation_cert_pem)
+        mem.sealed = push.seal(agent_id=en.spec.agent_uuid, ek_public=agent.ek_tpm,
+                               ak_name=tpm_attest.object_name(agent.aik_tpm), material=material.to_bytes())
+        mem.sealed_at = time.monotonic()
+        self.edgenodes.patch_status(en.name, {"bootstrapTokenID": token.token_id})
+        self._record("sealed", en.name)
+
+    def join_answer(self, agent_id: str) -> joinserver.Answer:
+        """What the join endpoint tells a push-mode device (see `joinserver`); asks the verifier each time,
+        so material goes out only while the verifier passes the device now."""
+        if not self.elector.is_leader():
+            return 503, {"state": "follower"}
+        name = self.node_of(agent_id)
+        en = self.edgenodes.get(name) if name else None
+        if name is None or en is None or en.spec.mode != "push":
+            return 404, {"state": "unknown", "detail": f"no push-mode EdgeNode pins agent {agent_id}"}
+        # A device asks right after the verifier accepted its evidence, which the verifier then checks
+        # asynchronously: look at the verdict shortly (no webhook in push mode; this keeps tamper -> denied
+        # near one attestation interval without polling every push-mode node faster).
+        self.queue.add(f"node/{name}", PUSH_VERDICT_DELAY)
+        with self.locks[name]:
+            mem = self.memory[f"node/{name}"]
+            if en.phase == "Unattested":
+                msg = {"type": "revocation", "agent_id": agent_id, "event_id": "edgeagent.unattested",
+                       "node": name, "time": int(time.time())}
+                revocation = {"msg": json.dumps(msg), "signature": "none"}
+                if mem.revocation_private is not None:
+                    revocation = protocol.sign_revocation(msg, mem.revocation_private)
+                return 403, {"state": "revoked", "revocation": revocation,
+                             "detail": en.status.get("message") or "attestation failed"}
+            state = self.keylime.agent_state(agent_id)
+            # Pending counts too: the verifier's word, asked now, is what releases the material (the
+            # reconcile that marks the EdgeNode Attested may come a moment later).
+            if state is None or not state.good or mem.sealed is None:
+                status = state.attestation_status if state is not None else "not added"
+                added = state is not None and bool(en.status.get("delivered"))
+                return 404, {"state": "pending", "added": added,
+                             "detail": f"verifier status {status}; phase {en.phase}"}
+            if time.monotonic() - mem.sealed_at > self.s.token_ttl / 2:
+                self._seal(en, mem)  # a fresh bootstrap token: the sealed one may lapse before it is used
+                assert mem.sealed is not None
+            return 200, mem.sealed.to_json()
+
     def _status_message(self, en: crd.EdgeNode, message: str) -> None:
         if en.status.get("message") != message or "phase" not in en.status:
             self.edgenodes.patch_status(en.name, {"phase": en.phase, "attested": False, "message": message})
@@ -552,6 +709,7 @@ class Controller:
 
     def _revoke(self, en: crd.EdgeNode, reason: str, message: str) -> crd.EdgeNode:
         self.memory[f"node/{en.name}"].revoked_at = time.time()
+        self.memory[f"node/{en.name}"].sealed = None  # the join endpoint stops handing out material
         updated = self.access.revoke(en, reason, message)
         self._record("revoke", en.name)
         return updated

@@ -67,7 +67,14 @@ def definition() -> dict[str, Any]:
                 "pattern": _HEX64,
                 "description": "Hex sha256 of the EK TPM2B_PUBLIC, for TPMs without a cert.",
             },
-            "agentAddress": {"type": "string", "description": "ip:port of the agent's mTLS API."},
+            "agentAddress": {"type": "string", "description": "ip:port of the agent's mTLS API (pull mode)."},
+            "mode": {
+                "type": "string",
+                "enum": ["pull", "push"],
+                "description": "pull: the verifier polls the agent's API; push: Keylime's push model "
+                "(API 3.0), the device opens every connection (NAT) and fetches join material sealed to "
+                "its TPM.",
+            },
             "tpmPolicy": {
                 "type": "object",
                 "description": 'Expected PCR values ({"23": [hex, ...]}); absent: trust on first use.',
@@ -196,6 +203,8 @@ class EdgeNodeSpec:
     """Accepted PCR 0-7 values: added to the verifier's tpm_policy (static measured-boot reference)."""
     mb_refstate: dict[str, Any] | None = None
     """A Keylime measured-boot policy, passed to the verifier as mb_policy."""
+    mode: str = "pull"
+    """pull (the verifier connects to the agent) or push (Keylime's push model: the device connects)."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"agentUUID": self.agent_uuid}
@@ -207,6 +216,7 @@ class EdgeNodeSpec:
             ("credentialLifetimeSeconds", self.credential_lifetime_seconds),
             ("bootPCRs", self.boot_pcrs),
             ("mbRefstate", self.mb_refstate),
+            ("mode", None if self.mode == "pull" else self.mode),
         ):
             if value is not None:
                 out[key] = value
@@ -241,6 +251,7 @@ class EdgeNode:
                 credential_lifetime_seconds=spec.get("credentialLifetimeSeconds"),
                 boot_pcrs=spec.get("bootPCRs"),
                 mb_refstate=spec.get("mbRefstate"),
+                mode=str(spec.get("mode") or "pull"),
             ),
             status=dict(obj.get("status") or {}),
             resource_version=meta.get("resourceVersion"),

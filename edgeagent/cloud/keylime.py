@@ -101,11 +101,25 @@ class VerifierAgent:
     raw: dict[str, Any]
 
     @property
+    def push(self) -> bool:
+        """A push-mode agent: the verifier has no address for it (it pushes its evidence)."""
+        return self.raw.get("ip") is None and self.raw.get("port") is None
+
+    @property
+    def attestation_status(self) -> str:
+        """Keylime 7.14's summary: PASS, FAIL, TIMEOUT (a push agent silent 5 quote intervals), PENDING."""
+        return str(self.raw.get("attestation_status") or "PENDING")
+
+    @property
     def good(self) -> bool:
+        if self.push:  # operational_state stays GET_QUOTE whatever the evidence says
+            return self.attestation_status == "PASS" and self.attestation_count > 0
         return self.operational_state in OperationalState.GOOD and self.attestation_count > 0
 
     @property
     def failed(self) -> bool:
+        if self.push:
+            return self.attestation_status in ("FAIL", "TIMEOUT")
         return self.operational_state in OperationalState.BAD
 
 
@@ -150,11 +164,23 @@ class KeylimeClient:
     def _version(self, base: str) -> str:
         if base not in self._versions:
             env = self.http.request("GET", f"{base}/version")
+            if env.code == 410:
+                # A push-mode verifier (Keylime 7.14) has retired /version; its v3 admin routes are stubs
+                # answering 404, so the admin API there is still v2: the highest v2 root it answers.
+                self._versions[base] = self._v2_root(base)
+                return self._versions[base]
             if not env.ok:
                 raise AttestationError(f"{base}/version -> {env.code} {env.status}")
             theirs = protocol.parse_version_results(env.results)
             self._versions[base] = protocol.negotiate_api_version(CLIENT_API_VERSIONS, theirs)
         return self._versions[base]
+
+    def _v2_root(self, base: str) -> str:
+        for version in reversed(CLIENT_API_VERSIONS):
+            if self.http.request("GET", f"{base}/v{version}/").code != 404:
+                return version
+        raise AttestationError(f"{base} answers /version with 410 and none of the v2 roots "
+                               f"{', '.join(CLIENT_API_VERSIONS)}")
 
     def _url(self, base: str, path: str) -> str:
         return f"{base}/v{self._version(base)}{path}"
@@ -191,8 +217,8 @@ class KeylimeClient:
         *,
         agent: RegistrarAgent,
         v: bytes,
-        ip: str,
-        port: int,
+        ip: str | None,
+        port: int | None,
         tpm_policy: dict[str, list[str]],
         revocation_key_pem: str,
         agent_api_version: str,
@@ -200,6 +226,7 @@ class KeylimeClient:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """`POST /v2.x/agents/{uuid}`: the verifier starts polling the agent and sends V after a good quote.
+        A push-mode verifier ignores ``ip``/``port`` (None) and ``v``: it waits for the agent's evidence.
 
         ``tpm_policy`` maps PCR numbers to accepted hex values; the mask is derived from it (plus the
         measured-boot PCRs when ``mb_policy``, a Keylime reference state, is given), as Keylime's tenant does.
@@ -243,6 +270,8 @@ class KeylimeClient:
             raise AttestationError(f"verifier GET agent {uuid}: {env.code} {env.status}")
         r = env.results.get(uuid, env.results)
         state = r.get("operational_state")
+        if state is None and r.get("ip") is None and r.get("port") is None:
+            state = OperationalState.GET_QUOTE  # push mode clears it while it verifies the first evidence
         if not isinstance(state, int):
             raise ProtocolError(f"verifier's record of {uuid} has no operational_state")
         return VerifierAgent(

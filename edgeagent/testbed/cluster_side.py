@@ -22,17 +22,23 @@ from edgeagent.testbed.node import KubeletNode
 
 
 class ClusterSide:
-    def __init__(self, root: Path, ek_ca_certs: Sequence[Path], *, nodes: bool = False,
+    def __init__(self, root: Path, ek_ca_certs: Sequence[Path], *, push: bool = False, nodes: bool = False,
                  **controller_settings: Any) -> None:
         """``ek_ca_certs``: the CAs of the TPMs' EK certificates (Keylime's and the controller's trust store);
+        ``push``: Keylime's verifier in push mode (API 3.0) and the controller's join endpoint on a free port;
         ``nodes``: the control plane serves real kubelets (see `KubeCluster`, `kubelet`);
         ``controller_settings``: overrides of the attestation controller's Settings. Nothing runs before
         ``start()``."""
         self.root = root
         self.controller_settings = controller_settings
         webhook_port = procs.free_port()
+        extra = {"verifier": {"mode": "push", "auto_recover_attestation_failures": "True"}} if push else {}
+        if push:
+            self.controller_settings = {"join_host": "127.0.0.1", "join_port": procs.free_port(),
+                                        **controller_settings}
         settings = make_settings(
-            root / "keylime", list(ek_ca_certs), webhook_url=f"https://127.0.0.1:{webhook_port}/revocation"
+            root / "keylime", list(ek_ca_certs), webhook_url=f"https://127.0.0.1:{webhook_port}/revocation",
+            extra=extra,
         )
         self.keylime = Keylime(root / "keylime", settings, webhook_port=webhook_port)
         self.cluster = KubeCluster(root / "kube", nodes=nodes)

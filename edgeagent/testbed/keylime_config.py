@@ -88,7 +88,9 @@ def render(s: KeylimeSettings) -> dict[str, dict[str, dict[str, str]]]:
         "exponential_backoff": "True",
         "retry_interval": "1",
         "max_retries": "5",
-        "quote_interval": str(s.quote_interval),
+        # Whole seconds as an integer: push mode (7.14.3) reads it with getint() and fails on "2.0".
+        "quote_interval": str(int(s.quote_interval)) if float(s.quote_interval).is_integer()
+        else str(s.quote_interval),
         "max_upload_size": "104857600",
         "request_timeout": "10.0",
         "measured_boot_policy_name": s.measured_boot_policy_name,

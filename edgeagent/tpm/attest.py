@@ -17,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
+TPM_ST_ATTEST_CERTIFY = 0x8017
 
 TPM_ALG_RSA = 0x0001
+TPM_ALG_AES = 0x0006
 TPM_ALG_NULL = 0x0010
 TPM_ALG_RSASSA = 0x0014
 TPM_ALG_RSAPSS = 0x0016
@@ -124,6 +126,9 @@ class Public:
     scheme: int
     scheme_hash: int
     key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    sym_alg: int = TPM_ALG_NULL
+    """parameters.symmetric of a storage key (an EK: AES-128-CFB); TPM_ALG_NULL for signing keys."""
+    sym_bits: int = 0
 
     @property
     def is_restricted_signing(self) -> bool:
@@ -197,8 +202,9 @@ def parse_public(data: bytes) -> Public:
     name_alg = r.u16("nameAlg")
     attrs = r.u32("objectAttributes")
     r.tpm2b("authPolicy")
-    if r.u16("parameters.symmetric.algorithm") != TPM_ALG_NULL:
-        r.u16("parameters.symmetric.keyBits")
+    sym_alg, sym_bits = r.u16("parameters.symmetric.algorithm"), 0
+    if sym_alg != TPM_ALG_NULL:
+        sym_bits = r.u16("parameters.symmetric.keyBits")
         r.u16("parameters.symmetric.mode")
     key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     if typ == TPM_ALG_RSA:
@@ -227,7 +233,7 @@ def parse_public(data: bytes) -> Public:
     else:
         raise StructureError(f"TPMT_PUBLIC: unsupported key type 0x{typ:04x}")
     r.end()
-    return Public(typ, name_alg, attrs, scheme, scheme_hash, key)
+    return Public(typ, name_alg, attrs, scheme, scheme_hash, key, sym_alg, sym_bits)
 
 
 def object_name(public: bytes) -> bytes:

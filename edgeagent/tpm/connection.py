@@ -229,6 +229,10 @@ class Tpm:
         self._check_bank(bank)
         return esys.take_quote(self, identity, nonce, pcrs, bank)
 
+    def certify_ak(self, identity: Identity, qualifying_data: bytes) -> tuple[bytes, bytes]:
+        """TPM2_Certify of the AK by itself: (TPMS_ATTEST, TPMT_SIGNATURE); Keylime's push-mode PoP."""
+        return esys.certify_self(self, identity, qualifying_data)
+
     def activate_credential(self, identity: Identity, credential_blob: bytes) -> bytes:
         """The secret of a tpm2-tools credential blob (0xBADCC0DE) made for the identity's EK and AK name."""
         from edgeagent.tpm import identity as _identity  # it imports this module

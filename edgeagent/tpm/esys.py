@@ -106,3 +106,18 @@ def take_quote(tpm: Tpm, identity: Identity, nonce: bytes, pcrs: list[int], bank
         if pcr_digest(values, attest.parse_signature(sig).hash_alg) == attest.parse_attest(att).pcr_digest:
             return Quote(att, sig, values, bank)
     raise TpmError(f"PCRs kept changing while quoting ({_RETRIES} attempts)")
+
+
+def certify_self(tpm: Tpm, identity: Identity, qualifying_data: bytes) -> tuple[bytes, bytes]:
+    """TPM2_Certify of the AK by the AK itself over ``qualifying_data``: (TPMS_ATTEST, TPMT_SIGNATURE).
+
+    Keylime's push-mode proof of possession: the verifier checks the signature with the registered AK, the
+    certified name against that AK and the qualifying data against its session challenge.
+    """
+    if not 0 < len(qualifying_data) <= MAX_NONCE:
+        raise TpmError(f"certify qualifying data must be 1-{MAX_NONCE} bytes, got {len(qualifying_data)}")
+    scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)  # the AK's own scheme
+    with tpm.locked("certify of the AK") as ectx:
+        info, signature = ectx.certify(identity.ak_handle, identity.ak_handle, TPM2B_DATA(qualifying_data),
+                                       scheme, session1=ESYS_TR.PASSWORD, session2=ESYS_TR.PASSWORD)
+    return bytes(info), bytes(signature.marshal())

@@ -141,7 +141,7 @@ def verify_quote(quote: Quote, ak_public: bytes, nonce: bytes) -> None:
         sig = attest.parse_signature(quote.signature)
     except attest.StructureError as e:
         raise QuoteVerificationError(str(e)) from None
-    _verify_signature(ak, sig, quote.attest)
+    verify_signature(ak, sig, quote.attest)
     try:
         parsed = attest.parse_attest(quote.attest)
     except attest.StructureError as e:
@@ -164,7 +164,8 @@ def verify_quote(quote: Quote, ak_public: bytes, nonce: bytes) -> None:
         raise QuoteVerificationError("the PCR values do not match the quote's PCR digest")
 
 
-def _verify_signature(ak: attest.Public, sig: attest.Signature, message: bytes) -> None:
+def verify_signature(ak: attest.Public, sig: attest.Signature, message: bytes) -> None:
+    """``message`` (a TPMS_ATTEST) signed by the AK ``ak`` (RSASSA or ECDSA); QuoteVerificationError."""
     if sig.hash_alg not in attest.HASH_BY_ID or attest.HASH_BY_ID[sig.hash_alg] == "sha1":
         raise QuoteVerificationError(f"unsupported signature hash 0x{sig.hash_alg:04x}")
     algorithm = attest.crypto_hash(sig.hash_alg)

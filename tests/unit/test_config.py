@@ -44,6 +44,8 @@ def test_file_env_and_overrides_layer_in_order(tmp_path: Path) -> None:
         ("[measure]\npcr = 'x'", "expected an integer"),
         ("measure = 3", "must be a table"),
         ("[measure]\nnope = 1", "unknown key 'nope'"),
+        ("[enroll]\nmode = 'poll'", "enroll.mode must be pull or push, got 'poll'"),
+        ("[tpm]\nak_type = 'ecc'\n[enroll]\nmode = 'push'", "push needs tpm.ak_type = rsa"),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path: Path, text: str, needle: str) -> None:

@@ -75,6 +75,8 @@ def chart_values(cluster: KubeCluster, ek_ca: Path, ports: dict[str, int]) -> di
             "replicas": 1,
             "webhookListen": f"127.0.0.1:{ports['webhook']}",
             "webhookPort": ports["webhook"],
+            "joinListen": f"127.0.0.1:{ports['join']}",
+            "joinPort": ports["join"],
             "registrarURL": f"https://127.0.0.1:{ports['registrar_tls']}",
             "verifierURL": f"https://127.0.0.1:{ports['verifier']}",
         },
@@ -115,7 +117,9 @@ def installed(swtpm_template: SoftwareTpm, tmp_path_factory: pytest.TempPathFact
                 node.ctr("images", "import", str(image.archive))
             node.start_kubelet()
             worker.wait_node_ready(k8s.CoreV1Api(cluster.client()), name)
-            ports = {k: procs.free_port() for k in ("verifier", "registrar", "registrar_tls", "webhook")}
+            ports = {
+                k: procs.free_port() for k in ("verifier", "registrar", "registrar_tls", "webhook", "join")
+            }
             helm = Helm(cluster.kubeconfig, root / "helm")
             values = chart_values(cluster, swtpm_template.ca_cert, ports)
             helm.install(RELEASE, NAMESPACE, values, wait="180s")
