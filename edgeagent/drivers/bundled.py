@@ -8,6 +8,7 @@ Kept apart from the bundled-driver registry and the loader so third-party driver
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
 from edgeagent.errors import DriverError
+from edgeagent.hw.sim.clock import Clock, new_part
 from edgeagent.wasm import bundle
 
 
@@ -45,19 +47,23 @@ def model_factory(directory: Path, meta: bundle.BundleMeta) -> Callable[[int], A
     from edgeagent.hw.sim.declarative import load_model
 
     spec = load_model(directory / meta.model)
-    return lambda address: spec.part(spec.place(address))
+
+    def part(address: int, *, clock: Clock = time.monotonic) -> Any:
+        return spec.part(spec.place(address), clock=clock)
+
+    return part
 
 
 def _lazy_model(directory: Path, meta: bundle.BundleMeta) -> Callable[[int], Any]:
     """Loads the model on first use: a broken model must not stop the driver from running on hardware."""
     loaded: list[Callable[[int], Any]] = []
 
-    def part(address: int) -> Any:
+    def part(address: int, *, clock: Clock = time.monotonic) -> Any:
         if not loaded:
             factory = model_factory(directory, meta)
             assert factory is not None
             loaded.append(factory)
-        return loaded[0](address)
+        return new_part(loaded[0], address, clock)
 
     return part
 

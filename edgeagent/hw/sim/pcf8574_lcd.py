@@ -4,21 +4,40 @@ Wiring: P0 RS, P1 RW, P2 E, P3 backlight, P4-P7 D4-D7. Every byte written sets t
 model latches a nibble on each falling edge of E. It follows the datasheet's initialisation by instruction
 (three 8-bit function sets, then the switch to 4-bit), and implements clear, home, entry mode, display
 control, function set, DDRAM addressing and data writes: enough to see what a driver put on the screen.
+
+Timing, on the part's clock (edgeagent.hw.sim.clock), per the HD44780U datasheet: the controller ignores the
+interface for 40 ms after power-on, and while it executes an instruction (clear display and return home
+1.52 ms, the first function set of the initialisation by instruction 4.1 ms, the second 100 us, the rest
+37 us, a data write 41 us); a nibble strobed in then is lost, as on the part. The I2C bus's own time counts:
+each byte to the expander takes 90 us at 100 kHz (8 bits and the acknowledge), so a driver need not wait
+between ordinary instructions, only where the datasheet's wait exceeds the bus time.
 """
 
 from __future__ import annotations
 
+import time
+
+from edgeagent.hw.sim.clock import Clock
 from edgeagent.hw.sim.i2c_device import RegisterDevice
 
 RS, RW, E, BACKLIGHT = 0x01, 0x02, 0x04, 0x08
 ROW_OFFSETS = (0x00, 0x40, 0x14, 0x54)
+POWER_ON_S = 0.040
+BYTE_S = 9 / 100_000  # one byte and its acknowledge at 100 kHz
+CLEAR_S = 1.52e-3
+INSTRUCTION_S = 37e-6
+DATA_S = 41e-6
+INIT_FUNCTION_SET_S = (4.1e-3, 100e-6)  # after the first and the second 8-bit function set
 
 
 class Hd44780:
     """The controller: DDRAM, address counter and the 4-bit interface state."""
 
-    def __init__(self, columns: int = 16, rows: int = 2) -> None:
+    def __init__(self, columns: int = 16, rows: int = 2, *, ready_at: float = 0.0) -> None:
         self.columns, self.rows = columns, rows
+        self.ready_at = ready_at  # the controller ignores strobes before this time (busy)
+        self.lost = 0  # nibbles strobed in while busy
+        self._function_sets = 0
         self.ddram = bytearray(b" " * 0x80)
         self.addr = 0
         self.increment = True
@@ -28,26 +47,35 @@ class Hd44780:
         self._high: int | None = None  # first nibble of a 4-bit transfer
         self.commands = 0
 
-    def strobe(self, nibble: int, rs: bool) -> None:
+    def strobe(self, nibble: int, rs: bool, at: float) -> None:
+        """E fell at time ``at`` with ``nibble`` on D4-D7."""
+        if at < self.ready_at:
+            self.lost += 1
+            return
         if not self.four_bit:
             # 8-bit mode with only D4-D7 wired: each strobe is a whole instruction with D0-D3 = 0.
-            self._execute(nibble << 4, rs)
+            self.ready_at = at + self._execute(nibble << 4, rs)
             return
         if self._high is None:
             self._high = nibble
         else:
             byte, self._high = (self._high << 4) | nibble, None
-            self._execute(byte, rs)
+            self.ready_at = at + self._execute(byte, rs)
 
-    def _execute(self, byte: int, rs: bool) -> None:
+    def _execute(self, byte: int, rs: bool) -> float:
+        """Runs an instruction or a data write; returns its execution time."""
         if rs:
             self.ddram[self.addr & 0x7F] = byte
             self.addr = (self.addr + (1 if self.increment else -1)) & 0x7F
-            return
+            return DATA_S
         self.commands += 1
+        took = INSTRUCTION_S
         if byte & 0x80:
             self.addr = byte & 0x7F
         elif byte & 0x20:
+            if not self.four_bit and self._function_sets < len(INIT_FUNCTION_SET_S):
+                took = INIT_FUNCTION_SET_S[self._function_sets]
+            self._function_sets += 1
             self.four_bit = not byte & 0x10
             self.two_lines = bool(byte & 0x08)
         elif byte & 0x08:
@@ -56,10 +84,13 @@ class Hd44780:
             self.increment = bool(byte & 0x02)
         elif byte & 0x02:
             self.addr = 0
+            took = CLEAR_S
         elif byte & 0x01:
             self.ddram[:] = b" " * 0x80
             self.addr = 0
             self.increment = True
+            took = CLEAR_S
+        return took
 
     def lines(self) -> list[str]:
         return [
@@ -73,21 +104,28 @@ class Pcf8574Lcd(RegisterDevice):
     addresses = tuple(range(0x20, 0x28)) + tuple(range(0x38, 0x40))  # PCF8574 / PCF8574A, A0-A2
     name = "pcf8574-hd44780"
 
-    def __init__(self, address: int | None = None, columns: int = 16, rows: int = 2) -> None:
+    def __init__(
+        self, address: int | None = None, columns: int = 16, rows: int = 2, *, clock: Clock = time.monotonic
+    ) -> None:
         super().__init__(address)
-        self.lcd = Hd44780(columns, rows)
+        self._clock = clock
+        self.lcd = Hd44780(columns, rows, ready_at=clock() + POWER_ON_S)
         self.pins = 0xFF  # quasi-bidirectional outputs come up high
+        self._bus_time = 0.0  # when the last byte written to the expander was on its pins
 
     @property
     def backlight(self) -> bool:
         return bool(self.pins & BACKLIGHT)
 
     def write_bytes(self, data: bytes) -> None:
+        t = max(self._clock(), self._bus_time) + BYTE_S  # START and the address byte
         for b in data:
+            t += BYTE_S
             falling = self.pins & E and not b & E
             self.pins = b
             if falling and not b & RW:
-                self.lcd.strobe(b >> 4, bool(b & RS))
+                self.lcd.strobe(b >> 4, bool(b & RS), t)
+        self._bus_time = t
 
     def read_bytes(self, n: int) -> bytes:
         return bytes([self.pins]) * n
