@@ -8,9 +8,10 @@ control, function set, DDRAM addressing and data writes: enough to see what a dr
 Timing, on the part's clock (edgeagent.hw.sim.clock), per the HD44780U datasheet: the controller ignores the
 interface for 40 ms after power-on, and while it executes an instruction (clear display and return home
 1.52 ms, the first function set of the initialisation by instruction 4.1 ms, the second 100 us, the rest
-37 us, a data write 41 us); a nibble strobed in then is lost, as on the part. The I2C bus's own time counts:
-each byte to the expander takes 90 us at 100 kHz (8 bits and the acknowledge), so a driver need not wait
-between ordinary instructions, only where the datasheet's wait exceeds the bus time.
+37 us, a data write 41 us); a nibble strobed in then is lost, as on the part. A simulated transfer takes no
+time, but on the wire every nibble is two bytes to the expander, 180 us at 100 kHz: execution times shorter
+than that pass on the bus by themselves, so the model enforces only the longer ones (the driver must wait
+for those; it need not wait between ordinary instructions and characters).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edgeagent.hw.sim.i2c_device import RegisterDevice
 RS, RW, E, BACKLIGHT = 0x01, 0x02, 0x04, 0x08
 ROW_OFFSETS = (0x00, 0x40, 0x14, 0x54)
 POWER_ON_S = 0.040
-BYTE_S = 9 / 100_000  # one byte and its acknowledge at 100 kHz
+NIBBLE_BUS_S = 2 * 9 / 100_000  # two bytes and their acknowledges at 100 kHz: one strobed nibble
 CLEAR_S = 1.52e-3
 INSTRUCTION_S = 37e-6
 DATA_S = 41e-6
@@ -54,13 +55,17 @@ class Hd44780:
             return
         if not self.four_bit:
             # 8-bit mode with only D4-D7 wired: each strobe is a whole instruction with D0-D3 = 0.
-            self.ready_at = at + self._execute(nibble << 4, rs)
+            self._busy(at, self._execute(nibble << 4, rs))
             return
         if self._high is None:
             self._high = nibble
         else:
             byte, self._high = (self._high << 4) | nibble, None
-            self.ready_at = at + self._execute(byte, rs)
+            self._busy(at, self._execute(byte, rs))
+
+    def _busy(self, at: float, took: float) -> None:
+        if took > NIBBLE_BUS_S:  # shorter: over before the next nibble can arrive
+            self.ready_at = at + took
 
     def _execute(self, byte: int, rs: bool) -> float:
         """Runs an instruction or a data write; returns its execution time."""
@@ -111,21 +116,18 @@ class Pcf8574Lcd(RegisterDevice):
         self._clock = clock
         self.lcd = Hd44780(columns, rows, ready_at=clock() + POWER_ON_S)
         self.pins = 0xFF  # quasi-bidirectional outputs come up high
-        self._bus_time = 0.0  # when the last byte written to the expander was on its pins
 
     @property
     def backlight(self) -> bool:
         return bool(self.pins & BACKLIGHT)
 
     def write_bytes(self, data: bytes) -> None:
-        t = max(self._clock(), self._bus_time) + BYTE_S  # START and the address byte
+        t = self._clock()
         for b in data:
-            t += BYTE_S
             falling = self.pins & E and not b & E
             self.pins = b
             if falling and not b & RW:
                 self.lcd.strobe(b >> 4, bool(b & RS), t)
-        self._bus_time = t
 
     def read_bytes(self, n: int) -> bytes:
         return bytes([self.pins]) * n
