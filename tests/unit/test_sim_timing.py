@@ -108,7 +108,8 @@ def test_bme280_read_before_the_forced_conversion_ends_gets_measuring_and_reset_
     assert not reg(dev, bme280.STATUS)[0] & bme280.STATUS_MEASURING
     assert reg(dev, bme280.CTRL_MEAS)[0] & 0x03 == 0  # back to sleep
     adc_t, adc_p, adc_h = dev.raw_values()
-    assert reg(dev, bme280.PRESS_MSB, 8) == bme280._adc20(adc_p) + bme280._adc20(adc_t) + adc_h.to_bytes(2, "big")
+    want = bme280._adc20(adc_p) + bme280._adc20(adc_t) + adc_h.to_bytes(2, "big")
+    assert reg(dev, bme280.PRESS_MSB, 8) == want
 
 
 def test_bme280_driver_that_does_not_wait_times_out_and_one_that_waits_reads_the_values():
@@ -245,7 +246,7 @@ def test_lcd_text_written_before_clear_display_finishes_is_lost_and_after_it_is_
     clock.sleep(2e-3)
     lcd.transfer([Write(byte(0x01))])
     clock.sleep(2e-3)  # clear display: 1.52 ms
-    lcd.transfer([Write(b"".join(byte(c, 1) for c in b"Hi"))])  # data writes need no wait: bus time covers 41 us
+    lcd.transfer([Write(b"".join(byte(c, 1) for c in b"Hi"))])  # data need no wait: the bus covers 41 us
     assert lcd.lines() == ["Hi" + " " * 14, " " * 16]
 
 
