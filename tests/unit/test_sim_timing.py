@@ -8,6 +8,7 @@ and one that waits and gets the right reading.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,16 @@ def test_sim_clock_file_is_shared(tmp_path: Path):
     assert b.offset == a.offset and b.now() - t >= 3.0
     a.close()
     b.close()
+
+
+def test_a_frozen_clock_moves_only_by_sleeps(tmp_path: Path):
+    a = SimClock(path=tmp_path / "clock")
+    a.freeze()
+    b = SimClock(lambda _: None, path=tmp_path / "clock")
+    t = a.now()
+    a.sleep(0.001)  # a real sleep: counted in full, as the real time no longer is
+    b.sleep(0.5)
+    assert a.now() - t == pytest.approx(0.501) and b.now() == a.now()
 
 
 def test_conversion_is_done_once_when_its_time_is_up():
@@ -258,7 +269,8 @@ def test_bundled_wasm_driver_waits_for_its_part(tmp_path: Path, name: str):
     config = AgentConfig(state_dir=tmp_path / "state", policies_dir=tmp_path / "policies")
     s = open_session(name, config, sim=True, sleep=lambda _: None)
     try:
-        model = s.bus.models[s.device.address]
+        assert isinstance(s.bus, SimI2cBus)
+        model: Any = s.bus.models[s.device.address]
         got = s.driver.read().values
         assert got["temperature"] == pytest.approx(model.temperature, abs=0.07)
         assert model.conversions >= 1
@@ -271,7 +283,8 @@ def test_bundled_lcd_driver_waits_for_the_controller(tmp_path: Path):
     s = open_session("hd44780_pcf8574", config, sim=True, sleep=lambda _: None)
     try:
         s.driver.write("timed\nright")
-        model = s.bus.models[0x27]
+        assert isinstance(s.bus, SimI2cBus)
+        model: Any = s.bus.models[0x27]
         assert model.lines() == ["timed" + " " * 11, "right" + " " * 11] and model.lcd.lost == 0
     finally:
         s.close()

@@ -8,8 +8,9 @@ skips the datasheet's wait reads too early and gets what the chip gives then, as
 not really pass. Why: tests and benchmarks run drivers with a sleep that returns at once (a benchmark must
 time the driver path, not the datasheet's waits); the parts must still see the waited time go by, or a
 correct driver would poll until it gave up. With a real sleep nothing is added, so time is never counted
-twice. Given a file, the offset lives there (8 bytes, memory-mapped) so that a driver in one process and the
-parts in another (the umockdev emulation's server) share one clock.
+twice. Given a file, the clock lives there (16 bytes, memory-mapped) so that a driver in one process and the
+parts in another (the umockdev emulation's server) share one clock. ``freeze`` stops real time from counting
+(only sleeps move the clock then): a test steps time exactly, even across processes.
 """
 
 from __future__ import annotations
@@ -67,34 +68,46 @@ class SimClock:
 
     def __init__(self, sleep: Callable[[float], None] = time.sleep, *, path: Path | None = None) -> None:
         self._sleep = sleep
-        self._local = 0.0
+        self._local = [0.0, 0.0]  # offset, frozen at (0: not frozen)
         self._map: mmap.mmap | None = None
         if path is not None:
             with open(path, "a+b") as f:
-                if f.seek(0, 2) < 8:
-                    f.write(b"\0" * (8 - f.tell()))
+                if f.seek(0, 2) < 16:
+                    f.write(b"\0" * (16 - f.tell()))
                     f.flush()
-                self._map = mmap.mmap(f.fileno(), 8)
+                self._map = mmap.mmap(f.fileno(), 16)
+
+    def _get(self, i: int) -> float:
+        if self._map is not None:
+            return float(struct.unpack_from("d", self._map, 8 * i)[0])
+        return self._local[i]
+
+    def _set(self, i: int, value: float) -> None:
+        if self._map is not None:
+            struct.pack_into("d", self._map, 8 * i, value)
+        else:
+            self._local[i] = value
 
     @property
     def offset(self) -> float:
-        if self._map is not None:
-            return float(struct.unpack_from("d", self._map, 0)[0])
-        return self._local
+        return self._get(0)
 
     def _advance(self, seconds: float) -> None:
-        if self._map is not None:
-            struct.pack_into("d", self._map, 0, self.offset + seconds)
-        else:
-            self._local += seconds
+        self._set(0, self.offset + seconds)
 
     def now(self) -> float:
-        return time.monotonic() + self.offset
+        frozen = self._get(1)
+        return (frozen or time.monotonic()) + self.offset
+
+    def freeze(self) -> None:
+        """From now on only sleeps move this clock (and every SimClock on the same file)."""
+        if not self._get(1):
+            self._set(1, time.monotonic())
 
     def sleep(self, seconds: float) -> None:
-        t = time.monotonic()
+        t = self.now()
         self._sleep(seconds)
-        short = seconds - (time.monotonic() - t)
+        short = seconds - (self.now() - t)
         if short > 0:
             self._advance(short)
 
