@@ -11,13 +11,15 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
 from edgeagent.errors import DriverError
-from edgeagent.hw.sim.clock import Clock, new_part
 from edgeagent.wasm import bundle
+
+if TYPE_CHECKING:
+    from edgeagent.hw.sim.clock import Clock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,8 @@ def _lazy_model(directory: Path, meta: bundle.BundleMeta) -> Callable[[int], Any
     loaded: list[Callable[[int], Any]] = []
 
     def part(address: int, *, clock: Clock = time.monotonic) -> Any:
+        from edgeagent.hw.sim.clock import new_part
+
         if not loaded:
             factory = model_factory(directory, meta)
             assert factory is not None

@@ -12,11 +12,13 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeagent.config import AgentConfig
 from edgeagent.errors import DriverError
-from edgeagent.hw.sim.clock import Clock
+
+if TYPE_CHECKING:
+    from edgeagent.hw.sim.clock import Clock
 
 SOURCE_TREE = Path(__file__).resolve().parents[2]
 BUILD_DIR = SOURCE_TREE / "drivers" / "build"

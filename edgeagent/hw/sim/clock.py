@@ -15,7 +15,6 @@ parts in another (the umockdev emulation's server) share one clock. ``freeze`` s
 
 from __future__ import annotations
 
-import inspect
 import mmap
 import struct
 import time
@@ -121,6 +120,8 @@ def new_part(factory: Callable[..., Any], address: int, clock: Clock | None) -> 
     """``factory(address)``, given ``clock`` too when it takes one (the bundled parts and TOML models do; a
     third-party factory without it keeps its own time)."""
     if clock is not None:
+        import inspect  # here: the agent imports this module, and inspect pulls in much of the stdlib
+
         try:
             takes_clock = "clock" in inspect.signature(factory).parameters
         except (TypeError, ValueError):
