@@ -128,8 +128,11 @@ EA_EXPORT("describe") int32_t describe(void) {
 EA_EXPORT("read") int32_t read(void) {
     int32_t rc = ea_i2c_write_reg(bus, addr, BME280_CTRL_MEAS, (OSRS_X1 << 5) | (OSRS_X1 << 2) | MODE_FORCED);
     if (rc != EA_OK) return rc;
+    /* x1/x1/x1: t_measure,max = 1.25 + 2.3 + 2.875 + 2.875 = 9.3 ms (datasheet 9.1); then the measuring bit
+     * says whether the part is done (it normally is). */
+    ea_delay_ns(delay, 9300000);
     uint8_t status = STATUS_MEASURING;
-    for (int tries = 0;; tries++) { /* x1/x1/x1: at most 9.3 ms (datasheet 9.1) */
+    for (int tries = 0;; tries++) {
         rc = ea_i2c_read_regs(bus, addr, BME280_STATUS, &status, 1);
         if (rc != EA_OK) return rc;
         if (!(status & STATUS_MEASURING)) break;

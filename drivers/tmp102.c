@@ -1,5 +1,7 @@
 /* TMP102 digital temperature sensor (TI SBOS397): 12-bit temperature, 0.0625 degC per LSB.
- * Registers: 0x00 temperature (read-only, 16-bit big-endian, 12 bits left-aligned), 0x01 configuration. */
+ * Registers: 0x00 temperature (read-only, 16-bit big-endian, 12 bits left-aligned), 0x01 configuration.
+ * Continuous conversion (the power-on mode, 4 Hz); after power-on the temperature register reads 0 degC until
+ * the first conversion is complete, so init waits one conversion time (35 ms max) before the first read. */
 #include "edgeagent_i2c.h"
 
 EA_DRIVER_BUFFER()
@@ -21,6 +23,7 @@ EA_EXPORT("init") int32_t init(uint32_t i2c, uint32_t delay, uint32_t address) {
         static const char msg[] = "tmp102: unexpected configuration register (not a TMP102?)";
         ea_log(EA_LOG_WARN, msg, sizeof msg - 1);
     }
+    ea_delay_ms(delay, 35); /* the part may have just powered on: let its first conversion finish */
     return EA_OK;
 }
 

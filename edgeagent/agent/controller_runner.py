@@ -86,17 +86,28 @@ class ControllersRunner(Part):
         self.config = config
         self._reload.set()
 
-    def restart_controller(self, name: str) -> None:
-        """Restarts one controller (a stopped one comes back too); EdgeAgentError if there is no such one."""
+    def restart_controller(self, name: str, timeout: float = 15.0) -> str:
+        """Revives one controller as `edgeagent controllers restart NAME` does, through ``host.restart``: a
+        fresh instance with its failures forgotten (so one stopped after its restart limit comes back too),
+        init run, its watches resynced. Returns its state once the host has acted.
+
+        Runs on a local-API request thread; the restart itself runs on the controller's queue, which this
+        waits for. ControllerError if there is no such controller, it failed again, or ``timeout`` passed.
+        """
+        from edgeagent.controllers.host import State
         from edgeagent.errors import ControllerError
 
         host = self.host
-        if host is None or name not in host.controllers:
-            raise ControllerError(f"no controller {name!r} is loaded")
-        ctl = host.controllers[name]
-        manifest, origin = ctl.manifest, ctl.origin
-        host.remove(name, keep_state=False)
-        host.add(manifest, origin=origin)  # a running host subscribes it: it gets every object as ADDED
+        if host is None:
+            raise ControllerError("the controllers host is not running")
+        ctl = host.controllers.get(name)
+        before = ctl.stats.restarts if ctl is not None else 0
+        host.restart(name)  # ControllerError for a name the host does not run
+        if not ctl.queue.wait_idle(timeout) or ctl.stats.restarts <= before:
+            raise ControllerError(f"controller {name}: the host did not restart it within {timeout:g} s")
+        if ctl.state == State.FAILED:
+            raise ControllerError(f"controller {name} restarted and failed again: {ctl.stats.last_error}")
+        return str(ctl.state)
 
     # ------------------------------------------------------------ the thread
     def _cycle(self) -> None:

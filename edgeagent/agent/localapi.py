@@ -7,7 +7,8 @@ no port to firewall and no credential to hand out. Routes (all answers JSON; err
     GET  /v1/drivers                     each driver instance's status with its latest reading
     GET  /v1/drivers/NAME                one of them
     POST /v1/drivers/NAME/write          {"text": "..."}: to an output driver, within its policy
-    POST /v1/controllers/NAME/restart    a controller again (also one stopped after repeated traps)
+    POST /v1/controllers/NAME/restart    a controller again (also one stopped after repeated traps), as
+                                         `edgeagent controllers restart NAME`; answers once it is done
     POST /v1/reload                      the same as SIGHUP
 
 Threads: ``local-api`` accepts; each request runs in a short-lived thread of its own. A request is at most
@@ -47,7 +48,7 @@ class Routes:
         *,
         status: Callable[[], dict[str, Any]],
         write: Callable[[str, str], None],
-        restart_controller: Callable[[str], None],
+        restart_controller: Callable[[str], str],
         reload: Callable[[], None],
     ) -> None:
         self.status = status
@@ -150,8 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
                 routes.write(parts[2], text)
                 return self._answer(200, {"written": len(text)})
             if len(parts) == 4 and parts[:2] == ["v1", "controllers"] and parts[3] == "restart":
-                routes.restart_controller(parts[2])
-                return self._answer(200, {"restarted": parts[2]})
+                state = routes.restart_controller(parts[2])
+                return self._answer(200, {"restarted": parts[2], "state": state})
             if parts == ["v1", "reload"]:
                 routes.reload()
                 return self._answer(202, {"reload": "requested"})

@@ -306,10 +306,11 @@ class Supervisor:
             raise LookupError(f"no driver instance {name!r}")
         worker.write(text)
 
-    def restart_controller(self, name: str) -> None:
+    def restart_controller(self, name: str) -> str:
+        """The controller's state after its restart (see ControllersRunner.restart_controller)."""
         if self.controllers is None or self.controllers.host is None:
             raise DriverError("the controllers host is not running")
-        self.controllers.restart_controller(name)
+        return self.controllers.restart_controller(name)
 
     def status(self) -> dict[str, Any]:
         """Every phase, as `edgeagent status --json` prints it and the metrics endpoint reads it."""

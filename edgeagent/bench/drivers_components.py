@@ -92,12 +92,20 @@ def component_path(name: str) -> Path:
     return p
 
 
-def _component_driver(name: str, runtime: Runtime, cache: ComponentCache, bus: Any, address: int) -> Any:
+def _component_driver(
+    name: str,
+    runtime: Runtime,
+    cache: ComponentCache,
+    bus: Any,
+    address: int,
+    sleep: Callable[[float], None] = _no_sleep,
+) -> Any:
+    """``sleep``: the part's SimClock.sleep on a sim bus (see edgeagent.bench.drivers._sim)."""
     from edgeagent.drivers.components.i2c_driver import ComponentI2cDriver
 
     comp = cache.load_file(runtime, component_path(name), name=name)
     return ComponentI2cDriver(
-        name, comp, runtime=runtime, bus=bus, address=address, granted=frozenset({address}), sleep=_no_sleep
+        name, comp, runtime=runtime, bus=bus, address=address, granted=frozenset({address}), sleep=sleep
     )
 
 
@@ -141,8 +149,8 @@ def read_cases(report: Report, runtime: Runtime, repeat: int) -> None:
             fns: dict[str, Callable[[], object]] = {"native": native.read, "core": core.read_values}
             drivers = []
             for name in builds:
-                bus, addr = _sim(sensor)
-                d = _component_driver(name, runtime, cache, bus, addr)
+                bus, addr, clock = _sim(sensor)
+                d = _component_driver(name, runtime, cache, bus, addr, clock.sleep)
                 drivers.append(d)
                 if d.read_values() != core.read_values():
                     raise DriverError(f"bench: {name} and the core {sensor} driver read different values")
@@ -190,13 +198,19 @@ def cold_start_cases(report: Report, runtime: Runtime, repeat: int) -> None:
             )
         )
         comp = cache.load(runtime, data, name=name)
-        bus, addr = _sim("bme280")
+        bus, addr, clock = _sim("bme280")
 
         def instantiate() -> None:
             from edgeagent.drivers.components.i2c_driver import ComponentI2cDriver
 
             ComponentI2cDriver(
-                name, comp, runtime=runtime, bus=bus, address=addr, granted=frozenset({addr}), sleep=_no_sleep
+                name,
+                comp,
+                runtime=runtime,
+                bus=bus,
+                address=addr,
+                granted=frozenset({addr}),
+                sleep=clock.sleep,
             ).close()
 
         report.add(
@@ -208,7 +222,7 @@ def cold_start_cases(report: Report, runtime: Runtime, repeat: int) -> None:
         )
 
         def first_reading() -> None:
-            d = _component_driver(name, runtime, cache, bus, addr)
+            d = _component_driver(name, runtime, cache, bus, addr, clock.sleep)
             d.read()
             d.close()
 
@@ -230,10 +244,10 @@ def emulated_cases(report: Report, repeat: int) -> None:
 
     with (
         tempfile.TemporaryDirectory(prefix="edgeagent-bench-emu-") as tmp,
-        Emulator(SPEC, log=Path(tmp) / "emulator.log") as emu,
+        Emulator({**SPEC, "clock_file": str(Path(tmp) / "clock")}, log=Path(tmp) / "emulator.log") as emu,
     ):
         code = "import sys; from edgeagent.bench.drivers_components import child; child(sys.argv[1:])"
-        proc = emu.spawn_python(code, [str(registry.BUILD_DIR), str(repeat)])
+        proc = emu.spawn_python(code, [str(registry.BUILD_DIR), str(repeat), str(Path(tmp) / "clock")])
         results: dict[str, list[float]] = emu.result(proc, timeout=1800)
     for sensor, builds in COMPONENTS.items():
         base = report.add(
@@ -267,9 +281,11 @@ def child(argv: list[str]) -> None:
     from edgeagent.bench.drivers import interleaved
     from edgeagent.drivers.native import NATIVE_DRIVERS
     from edgeagent.drivers.runner import I2cDriver
+    from edgeagent.hw.sim.clock import SimClock
     from edgeagent.hw.smbus2_bus import Smbus2Bus
 
     build, repeat = Path(argv[0]), int(argv[1])
+    clock = SimClock(_no_sleep, path=Path(argv[2]))  # the emulated parts' clock (see drivers_emulated.child)
     runtime = Runtime.default()
     modules = ModuleCache(None)
     cache = ComponentCache(modules)
@@ -279,7 +295,7 @@ def child(argv: list[str]) -> None:
     for sensor, builds in COMPONENTS.items():
         address = registry.get(sensor).default_address
         assert address is not None
-        native = NATIVE_DRIVERS[sensor](smbus, address, sleep=_no_sleep)
+        native = NATIVE_DRIVERS[sensor](smbus, address, sleep=clock.sleep)
         native.init()
         core = I2cDriver(
             sensor,
@@ -288,10 +304,10 @@ def child(argv: list[str]) -> None:
             bus=bus,
             address=address,
             granted=frozenset({address}),
-            sleep=_no_sleep,
+            sleep=clock.sleep,
         )
         fns: dict[str, Callable[[], object]] = {"native": native.read, "core": core.read_values}
-        drivers = [_component_driver(name, runtime, cache, bus, address) for name in builds]
+        drivers = [_component_driver(name, runtime, cache, bus, address, clock.sleep) for name in builds]
         for name, d in zip(builds, drivers, strict=True):
             fns[name] = d.read_values
         got = interleaved(fns, repeat=repeat * I2C_CALLS)

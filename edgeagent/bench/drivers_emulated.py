@@ -63,7 +63,7 @@ def add_cases(report: Report, *, repeat: int) -> None:
 
     with (
         tempfile.TemporaryDirectory(prefix="edgeagent-bench-emu-") as tmp,
-        Emulator(SPEC, log=Path(tmp) / "emulator.log") as emu,
+        Emulator({**SPEC, "clock_file": str(Path(tmp) / "clock")}, log=Path(tmp) / "emulator.log") as emu,
     ):
         code = "import sys; from edgeagent.bench.drivers_emulated import child; child(sys.argv[1:])"
         proc = emu.spawn_python(
@@ -73,6 +73,7 @@ def add_cases(report: Report, *, repeat: int) -> None:
                 str(repeat),
                 str(emu.usb["echo-wasm"]["address"]),
                 str(emu.usb["disk-wasm"]["address"]),
+                str(Path(tmp) / "clock"),
             ],
         )
         results: dict[str, list[float]] = emu.result(proc, timeout=1800)
@@ -145,16 +146,16 @@ def child(argv: list[str]) -> None:
     from edgeagent.drivers.usb_session import OnlyDevices
     from edgeagent.hw.pyusb_backend import PyUsbBackend
     from edgeagent.hw.sim import usb_echo, usb_storage
+    from edgeagent.hw.sim.clock import SimClock
     from edgeagent.hw.smbus2_bus import Smbus2Bus
     from edgeagent.wasm import ModuleCache, Runtime
 
     build, repeat, wasm_address, wasm_disk_address = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    # The emulated parts' clock: a driver's waits pass on it without passing in real time.
+    clock = SimClock(lambda _: None, path=Path(argv[4]))
     runtime = Runtime.default()
     cache = ModuleCache(None)
     out: dict[str, list[float]] = {}
-
-    def no_sleep(_: float) -> None:
-        pass
 
     smbus = SMBus(1)
     bus = Smbus2Bus(1)
@@ -162,7 +163,7 @@ def child(argv: list[str]) -> None:
         info = registry.get(name)
         address = info.default_address
         assert address is not None
-        native = NATIVE_DRIVERS[name](smbus, address, sleep=no_sleep)
+        native = NATIVE_DRIVERS[name](smbus, address, sleep=clock.sleep)
         native.init()
         wasm = I2cDriver(
             name,
@@ -171,7 +172,7 @@ def child(argv: list[str]) -> None:
             bus=bus,
             address=address,
             granted=frozenset({address}),
-            sleep=no_sleep,
+            sleep=clock.sleep,
         )
         got = interleaved({"native": native.read, "wasm": wasm.read_values}, repeat=repeat * I2C_CALLS)
         out[f"{name} native"], out[f"{name} wasm"] = got["native"], got["wasm"]

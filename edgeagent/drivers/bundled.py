@@ -8,14 +8,18 @@ Kept apart from the bundled-driver registry and the loader so third-party driver
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
 from edgeagent.errors import DriverError
 from edgeagent.wasm import bundle
+
+if TYPE_CHECKING:
+    from edgeagent.hw.sim.clock import Clock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,19 +49,25 @@ def model_factory(directory: Path, meta: bundle.BundleMeta) -> Callable[[int], A
     from edgeagent.hw.sim.declarative import load_model
 
     spec = load_model(directory / meta.model)
-    return lambda address: spec.part(spec.place(address))
+
+    def part(address: int, *, clock: Clock = time.monotonic) -> Any:
+        return spec.part(spec.place(address), clock=clock)
+
+    return part
 
 
 def _lazy_model(directory: Path, meta: bundle.BundleMeta) -> Callable[[int], Any]:
     """Loads the model on first use: a broken model must not stop the driver from running on hardware."""
     loaded: list[Callable[[int], Any]] = []
 
-    def part(address: int) -> Any:
+    def part(address: int, *, clock: Clock = time.monotonic) -> Any:
+        from edgeagent.hw.sim.clock import new_part
+
         if not loaded:
             factory = model_factory(directory, meta)
             assert factory is not None
             loaded.append(factory)
-        return loaded[0](address)
+        return new_part(loaded[0], address, clock)
 
     return part
 

@@ -9,12 +9,16 @@ then the source tree's ``policies/drivers``. Other modules (USB drivers) add the
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeagent.config import AgentConfig
 from edgeagent.errors import DriverError
+
+if TYPE_CHECKING:
+    from edgeagent.hw.sim.clock import Clock
 
 SOURCE_TREE = Path(__file__).resolve().parents[2]
 BUILD_DIR = SOURCE_TREE / "drivers" / "build"
@@ -31,7 +35,8 @@ class DriverInfo:
     description: str
     interfaces: tuple[str, ...]
     default_address: int | None = None
-    # i2c: address -> a simulated part (edgeagent.hw.sim) answering like the real one.
+    # i2c: address -> a simulated part (edgeagent.hw.sim) answering like the real one; the bundled ones take a
+    # ``clock`` too (see edgeagent.hw.sim.clock.new_part).
     sim_model: Callable[[int], Any] | None = None
     module_file: str = ""
 
@@ -40,28 +45,28 @@ class DriverInfo:
         return self.module_file or f"{self.name}.wasm"
 
 
-def _tmp102(address: int) -> Any:
+def _tmp102(address: int, *, clock: Clock = time.monotonic) -> Any:
     from edgeagent.hw.sim.tmp102 import Tmp102
 
-    return Tmp102(address)
+    return Tmp102(address, clock=clock)
 
 
-def _hts221(address: int) -> Any:
+def _hts221(address: int, *, clock: Clock = time.monotonic) -> Any:
     from edgeagent.hw.sim.hts221 import Hts221
 
-    return Hts221(address)
+    return Hts221(address, clock=clock)
 
 
-def _bme280(address: int) -> Any:
+def _bme280(address: int, *, clock: Clock = time.monotonic) -> Any:
     from edgeagent.hw.sim.bme280 import Bme280
 
-    return Bme280(address)
+    return Bme280(address, clock=clock)
 
 
-def _lcd(address: int) -> Any:
+def _lcd(address: int, *, clock: Clock = time.monotonic) -> Any:
     from edgeagent.hw.sim.pcf8574_lcd import Pcf8574Lcd
 
-    return Pcf8574Lcd(address)
+    return Pcf8574Lcd(address, clock=clock)
 
 
 REGISTRY: dict[str, DriverInfo] = {}

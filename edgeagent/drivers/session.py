@@ -17,6 +17,7 @@ from edgeagent.drivers.runner import I2cDevice, I2cDriver, parse_device
 from edgeagent.drivers.usb_session import UsbSession, is_usb, open_usb_session
 from edgeagent.errors import DriverError, PolicyError
 from edgeagent.hw.i2c import I2cBus
+from edgeagent.hw.sim.clock import Clock, SimClock, new_part
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
 from edgeagent.wasm.cache import ModuleCache
 from edgeagent.wasm.component import ComponentCache, is_component_file
@@ -51,12 +52,13 @@ def choose_device(source: loader.DriverSource, device: str | None) -> I2cDevice:
     return I2cDevice(first.bus, min(first.addresses))
 
 
-def sim_bus_for(source: loader.DriverSource, device: I2cDevice) -> SimI2cBus:
+def sim_bus_for(source: loader.DriverSource, device: I2cDevice, clock: Clock | None = None) -> SimI2cBus:
     """A simulated bus with the driver's part (granted or not: the policy decides).
 
     The part sits at the chosen address when it can (a model's straps allow it), else at its own, so a driver
     pointed at the wrong address gets no acknowledge, as on hardware. A driver without a simulated part is
-    refused in one line instead of failing later with a misleading NACK.
+    refused in one line instead of failing later with a misleading NACK. ``clock``: the part's clock, for
+    the parts that take one (edgeagent.hw.sim.clock).
     """
     if source.info is None or source.info.sim_model is None:
         where = "its bundle names no model" if source.info else "a module outside a bundle has none"
@@ -65,10 +67,10 @@ def sim_bus_for(source: loader.DriverSource, device: I2cDevice) -> SimI2cBus:
             "docs/simulate.md) or run it with --hardware"
         )
     bus = SimI2cBus(name=f"sim:/dev/i2c-{device.bus}")
-    part = source.info.sim_model(device.address)
+    part = new_part(source.info.sim_model, device.address, clock)
     straps = getattr(part, "addresses", None)  # where the part's address pins let it be
     if straps and device.address not in straps:
-        part = source.info.sim_model(type(part).address)
+        part = new_part(source.info.sim_model, type(part).address, clock)
     bus.attach(part)
     return bus
 
@@ -100,7 +102,10 @@ def open_session(
         module = loader.load_module(source, runtime, cache)
     if bus is None:
         if sim:
-            bus = sim_bus_for(source, dev)
+            # The part's clock sees the driver's waits pass even where ``sleep`` skips them (tests, bench).
+            sim_clock = SimClock(sleep)
+            bus = sim_bus_for(source, dev, sim_clock.now)
+            sleep = sim_clock.sleep
         else:
             from edgeagent.hw.smbus2_bus import Smbus2Bus
 

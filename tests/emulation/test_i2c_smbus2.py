@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgeagent.hw.emulation.client import Emulator
+from edgeagent.hw.sim.clock import SimClock
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +104,56 @@ def test_native_sensor_twins_read_through_smbus2(sensors: Emulator) -> None:
     """)
     )
     assert got == {"temperature": 23.5}
+
+
+def test_emulated_parts_keep_their_datasheet_time(
+    emulator_factory: Callable[[Mapping[str, Any]], Emulator], tmp_path: Path
+) -> None:
+    """The emulator's parts are the sim models with their conversion times: through the real smbus2 stack a
+    read before a conversion ends gets the chip's not-ready answer, a read after it the value. The parts run
+    on a frozen shared clock only the program's skipped sleeps move, so "before" and "after" are exact."""
+    clock_file = tmp_path / "clock"
+    SimClock(path=clock_file).freeze()
+    emu = emulator_factory({**SENSORS, "clock_file": str(clock_file)})
+    got = emu.run_python(
+        textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from smbus2 import SMBus, i2c_msg
+        from edgeagent.hw.sim.clock import SimClock
+
+        clock = SimClock(lambda _: None, path=Path(sys.argv[1]))
+
+        def read(bus, address, register, n):
+            w, r = i2c_msg.write(address, [register]), i2c_msg.read(address, n)
+            bus.i2c_rdwr(w, r)
+            return list(r)
+
+        def write(bus, address, *data):
+            bus.i2c_rdwr(i2c_msg.write(address, list(data)))
+
+        out = {}
+        with SMBus(1) as bus:
+            out["tmp102 early"] = read(bus, 0x48, 0x00, 2)
+            write(bus, 0x76, 0xF2, 0x01)
+            write(bus, 0x76, 0xF4, 0x25)                 # BME280 forced, x1/x1/x1: 9.3 ms
+            out["bme280 status early"] = read(bus, 0x76, 0xF3, 1)[0]
+            out["bme280 data early"] = read(bus, 0x76, 0xF7, 8)
+            write(bus, 0x5F, 0x20, 0x84)
+            write(bus, 0x5F, 0x21, 0x01)                 # HTS221 one-shot
+            out["hts221 status early"] = read(bus, 0x5F, 0x27, 1)[0]
+            clock.sleep(0.03)
+            out["tmp102 late"] = read(bus, 0x48, 0x00, 2)
+            out["bme280 status late"] = read(bus, 0x76, 0xF3, 1)[0]
+            out["bme280 data late"] = read(bus, 0x76, 0xF7, 8)
+            out["hts221 status late"] = read(bus, 0x5F, 0x27, 1)[0]
+        print(json.dumps(out))
+    """),
+        [str(clock_file)],
+    )
+    assert got["tmp102 early"] == [0, 0]  # 0 degC until the first conversion after power-on
+    assert got["tmp102 late"] == [0x17, 0x80]  # 23.5 degC
+    assert got["bme280 status early"] & 0x08 and not got["bme280 status late"] & 0x08
+    assert got["bme280 data early"] == [0x80, 0, 0, 0x80, 0, 0, 0x80, 0]
+    assert got["bme280 data late"] != got["bme280 data early"]
+    assert got["hts221 status early"] & 0x03 == 0 and got["hts221 status late"] & 0x03 == 0x03

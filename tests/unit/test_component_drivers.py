@@ -15,6 +15,7 @@ from edgeagent.drivers.native import NATIVE_DRIVERS
 from edgeagent.drivers.native.simbus import SimSMBus
 from edgeagent.drivers.session import open_session
 from edgeagent.errors import AccessDenied, HardwareError
+from edgeagent.hw.sim.clock import SimClock, new_part
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
 
 COMPONENTS = [("hts221_component", "hts221"), ("bme280_component", "bme280"), ("bme280_rust", "bme280")]
@@ -40,8 +41,11 @@ def test_component_driver_reads_like_the_core_module_and_the_native_twin(config,
         reading = comp.driver.read()
         assert reading.values == core.driver.read().values
         info = registry.get(part)
+        clock = SimClock(no_sleep)  # the part sees the twin's waits pass
         native = NATIVE_DRIVERS[part](
-            SimSMBus(SimI2cBus([info.sim_model(info.default_address)])), info.default_address, sleep=no_sleep
+            SimSMBus(SimI2cBus([new_part(info.sim_model, info.default_address, clock.now)])),
+            info.default_address,
+            sleep=clock.sleep,
         )
         native.init()
         assert reading.values == native.read()
@@ -86,14 +90,15 @@ def test_a_missing_part_is_a_nack_error_naming_the_device(config, runtime, name)
 
 def test_a_component_driver_given_by_path_runs_under_its_policy(config, runtime, component_build) -> None:
     policy = Path(registry.POLICY_DIR) / "bme280_component.toml"
+    clock = SimClock(no_sleep)
     s = open_session(
         str(component_build / "bme280_component.wasm"),
         config,
         sim=False,
         runtime=runtime,
-        sleep=no_sleep,
+        sleep=clock.sleep,
         policy_file=policy,
-        bus=SimI2cBus([registry.get("bme280").sim_model(0x76)], name="sim:/dev/i2c-1"),
+        bus=SimI2cBus([new_part(registry.get("bme280").sim_model, 0x76, clock.now)], name="sim:/dev/i2c-1"),
     )
     try:
         assert set(s.driver.read().values) == {"temperature", "pressure", "humidity"}

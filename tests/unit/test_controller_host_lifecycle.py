@@ -298,6 +298,42 @@ def test_a_controller_stopped_after_its_restart_limit_comes_back_on_request(
     assert exited.value.code == 5 and err.count("\n") == 1 and "no controller 'nope'" in err
 
 
+def test_the_local_api_revives_a_stopped_controller_as_controllers_restart_does(
+    host: ControllerHost, tmp_path: Path
+) -> None:
+    # Before: the agent's POST /v1/controllers/NAME/restart removed the controller and added a new one (its
+    # counters and snapshot gone), not the host's restart that `edgeagent controllers restart` asks for.
+    from edgeagent.agent.backoff import Backoff
+    from edgeagent.agent.client import AgentClient
+    from edgeagent.agent.controller_runner import ControllersRunner
+    from edgeagent.agent.localapi import LocalApi, Routes
+    from edgeagent.config import AgentConfig
+    from edgeagent.errors import EdgeAgentError
+
+    ctl = host.controllers["p"]
+    ctl.post(event("trap"))
+    assert host.wait_idle(10) and ctl.state == State.FAILED and ctl.restart_at is None
+    config = AgentConfig(state_dir=tmp_path / "agent")
+    runner = ControllersRunner(config, backoff=Backoff(), credential_files=[])
+    runner.host = host  # the agent's runner, on this host (as its controllers thread would have set it)
+    api = LocalApi(
+        tmp_path / "agent.sock",
+        Routes(status=dict, write=print, restart_controller=runner.restart_controller, reload=dict),
+    )
+    api.start()
+    try:
+        client = AgentClient(tmp_path / "agent.sock")
+        answer = client.restart_controller("p")
+        assert host.controllers["p"] is ctl and ctl.state == State.ACTIVE and ctl.stats.restarts == 1
+        assert answer == {"restarted": "p", "state": "active"}  # answered once the host has acted
+        ctl.post(event(seq="9"))
+        assert host.wait_idle(10) and ctl.stats.events == 2  # the same controller goes on counting
+        with pytest.raises(EdgeAgentError, match="no controller 'nope'"):
+            client.restart_controller("nope")
+    finally:
+        api.stop()
+
+
 def test_list_finds_the_running_host_without_repeating_its_state_dir(
     host: ControllerHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

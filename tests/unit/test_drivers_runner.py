@@ -16,6 +16,7 @@ from edgeagent.drivers.runner import I2cDriver, parse_device
 from edgeagent.drivers.session import open_session
 from edgeagent.errors import AccessDenied, DriverError, HardwareError, PolicyError
 from edgeagent.hw.i2c import ErrorCode
+from edgeagent.hw.sim.clock import SimClock, new_part
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
 from edgeagent.wasm import Limits, ModuleCache
 
@@ -37,10 +38,11 @@ def test_sensor_driver_matches_its_native_twin(config, runtime, name):
     try:
         wasm = s.driver.read()
         info = registry.get(name)
+        clock = SimClock(lambda x: None)  # the part sees the twin's waits pass
         native = NATIVE_DRIVERS[name](
-            SimSMBus(SimI2cBus([info.sim_model(info.default_address)])),
+            SimSMBus(SimI2cBus([new_part(info.sim_model, info.default_address, clock.now)])),
             info.default_address,
-            sleep=lambda x: None,
+            sleep=clock.sleep,
         )
         native.init()
         assert wasm.values == native.read()
@@ -57,8 +59,9 @@ def test_lcd_driver_writes_text_like_its_native_twin(config, runtime):
     assert s.bus.models[0x27].lines() == ["edgeagent       ", "wasm drivers, cl"]
     with pytest.raises(DriverError, match="output driver: it has no readings"):
         s.driver.read()
-    bus = SimI2cBus([registry.get("hd44780_pcf8574").sim_model(0x27)])
-    native = NATIVE_DRIVERS["hd44780_pcf8574"](SimSMBus(bus), 0x27, sleep=lambda x: None)
+    clock = SimClock(lambda x: None)
+    bus = SimI2cBus([new_part(registry.get("hd44780_pcf8574").sim_model, 0x27, clock.now)])
+    native = NATIVE_DRIVERS["hd44780_pcf8574"](SimSMBus(bus), 0x27, sleep=clock.sleep)
     native.init()
     native.write("edgeagent\nwasm drivers, clipped here")
     assert bus.models[0x27].lines() == s.bus.models[0x27].lines()

@@ -19,6 +19,7 @@ from edgeagent.hw.i2c import (
     error_from_oserror,
 )
 from edgeagent.hw.sim.bme280 import Bme280
+from edgeagent.hw.sim.clock import SimClock
 from edgeagent.hw.sim.hts221 import Hts221
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
 from edgeagent.hw.sim.i2c_device import RegisterDevice, smbus_ops
@@ -91,7 +92,9 @@ def test_sim_bus_injected_faults_are_one_shot():
 
 @given(st.floats(min_value=-55, max_value=127.9))
 def test_tmp102_encodes_temperature_in_12_bit_twos_complement(celsius):
-    t = Tmp102(temperature=celsius)
+    clock = SimClock(lambda _: None)
+    t = Tmp102(temperature=celsius, clock=clock.now)
+    clock.sleep(0.026)  # the first conversion after power-on
     (raw,) = t.transfer([Write(b"\x00"), Read(2)])
     value = int.from_bytes(raw, "big", signed=True) >> 4
     assert abs(value * 0.0625 - celsius) <= 0.0625 / 2 + 1e-9
@@ -116,12 +119,15 @@ def test_register_device_auto_increment_and_smbus_ops():
 
 
 def test_hts221_who_am_i_one_shot_and_auto_increment():
-    h = Hts221(temperature=30.0, humidity=60.0)
+    clock = SimClock(lambda _: None)
+    h = Hts221(temperature=30.0, humidity=60.0, clock=clock.now)
     assert h.transfer([Write(b"\x0f"), Read(1)]) == [b"\xbc"]
     h.transfer([Write(b"\x21\x01")])  # powered off: no conversion
     assert h.conversions == 0
     h.transfer([Write(b"\x20\x84")])
     h.transfer([Write(b"\x21\x01")])
+    clock.sleep(0.01)
+    assert h.transfer([Write(b"\x27"), Read(1)]) == [b"\x03"]
     assert h.conversions == 1
     assert h.transfer([Write(b"\x27"), Read(1)]) == [b"\x03"]
     with_ai = h.transfer([Write(bytes([0x28 | 0x80])), Read(4)])[0]
@@ -139,8 +145,9 @@ def test_bme280_raw_values_invert_the_datasheet_compensation(t, p, h):
     from edgeagent.drivers.native.bme280 import Bme280Native
     from edgeagent.drivers.native.simbus import SimSMBus
 
-    dev = Bme280(temperature=t, pressure_hpa=p, humidity=h)
-    drv = Bme280Native(SimSMBus(SimI2cBus([dev])), 0x76, sleep=lambda s: None)
+    clock = SimClock(lambda _: None)
+    dev = Bme280(temperature=t, pressure_hpa=p, humidity=h, clock=clock.now)
+    drv = Bme280Native(SimSMBus(SimI2cBus([dev])), 0x76, sleep=clock.sleep)
     drv.init()
     got = drv.read()
     assert got["temperature"] == pytest.approx(t, abs=0.011)
@@ -149,16 +156,19 @@ def test_bme280_raw_values_invert_the_datasheet_compensation(t, p, h):
 
 
 def test_bme280_reset_and_skipped_measurements():
-    dev = Bme280()
+    clock = SimClock(lambda _: None)
+    dev = Bme280(clock=clock.now)
     assert dev.transfer([Write(b"\xd0"), Read(1)]) == [b"\x60"]
     dev.transfer([Write(b"\xe0\xb6")])
     assert dev.resets == 1
     dev.transfer([Write(b"\xf4\x01")])  # forced, all oversampling off: "skipped" values
+    clock.sleep(dev.measure_time())
     assert dev.transfer([Write(b"\xf7"), Read(8)]) == [b"\x80\x00\x00\x80\x00\x00\x80\x00"]
 
 
 def test_lcd_model_follows_the_4_bit_protocol():
-    lcd = Pcf8574Lcd()
+    clock = SimClock(lambda _: None)
+    lcd = Pcf8574Lcd(clock=clock.now)
 
     def nibble(n, rs=0):
         v = (n << 4) | rs | 0x08
@@ -167,8 +177,12 @@ def test_lcd_model_follows_the_4_bit_protocol():
     def byte(b, rs=0):
         return nibble(b >> 4, rs) + nibble(b & 0xF, rs)
 
-    seq = nibble(3) * 3 + nibble(2) + byte(0x28) + byte(0x0C) + byte(0x01) + byte(0x06)
-    seq += b"".join(byte(c, 1) for c in b"Hi") + byte(0xC0) + byte(ord("!"), 1)
+    clock.sleep(0.05)  # power-on
+    lcd.transfer([Write(nibble(3))])
+    clock.sleep(0.0045)  # the first function set
+    lcd.transfer([Write(nibble(3) * 2 + nibble(2) + byte(0x28) + byte(0x0C) + byte(0x01))])
+    clock.sleep(0.002)  # clear display
+    seq = byte(0x06) + b"".join(byte(c, 1) for c in b"Hi") + byte(0xC0) + byte(ord("!"), 1)
     lcd.transfer([Write(seq)])
     assert lcd.lcd.four_bit and lcd.lcd.two_lines and lcd.lcd.display_on and lcd.backlight
     assert lcd.lines() == ["Hi" + " " * 14, "!" + " " * 15]

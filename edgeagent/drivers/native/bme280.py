@@ -54,6 +54,7 @@ class Bme280Native(NativeDriver):
 
     def read(self) -> dict[str, float]:
         self.write_reg(0xF4, (1 << 5) | (1 << 2) | 1)
+        self.sleep(0.0093)  # t_measure,max at x1/x1/x1
         for _ in range(51):
             if not self.read_reg(0xF3) & 0x08:
                 break

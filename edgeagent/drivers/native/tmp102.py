@@ -11,6 +11,7 @@ class Tmp102Native(NativeDriver):
 
     def init(self) -> None:
         self.read_regs(0x01, 2)
+        self.sleep(0.035)  # the first conversion after power-on (0 degC until it is done)
 
     def read(self) -> dict[str, float]:
         msb, lsb = self.read_regs(0x00, 2)

@@ -7,8 +7,11 @@ root; their ioctls arrive here, in umockdev's handler thread.
 
 Argument: a JSON spec ``{"usb": [{"name": "echo", "model": "echo"}, ...], "i2c": [{"bus": 1, "parts":
 [{"model": "tmp102", "address": 72}]}]}`` (a part may be ``{"model_file": "model.toml", "address": 68}`` or
-``{"entry_point": "sht31", "address": 68}`` instead, see ``i2c_part``). The first stdout line is
-``{"ready": true, "root": ..., "usb": {...}, "i2c": {...}}``; then each command line gets one reply line.
+``{"entry_point": "sht31", "address": 68}`` instead, see ``i2c_part``). The parts time their conversions on
+the monotonic clock, or with ``"clock_file": PATH`` in the spec on a shared ``SimClock``
+(edgeagent.hw.sim.clock) that a program under test advances when it skips a wait (the benchmarks). The
+first stdout line is ``{"ready": true, "root": ..., "usb": {...}, "i2c": {...}}``; then each command line
+gets one reply line.
 Commands: ``plug`` (name, model), ``unplug`` (name), ``halt`` (name, endpoint), ``wait_pending`` (name,
 endpoint, timeout), ``stats``, ``i2c_detach`` (bus, address), ``i2c_inject`` (bus, address, code), ``quit``.
 """
@@ -20,6 +23,7 @@ import json
 import pkgutil
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import gi
@@ -30,6 +34,7 @@ from gi.repository import UMockdev  # noqa: E402 - gi.require_version must come 
 import edgeagent.hw.sim  # noqa: E402
 from edgeagent.hw.emulation import i2cdev, usbdevfs  # noqa: E402
 from edgeagent.hw.i2c import ErrorCode  # noqa: E402
+from edgeagent.hw.sim.clock import Clock, SimClock, new_part  # noqa: E402
 from edgeagent.hw.sim.i2c_bus import SimI2cBus  # noqa: E402
 from edgeagent.hw.sim.usb_echo import EchoDevice  # noqa: E402
 from edgeagent.hw.sim.usb_function import UsbFunction  # noqa: E402
@@ -47,21 +52,19 @@ def usb_model(spec: dict[str, Any]) -> UsbFunction:
     raise ValueError(f"unknown USB model {kind!r}")
 
 
-def i2c_part(spec: dict[str, Any]) -> Any:
+def i2c_part(spec: dict[str, Any], clock: Clock = time.monotonic) -> Any:
     """A new sim model: ``model_file`` (a declarative TOML model, placed at ``address`` when its straps allow
     it), ``entry_point`` (a factory of the ``edgeagent.sim_models`` group), or ``model``: a class of
-    edgeagent.hw.sim whose ``name`` it is (e.g. "tmp102")."""
+    edgeagent.hw.sim whose ``name`` it is (e.g. "tmp102"). ``clock``: what its conversions are timed on."""
     if "model_file" in spec:
-        from pathlib import Path
-
         from edgeagent.hw.sim.declarative import load_model
 
         model = load_model(Path(spec["model_file"]))
-        return model.part(model.place(int(spec["address"])) if "address" in spec else None)
+        return model.part(model.place(int(spec["address"])) if "address" in spec else None, clock=clock)
     if "entry_point" in spec:
         from edgeagent.hw.sim.declarative import python_model
 
-        return python_model(spec["entry_point"])(int(spec.get("address", 0)))
+        return new_part(python_model(spec["entry_point"]), int(spec.get("address", 0)), clock)
     name = spec["model"]
     for module_info in pkgutil.iter_modules(edgeagent.hw.sim.__path__):
         if module_info.name.startswith("usb_"):
@@ -73,13 +76,14 @@ def i2c_part(spec: dict[str, Any]) -> Any:
                 and getattr(value, "name", None) == name
                 and hasattr(value, "transfer")
             ):
-                return value(address=int(spec["address"])) if "address" in spec else value()
+                return new_part(value, int(spec.get("address", getattr(value, "address", 0))), clock)
     raise ValueError(f"no I2C model named {name!r}")
 
 
 class Emulation:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.monotonic) -> None:
         self.testbed = UMockdev.Testbed.new()
+        self.clock = clock
         self.usb: dict[str, dict[str, Any]] = {}
         self.i2c: dict[int, tuple[SimI2cBus, i2cdev.I2cDevHandler]] = {}
         self._next_address = 2
@@ -154,7 +158,8 @@ class Emulation:
     # ------------------------------------------------------------ I2C
     def add_i2c(self, spec: dict[str, Any]) -> str:
         bus_number = int(spec.get("bus", 1))
-        bus = SimI2cBus([i2c_part(p) for p in spec.get("parts", [])], name=f"emulated-i2c-{bus_number}")
+        parts = [i2c_part(p, self.clock) for p in spec.get("parts", [])]
+        bus = SimI2cBus(parts, name=f"emulated-i2c-{bus_number}")
         _, node, description = i2cdev.sysfs_description(bus_number)
         handler = i2cdev.I2cDevHandler(bus)
         self.testbed.add_from_string(description)
@@ -196,7 +201,8 @@ class Emulation:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0]) if argv else {}
-    emu = Emulation()
+    clock_file = spec.get("clock_file")
+    emu = Emulation(SimClock(path=Path(clock_file)).now if clock_file else time.monotonic)
     usb_nodes = {s["name"]: emu.plug(s["name"], s) for s in spec.get("usb", [])}
     i2c_nodes = {str(s.get("bus", 1)): emu.add_i2c(s) for s in spec.get("i2c", [])}
     print(

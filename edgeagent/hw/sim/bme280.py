@@ -4,14 +4,20 @@ The calibration image is a real part's (the datasheet's worked example for T and
 and the ADC values for ``temperature``/``pressure``/``humidity`` are found by inverting the datasheet's
 floating-point compensation (section 8.1) by bisection, so any driver applying the datasheet's integer
 compensation (section 4.2.3) reads back the set values to within the part's resolution.
-A forced-mode write to ctrl_meas converts immediately; the status register never reports "measuring".
+Timing (datasheet 9.1, 3.3.3): a forced-mode write to ctrl_meas starts a conversion lasting t_measure,max for
+the oversampling settings (1.25 ms + 2.3 ms per temperature sample + 2.3 ms + 0.575 ms per pressure and per
+humidity sample: 9.3 ms at x1/x1/x1) on the part's clock (edgeagent.hw.sim.clock). Until it ends, status bit 3
+(measuring) reads 1, ctrl_meas still reads forced mode, and the data registers hold the previous results: the
+reset values 0x80000 (pressure, temperature) and 0x8000 (humidity) after power-on or a soft reset.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 
+from edgeagent.hw.sim.clock import Clock, Conversion
 from edgeagent.hw.sim.i2c_device import RegisterDevice
 
 CHIP_ID = 0xD0
@@ -21,6 +27,9 @@ STATUS = 0xF3
 CTRL_MEAS = 0xF4
 CONFIG = 0xF5
 PRESS_MSB = 0xF7
+STATUS_MEASURING = 0x08
+DATA_RESET = bytes([0x80, 0, 0, 0x80, 0, 0, 0x80, 0])  # press, temp, hum after reset
+OVERSAMPLING = (0, 1, 2, 4, 8, 16, 16, 16)  # osrs_x field -> samples (0: measurement skipped)
 
 CALIBRATION = {
     "T1": 27504,
@@ -120,6 +129,8 @@ class Bme280(RegisterDevice):
         pressure_hpa: float = 1013.25,
         humidity: float = 40.0,
         calibration: dict[str, int] | None = None,
+        *,
+        clock: Clock = time.monotonic,
     ) -> None:
         super().__init__(address)
         self.calibration = dict(calibration or CALIBRATION)
@@ -127,6 +138,9 @@ class Bme280(RegisterDevice):
         self.regs[0x88 : 0x88 + len(lo)] = lo
         self.regs[0xE1 : 0xE1 + len(hi)] = hi
         self.regs[CHIP_ID] = 0x60
+        self.regs[PRESS_MSB : PRESS_MSB + 8] = DATA_RESET
+        self.conversion = Conversion(clock)
+        self._result = DATA_RESET
         self.temperature = temperature
         self.pressure_hpa = pressure_hpa
         self.humidity = humidity
@@ -136,12 +150,36 @@ class Bme280(RegisterDevice):
     def on_write(self, reg: int, value: int) -> None:
         if reg == RESET and value == 0xB6:
             self.resets += 1
+            self.conversion.cancel()
             for r in (CTRL_HUM, CTRL_MEAS, CONFIG):
                 self.regs[r] = 0
-            self.regs[PRESS_MSB : PRESS_MSB + 8] = bytes([0x80, 0, 0, 0x80, 0, 0, 0x80, 0])
+            self.regs[PRESS_MSB : PRESS_MSB + 8] = DATA_RESET
         elif reg == CTRL_MEAS and value & 0x03 in (1, 2):  # forced mode
-            self._convert()
-            self.regs[CTRL_MEAS] &= ~0x03  # back to sleep after a forced conversion
+            self._settle()
+            self.regs[CTRL_MEAS] = value  # _settle put the previous conversion's mode back to sleep
+            self._result = self._convert()
+            self.conversion.start(self.measure_time())
+
+    def measure_time(self) -> float:
+        """t_measure,max (datasheet 9.1) in seconds for the oversampling in ctrl_meas and ctrl_hum."""
+        t = OVERSAMPLING[self.regs[CTRL_MEAS] >> 5]
+        p = OVERSAMPLING[(self.regs[CTRL_MEAS] >> 2) & 7]
+        h = OVERSAMPLING[self.regs[CTRL_HUM] & 7]
+        ms = 1.25 + 2.3 * t + (2.3 * p + 0.575 if p else 0.0) + (2.3 * h + 0.575 if h else 0.0)
+        return ms / 1000.0
+
+    def _settle(self) -> None:
+        """A forced conversion whose time is up: results into the data registers, back to sleep mode."""
+        if self.conversion.done():
+            self.regs[PRESS_MSB : PRESS_MSB + 8] = self._result
+            self.regs[CTRL_MEAS] &= ~0x03
+            self.conversions += 1
+
+    def read_register(self, reg: int) -> int:
+        self._settle()
+        if reg == STATUS:
+            return (self.regs[STATUS] & ~STATUS_MEASURING) | (STATUS_MEASURING if self.conversion.busy else 0)
+        return self.regs[reg]
 
     def raw_values(self) -> tuple[int, int, int]:
         """(adc_T, adc_P, adc_H) for the current physical values."""
@@ -154,7 +192,8 @@ class Bme280(RegisterDevice):
         adc_h = _bisect(lambda a: humidity_float(a, t_fine, c), self.humidity, 0, (1 << 16) - 1, True)
         return adc_t, adc_p, adc_h
 
-    def _convert(self) -> None:
+    def _convert(self) -> bytes:
+        """The data registers' contents at the end of a conversion started now."""
         adc_t, adc_p, adc_h = self.raw_values()
         osrs_t, osrs_p, osrs_h = (
             self.regs[CTRL_MEAS] >> 5,
@@ -165,8 +204,7 @@ class Bme280(RegisterDevice):
         data[0:3] = _adc20(adc_p) if osrs_p else b"\x80\x00\x00"  # skipped measurement: 0x80000
         data[3:6] = _adc20(adc_t) if osrs_t else b"\x80\x00\x00"
         data[6:8] = adc_h.to_bytes(2, "big") if osrs_h else b"\x80\x00"
-        self.regs[PRESS_MSB : PRESS_MSB + 8] = data
-        self.conversions += 1
+        return bytes(data)
 
 
 def _adc20(v: int) -> bytes:

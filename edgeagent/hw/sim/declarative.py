@@ -39,7 +39,8 @@ A model file (every key, with its default)::
     busy = "nack"                   # result (busy = "stale")
     result = [ { value = "temperature", bytes = 2, scale = 374.49, offset = 45.0, crc = true } ]
 
-Timing uses the monotonic clock: a driver that skips the datasheet's wait reads too early, as on hardware.
+Timing uses the part's clock (edgeagent.hw.sim.clock, the monotonic clock by default): a driver that skips the
+datasheet's wait reads too early, as on hardware.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from typing import Any
 
 from edgeagent.errors import ModelError
 from edgeagent.hw.i2c import ErrorCode, I2cError, Operation, Read, Write
+from edgeagent.hw.sim.clock import Clock, Conversion
 
 ENTRY_POINT_GROUP = "edgeagent.sim_models"
 ACCESS = ("read", "write", "read-write")
@@ -138,7 +140,7 @@ class ModelSpec:
     commands: dict[int, Command]
     source: str = ""
 
-    def part(self, address: int | None = None, *, clock: Callable[[], float] = time.monotonic) -> TomlPart:
+    def part(self, address: int | None = None, *, clock: Clock = time.monotonic) -> TomlPart:
         return TomlPart(self, self.address if address is None else address, clock=clock)
 
     def place(self, wanted: int) -> int:
@@ -150,7 +152,7 @@ class ModelSpec:
 class TomlPart:
     """One simulated part from a ModelSpec: the ``I2cModel`` interface the buses call (``transfer``)."""
 
-    def __init__(self, spec: ModelSpec, address: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, spec: ModelSpec, address: int, *, clock: Clock = time.monotonic) -> None:
         self.spec = spec
         self.name = spec.name
         self.address = address
@@ -159,7 +161,7 @@ class TomlPart:
         self.pointer = 0
         self.written: dict[int, bytes] = {}  # register writes by the bus master
         self._command: Command | None = None
-        self._started = 0.0
+        self._conversion = Conversion(clock)
         self._result = b""  # the last completed conversion's bytes (busy = "stale")
         self.values = dict(spec.values)  # tests may set a value: model.values["temperature"] = Value(30.0)
 
@@ -187,7 +189,8 @@ class TomlPart:
         command = self.spec.commands.get(pointer)
         if command is not None:
             self._finish()
-            self._command, self._started = command, self._clock()
+            self._command = command
+            self._conversion.start(command.conversion_s)
             return
         reg = self.spec.registers.get(pointer)
         if reg is None and n > 1:  # a command part NACKs a command it does not know
@@ -203,7 +206,7 @@ class TomlPart:
     def _finish(self) -> None:
         """A conversion whose time is up leaves its result behind (for busy = "stale")."""
         cmd = self._command
-        if cmd is not None and self._clock() - self._started >= cmd.conversion_s:
+        if cmd is not None and not self._conversion.busy:
             self._result = self._encode(cmd.result)
 
     def _encode(self, fields: Sequence[Field]) -> bytes:
@@ -213,7 +216,7 @@ class TomlPart:
     def _read(self, n: int) -> bytes:
         cmd = self._command
         if cmd is not None:
-            if self._clock() - self._started < cmd.conversion_s:
+            if self._conversion.busy:
                 if cmd.busy == "nack":
                     raise I2cError(
                         ErrorCode.NO_ACKNOWLEDGE_ADDRESS, self.address, f"{self.name}: conversion in progress"

@@ -174,6 +174,8 @@ mod bme280 {
         pub fn measure(&mut self) -> Result<[f64; 3], Error<I::Error>> {
             let a = self.address;
             self.i2c.write(a, &[CTRL_MEAS, (1 << 5) | (1 << 2) | 1])?;
+            // x1/x1/x1: t_measure,max = 9.3 ms (datasheet 9.1); then the measuring bit says whether it is done.
+            self.delay.delay_us(9300);
             let mut status = [MEASURING];
             let mut tries = 0;
             loop {
