@@ -17,6 +17,7 @@ from edgeagent.drivers.hosts.i2c import (
 )
 from edgeagent.errors import ControllerError, DriverError
 from edgeagent.hw.i2c import ErrorCode
+from edgeagent.hw.sim.clock import SimClock
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
 from edgeagent.hw.sim.tmp102 import Tmp102
 from edgeagent.wasm import Guest, HostModule, HostTrap, Limits, ModuleCache, hostfunc
@@ -32,8 +33,16 @@ def module(runtime, test_guest):
     return load
 
 
+def converted_tmp102(**kwargs) -> Tmp102:
+    """A TMP102 whose first conversion (26 ms after power-on) is done: these guests never wait for it."""
+    clock = SimClock(lambda _: None)  # its sleep skips the wait and counts the skipped time
+    part = Tmp102(clock=clock.now, **kwargs)
+    clock.sleep(0.05)
+    return part
+
+
 def misbehave(runtime, module, *, limits=None, bus=None, addresses=frozenset({0x48})):
-    bus = bus or SimI2cBus([Tmp102(temperature=25.0)])
+    bus = bus or SimI2cBus([converted_tmp102(temperature=25.0)])
     i2c, delay, log = I2cHost(), DelayHost(lambda s: None), LogHost("bad", keep=5, lines_per_second=0)
     handle = i2c.grant(I2cGrant(bus, addresses))
     g = Guest(runtime, module("misbehave"), name="bad", hosts=[i2c, delay, log], limits=limits)

@@ -241,8 +241,16 @@ def test_helm_upgrade_keeps_enrolled_devices_enrolled(
         values = {**inst.values, "controller": {**inst.values["controller"], "credentialLifetime": 7200}}
         inst.helm.install(RELEASE, NAMESPACE, values, upgrade=True, wait="180s")
         inst.values = values
-        pods_after = {n for n in inst.pods() if n.startswith("edgeagent-attestation-controller")}
-        assert pods_after and not pods_after & pods_before, "the controller was rolled"
+
+        def controller_pods() -> set[str]:
+            return {n for n in inst.pods() if n.startswith("edgeagent-attestation-controller")}
+
+        # the old pod may still be terminating when helm's wait for the new one ends
+        procs.wait_for(
+            lambda: controller_pods() and not controller_pods() & pods_before,
+            timeout=60,
+            what="the controller to be rolled",
+        )
         assert inst.core.read_namespaced_secret("edgeagent-keylime-tls", NAMESPACE).data == secret_before
         en = edgenodes.get(name)
         assert en.phase == "Enrolled" and en.status.get("attested") is True
