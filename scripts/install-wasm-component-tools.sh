@@ -20,6 +20,8 @@ die() { echo "install-wasm-component-tools: $*" >&2; exit 1; }
 
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) to build the component drivers"
+# Both cores by default (at nice 19, so it yields); EDGEAGENT_BUILD_JOBS=1 when the machine is shared.
+JOBS="${EDGEAGENT_BUILD_JOBS:-$(nproc)}"
 command -v rustup >/dev/null || die "rustup not found: it adds the wasm32-wasip2 target for the Rust guest"
 
 installed() {
@@ -38,10 +40,10 @@ if ! installed || ! target_installed; then
   if ! installed; then
     LOG="$ROOT/install.log"
     echo "install-wasm-component-tools: building wasm-tools $WASM_TOOLS_VERSION and wit-bindgen" \
-      "$WIT_BINDGEN_VERSION (cargo install, nice -n 19, -j1; log: $LOG)" >&2
+      "$WIT_BINDGEN_VERSION (cargo install, nice -n 19, -j$JOBS; log: $LOG)" >&2
     # Others share this machine's cores: one job, lowest priority. --locked: the crates' own lock files.
     for spec in "wasm-tools@$WASM_TOOLS_VERSION" "wit-bindgen-cli@$WIT_BINDGEN_VERSION"; do
-      if ! nice -n 19 cargo install --locked -j1 --root "$ROOT" "$spec" >>"$LOG" 2>&1; then
+      if ! nice -n 19 cargo install --locked -j"$JOBS" --root "$ROOT" "$spec" >>"$LOG" 2>&1; then
         tail -20 "$LOG" >&2
         die "cargo install $spec failed (full log: $LOG)"
       fi
