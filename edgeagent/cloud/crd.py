@@ -211,7 +211,8 @@ class EdgeNodeSpec:
         for key, value in (
             ("ekCertSHA256", self.ek_cert_sha256),
             ("ekPublicSHA256", self.ek_public_sha256),
-            ("agentAddress", self.agent_address),
+            # push mode has none: omitted rather than "" (1.20's API server reads "" as null and refuses it)
+            ("agentAddress", self.agent_address or None),
             ("tpmPolicy", self.tpm_policy),
             ("credentialLifetimeSeconds", self.credential_lifetime_seconds),
             ("bootPCRs", self.boot_pcrs),
