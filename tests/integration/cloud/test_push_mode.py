@@ -412,9 +412,10 @@ def test_verifier_unreachable_backoff_then_resume(
         assert "unreachable" in (d.attester.stats.last_error or "")
         before = d.attester.stats.attestations
         push_keylime.start_verifier()
-        procs.wait_for(lambda: d.attester.stats.attestations > before, timeout=60,
-                       what="pushes to resume once the verifier is back")
-        assert d.attester.stats.unreachable_since is None
+        # the attester thread counts the push a moment before it clears the outage mark: wait for both
+        stats = d.attester.stats
+        procs.wait_for(lambda: stats.attestations > before and stats.unreachable_since is None,
+                       timeout=60, what="pushes to resume once the verifier is back, the outage over")
         procs.wait_for(lambda: _status(d) == "PASS", timeout=30, what="PASS after the outage")
     finally:
         d.attester.stop()
