@@ -23,7 +23,7 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml .stamps/system-deps
 	test -x $(PY) || $(PY_SYSTEM) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
 setup: venv guests

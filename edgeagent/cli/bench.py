@@ -60,4 +60,43 @@ def register(app: typer.Typer) -> None:
     )
     for area, (module, help_) in AREAS.items():
         bench.command(area, help=help_)(_make_command(area, module))
+    bench.command("fleet", help="N devices enrolling at once against one Keylime and one controller: "
+                  "enrollment vs CPU bound, controller cost, steady state, revocation among N")(_fleet)
     app.add_typer(bench, name="bench")
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected sizes like 10,25,50,100") from None
+    if not sizes or min(sizes) < 1 or max(sizes) > 1000:
+        raise typer.BadParameter(f"{text!r}: sizes must be 1..1000")
+    return sizes
+
+
+def _fleet(
+    sizes: Annotated[
+        str, typer.Option("-N", "--sizes", help="Fleet sizes, comma-separated")
+    ] = "10,25,50,100",
+    quote_interval: Annotated[
+        float, typer.Option(min=0.5, max=600, help="Keylime's quote interval (seconds) for every device")
+    ] = 2.0,
+    settle: Annotated[
+        float, typer.Option(min=0, help="Seconds after enrollment before the steady window")
+    ] = 10,
+    window: Annotated[float, typer.Option(min=2, help="Seconds of steady state measured")] = 10,
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSON file")] = Path("bench-results/fleet.json"),
+    plot: Annotated[Path, typer.Option(help="PNG of the curves")] = Path("bench-results/fleet.png"),
+    json_: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of a table")] = False,
+) -> None:
+    from edgeagent.bench import fleet
+
+    report = fleet.run(None, sizes=_sizes(sizes), quote_interval=quote_interval, settle=settle, window=window,
+                       plot=plot)
+    report.write_json(out)
+    if json_:
+        render.print_json(report.to_dict())
+    else:
+        render.console.print(report_table(report))
+        render.console.print(f"JSON written to {out}; plot {plot}")

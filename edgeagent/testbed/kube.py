@@ -87,10 +87,13 @@ class KubeCluster:
     """etcd, kube-apiserver and kube-controller-manager as process groups, with their PKI on disk."""
 
     def __init__(self, root: Path, *, signing_duration: str = "1h", admin_token: bool = False,
-                 nodes: bool = False) -> None:
+                 nodes: bool = False, audit_policy: str | None = None) -> None:
         """``nodes``: serve real kubelets too: kube-scheduler, the node lifecycle and taint eviction
-        controllers, and the API server's kubelet client (by node InternalIP, with its own certificate)."""
+        controllers, and the API server's kubelet client (by node InternalIP, with its own certificate);
+        ``audit_policy``: an audit Policy (YAML) the API server logs by, as JSON lines to ``audit_log``."""
         self.root = root
+        self.audit_policy = audit_policy
+        self.audit_log = root / "logs" / "audit.log"
         self.nodes = nodes
         self.scheduler: subprocess.Popen | None = None
         self.signing_duration = signing_duration
@@ -255,6 +258,7 @@ class KubeCluster:
              "--service-cluster-ip-range=10.0.0.0/24",
              f"--cert-dir={self.root / 'apiserver-certs'}",
              *self._kubelet_client_flags(),
+             *self._audit_flags(),
              *self._log_flags(version), "--v=1"],
             log=log)
         procs.wait_port(self.api_port, timeout=timeout, proc=self.apiserver, log=log)
@@ -330,6 +334,15 @@ class KubeCluster:
             names += [c for c in NODE_KCM_CONTROLLERS
                       if c != "taint-eviction-controller" or version >= (1, 29)]
         return names
+
+    def _audit_flags(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        policy = self.root / "audit-policy.yaml"
+        policy.write_text(self.audit_policy)
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-maxsize=0"]
 
     def _kubelet_client_flags(self) -> list[str]:
         if not self.nodes:

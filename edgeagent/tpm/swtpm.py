@@ -134,6 +134,11 @@ class SoftwareTpm:
         return f"swtpm:host={self.host},port={self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The swtpm process (its own process group), while this object runs one."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
