@@ -145,6 +145,10 @@ class ClusterError(EdgeAgentError):
     exit_code = 8
 
 
+class CsrRefused(ClusterError):
+    """The node's CSR was denied or failed: it will never be signed, a new one must be made."""
+
+
 class ControllerError(WasmError):
     """A Wasm controller trapped, looped or broke its ABI."""
 

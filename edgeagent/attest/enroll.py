@@ -84,6 +84,7 @@ from edgeagent.errors import (
     AttestationError,
     ClusterError,
     ConfigError,
+    CsrRefused,
     EdgeAgentError,
     PeerUnreachable,
     ProtocolError,
@@ -870,8 +871,16 @@ class Enrollment:
             self._emit("certificate", "start")
             self._emit("certificate", "waiting", detail=f"waiting for CSR {name} to be approved and signed")
             t0 = time.monotonic()
-            cert = self._retrying("certificate", "certificate", lambda: kubecsr.wait_certificate(
-                cluster, name, timeout=self.enroll.certificate_timeout, sleep=self._wait))
+            try:
+                cert = self._retrying("certificate", "certificate", lambda: kubecsr.wait_certificate(
+                    cluster, name, timeout=self.enroll.certificate_timeout, sleep=self._wait))
+            except CsrRefused:
+                # Never to be signed: the next attempt makes a new CSR (with a fresh TPM binding) rather
+                # than waiting on this one forever (a CSR judged a moment before a restore was denied).
+                self.state.csr_name = None
+                self.state.steps.pop("csr", None)
+                self._save()
+                raise
             cert_seconds = time.monotonic() - t0
         # The certificate and the kubeconfig are written and recorded under the lock a revocation takes,
         # after checking none came since the payload was read: either the revocation deletes them after

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent.attest.secrets import write_private
-from edgeagent.errors import ClusterError
+from edgeagent.errors import ClusterError, CsrRefused
 from edgeagent.kube import errors as kube_errors
 from edgeagent.kube import kubeconfig as kubeconfig_file
 from edgeagent.kube import transport
@@ -82,12 +82,12 @@ def submit(cluster: Cluster, body: dict[str, Any]) -> str:
 
 
 def issued_certificate(cluster: Cluster, name: str) -> bytes | None:
-    """The signed certificate (PEM) once issued, None while pending; ClusterError when denied or failed."""
+    """The signed certificate (PEM) once issued, None while pending; CsrRefused when denied or failed."""
     csr = _request(cluster, f"read CSR {name}", "GET", _csr_path(name))
     status = csr.get("status") or {}
     for cond in status.get("conditions") or []:
         if cond.get("type") in ("Denied", "Failed") and cond.get("status") in (None, "True"):
-            raise ClusterError(f"CSR {name} was {cond['type'].lower()}: {cond.get('reason') or ''} "
+            raise CsrRefused(f"CSR {name} was {cond['type'].lower()}: {cond.get('reason') or ''} "
                                f"{cond.get('message') or ''}".strip())
     cert = status.get("certificate")
     if not cert:

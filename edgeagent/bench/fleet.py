@@ -122,22 +122,25 @@ class Recorder:
 
 
 def run(config: Any, *, repeat: int = 1, sizes: Sequence[int] = SIZES, quote_interval: float = 2.0,
-        settle: float = 10.0, window: float = 10.0, plot: Path | None = None) -> Report:
+        settle: float = 10.0, window: float = 10.0, plot: Path | None = None,
+        keep: Path | None = None) -> Report:
+    """``keep``: run in this directory and leave it (every process's log) instead of a temporary one."""
     from edgeagent.testbed import fleet
 
     if not sizes or min(sizes) < 1:
         raise EdgeAgentError("fleet sizes must be positive numbers, e.g. -N 10,25,50,100")
     report = Report("fleet")
     cores = os.cpu_count() or 1
-    ca, tpms = fleet.manufacture(max(sizes), jobs=cores)
+    ca, tpms = fleet.manufacture(max(sizes))
     load_before = os.getloadavg()
     report.meta.update({"sizes": list(sizes), "quote_interval_s": quote_interval, "cores": cores,
                         "settle_s": settle, "window_s": window, "loadavg_before": load_before,
                         "machine": _machine(), "per_n": {}})
     per_n: dict[int, dict[str, Any]] = report.meta["per_n"]
-    with tempfile.TemporaryDirectory(prefix="edgeagent-bench-fleet-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeagent-bench-fleet-")))
         for n in sizes:
-            per_n[n] = _one_size(Path(tmp) / f"n{n}", n, ca, tpms[:n], quote_interval=quote_interval,
+            per_n[n] = _one_size(tmp / f"n{n}", n, ca, tpms[:n], quote_interval=quote_interval,
                                  settle=settle, window=window, cores=cores, report=report)
     _memory_slope(report, per_n)
     if plot is not None:
@@ -190,6 +193,8 @@ def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interv
         recorder = Recorder(side.api).start()
         time.sleep(0.5)  # the controller has seen the EdgeNodes (Pending, waiting for registration)
         before = fleet.sample(groups)
+        machine0 = fleet.machine_cpu_seconds()
+        timeline = _Timeline().start()
         for d in devices:  # the power cut is over: every device boots at once
             d.boot()
             groups["devices"] += d.pgids()["devices"]
@@ -197,6 +202,8 @@ def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interv
         done = fleet.wait_all(devices, timeout=max(300.0, 6.0 * n))
         t_last = max(done.values())
         after = fleet.sample(groups)
+        machine = fleet.machine_cpu_seconds() - machine0
+        timeline.stop()
         spent = fleet.delta(before, after)
         total_cpu = sum(spent.values())
         times = [done[d.name] - d.booted_at for d in devices]
@@ -207,6 +214,8 @@ def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interv
             "enroll_s": {"p50": percentile(times, 0.5), "p90": percentile(times, 0.9),
                          "p99": percentile(times, 0.99), "max": max(times), "all": times},
             "wall_s": wall, "cpu_bound_s": bound, "cpu_s": spent, "cpu_total_s": total_cpu,
+            "machine_cpu_s": machine, "other_cpu_s": max(0.0, machine - total_cpu),
+            "busy_timeline": timeline.points,
             "enrollments_per_s": n / wall if wall > 0 else 0.0,
             "controller_cpu_share_pct": 100.0 * spent["controller"] / total_cpu if total_cpu else 0.0,
             "rss_mib": {role: u.rss_bytes / 2**20 for role, u in after.items()},
@@ -220,6 +229,7 @@ def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interv
         report.add(Case(f"{label}: first boot -> last credential", [wall],
                         baseline=f"{label}: CPU bound (all CPU s / {cores} cores)",
                         target=CPU_BOUND_TARGET, target_is_ratio=True))
+        report.add(Case(f"{label}: CPU of processes outside the testbed meanwhile", [out["other_cpu_s"]]))
         report.add(Case(f"{label}: enrollments per second", [out["enrollments_per_s"]], unit="/s",
                         higher_is_better=True))
         report.add(Case(f"{label}: controller share of all CPU", [out["controller_cpu_share_pct"]], unit="%",
@@ -294,6 +304,36 @@ def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interv
             d.stop()
         side.stop()
     return out
+
+
+class _Timeline:
+    """The machine's busy fraction every half second (one thread, ``fleet-timeline``): shows where a fleet
+    run waits instead of working."""
+
+    def __init__(self, period: float = 0.5) -> None:
+        self.period = period
+        self.points: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-timeline", daemon=True)
+
+    def start(self) -> _Timeline:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        from edgeagent.testbed import fleet
+
+        cores = os.cpu_count() or 1
+        t0 = time.monotonic()
+        last_t, last_cpu = t0, fleet.machine_cpu_seconds()
+        while not self._stop.wait(self.period):
+            now, cpu = time.monotonic(), fleet.machine_cpu_seconds()
+            self.points.append((round(now - t0, 2), round((cpu - last_cpu) / ((now - last_t) * cores), 3)))
+            last_t, last_cpu = now, cpu
 
 
 def _attestations(keylime: Any) -> dict[str, int]:

@@ -89,11 +89,14 @@ def _fleet(
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON file")] = Path("bench-results/fleet.json"),
     plot: Annotated[Path, typer.Option(help="PNG of the curves")] = Path("bench-results/fleet.png"),
     json_: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of a table")] = False,
+    keep: Annotated[
+        Path | None, typer.Option(help="Run in this directory and keep it (every process's log)")
+    ] = None,
 ) -> None:
     from edgeagent.bench import fleet
 
     report = fleet.run(None, sizes=_sizes(sizes), quote_interval=quote_interval, settle=settle, window=window,
-                       plot=plot)
+                       plot=plot, keep=keep)
     report.write_json(out)
     if json_:
         render.print_json(report.to_dict())

@@ -1,9 +1,16 @@
 """The attestation controller: EdgeNodes in, Keylime driven, node credentials approved or withdrawn.
 
 Threads, and what each owns:
-- worker (``IDENTITY-worker``): the only one that reconciles. It takes one key at a time ("node/NAME" or
-  "csr/NAME") from the ``kube.queue.DelayQueue`` and owns ``memory`` (per-node facts) and the requeues
-  (delays, backoff). Nothing acts unless this replica holds the Lease: a follower's keys wait a second.
+- workers (``IDENTITY-worker-K``, ``Settings.workers`` of them): the only ones that reconcile. Each takes one
+  key at a time ("node/NAME" or "csr/NAME") from the ``kube.queue.DelayQueue`` (which hands a key to one
+  taker) and acts under that node's lock, so two workers never act on one node while a fleet's enrollments,
+  which mostly wait on the network (registrar, verifier, agent, API server), overlap. They own ``memory``
+  (per-node facts) and the requeues (delays, backoff). Nothing acts unless this replica holds the Lease: a
+  follower's keys wait a second.
+- the verifier poller (``IDENTITY-verifier-poll``): one bulk request for every agent's state each
+  ``poll_interval`` (not one per device), kept as the latest snapshot; it queues only the nodes whose state
+  changed, that vanished from the verifier, or whose lastAttestation is due. Attested nodes are otherwise
+  left alone: the webhook and this poll are how a failure is seen.
 - two shared watches (``kube.watch.SharedWatch``: ``watch-edgenodes.edgeagent.io`` and
   ``watch-certificatesigningrequests.certificates.k8s.io``): each owns its stream and resume point, and only
   adds keys to the queue. They list once and then watch from the last resourceVersion, relisting only on 410
@@ -36,7 +43,7 @@ import json
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +71,9 @@ PUSH_VERDICT_DELAY = 0.15
 """Seconds after a push-mode device's join request before its node is reconciled (the verifier's verdict on
 the evidence it just accepted is ready by then in the common case; the regular poll covers the rest)."""
 
+HISTORY = 1000
+"""Recent actions and notifications kept for tests and diagnostics (bounded: a controller runs for months)."""
+
 BINDING_PCRS = [23]
 """The agent's own measurements (CEL log from `edgeagent measure`) live in PCR 23."""
 
@@ -84,13 +94,18 @@ class Settings:
     token_ttl: int = 600
     max_binding_age: float = 300.0
     poll_interval: float = 1.0
-    """Seconds between two verifier checks of an attested node (the fallback behind the webhook)."""
+    """Seconds between two bulk polls of the verifier (every agent in one request): the fallback behind the
+    webhook that sees an attested node fail, and what restores an Unattested one."""
     pending_interval: float = 0.2
     """Seconds between two checks while a node enrolls (waiting for registration or the first quote)."""
     reactivate_interval: float = 5.0
     """Seconds between two reactivations of a failed agent (each makes the verifier quote it again)."""
-    status_interval: float = 10.0
-    """Least seconds between two lastAttestation updates of one EdgeNode (keeps etcd writes low)."""
+    status_interval: float = 30.0
+    """Least seconds between two lastAttestation updates of one EdgeNode: each is an etcd write, so a fleet
+    of N devices costs N / status_interval writes a second (the verifier's own state is what revocation
+    follows, not this field)."""
+    workers: int = 4
+    """Reconciling threads: enrollments of a fleet overlap (each waits on the network most of its time)."""
     lease_name: str = "edgeagent-attestation-controller"
     lease_namespace: str = "kube-system"
     identity: str = "edgeagent-attestation-controller"
@@ -144,6 +159,18 @@ class _Memory:
     agent is added (or access restored), handed out only while the verifier passes the device."""
     sealed_at: float = 0.0
     """time.monotonic() of the seal: its bootstrap token is renewed at half its TTL."""
+    state_seen_at: float = 0.0
+    """time.monotonic() of the newest verifier state acted on: an older poll snapshot is not used."""
+    attested: bool = False
+    """Phase Attested or Enrolled at the last reconcile: the verifier poller watches it."""
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Every agent's state from one bulk request, and when it was asked (time.monotonic())."""
+
+    at: float
+    states: dict[str, keylime.VerifierAgent]
 
 
 class Controller:
@@ -190,7 +217,12 @@ class Controller:
         self.csr_watch.subscribe(Everything(), lambda ev: self._queue_event("csr", ev))
         self.stop_event = threading.Event()
         self.memory: dict[str, _Memory] = defaultdict(_Memory)
+        """Per-node facts ("node/NAME"), dropped when the EdgeNode is deleted."""
+        self.failures: dict[str, int] = {}
+        """Consecutive failed reconciles per key, dropped at the next success (bounds the backoff)."""
         self.locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
+        self.snapshot: _Snapshot | None = None
+        """The verifier poller's latest bulk view."""
         self.elector = leader.LeaseElector(
             api,
             name=settings.lease_name,
@@ -211,12 +243,12 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
         """Failed reconciles ("key: error"), for tests and diagnostics; the last 100 are kept."""
-        self.notifications: list[tuple[float, str, str]] = []
+        self.notifications: deque[tuple[float, str, str]] = deque(maxlen=HISTORY)
+        """(time, event, node) of the latest verified webhook notifications, as received."""
         self.auto_approval: list[str] = []
         """ClusterRoleBindings that approve kubelet certificates without this controller (seen on leading)."""
-        """(time, event, node) of every verified webhook notification, as received."""
-        self.actions: list[tuple[float, str, str]] = []
-        """(time, action, node) of every state-changing action, for tests and the bench."""
+        self.actions: deque[tuple[float, str, str]] = deque(maxlen=HISTORY)
+        """(time, action, node) of the latest state-changing actions, for tests and the bench."""
 
     # ------------------------------------------------------------ life cycle
     def start(self) -> Controller:
@@ -241,7 +273,11 @@ class Controller:
         self.elector.start()
         self.edgenode_watch.start()
         self.csr_watch.start()
-        t = threading.Thread(target=self._worker, name=f"{self.s.identity}-worker", daemon=True)
+        for k in range(max(1, self.s.workers)):
+            t = threading.Thread(target=self._worker, name=f"{self.s.identity}-worker-{k}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._poll_verifier, name=f"{self.s.identity}-verifier-poll", daemon=True)
         t.start()
         self._threads.append(t)
         return self
@@ -323,19 +359,60 @@ class Controller:
                 self.queue.add(key, 1.0)
                 continue
             kind, _, name = key.partition("/")
-            mem = self.memory[key]
             try:
                 delay = self.reconcile_node(name) if kind == "node" else self.reconcile_csr(name)
-                mem.failures = 0
+                self.failures.pop(key, None)
             except Exception as e:  # EdgeAgentError, or the client's connection errors when the API is down
-                mem.failures += 1
+                failures = self.failures[key] = self.failures.get(key, 0) + 1
                 self.errors = [*self.errors[-99:], f"{key}: {e}"]
-                delay = min(0.5 * 2 ** (mem.failures - 1), 30.0)
+                delay = min(0.5 * 2 ** (failures - 1), 30.0)
                 log.warning(
                     "%s: %s (retry in %.1f s)", key, e if isinstance(e, EdgeAgentError) else repr(e), delay
                 )
             if delay is not None:
                 self.queue.add(key, delay)
+
+    # ------------------------------------------------------------ verifier poll
+    def _poll_verifier(self) -> None:
+        """Every ``poll_interval``: one bulk GET of the verifier's agents; queues the attested nodes whose
+        state changed, that the verifier lost, or whose lastAttestation is due (see the module's threads)."""
+        failing = False
+        while not self.stop_event.wait(self.s.poll_interval):
+            if not self.elector.is_leader():
+                continue
+            asked = time.monotonic()  # the snapshot is as old as its request, not its answer
+            try:
+                states = self.keylime.agent_states()
+            except EdgeAgentError as e:
+                if not failing:
+                    log.warning("verifier poll: %s (the webhook still revokes; retrying)", e)
+                failing = True
+                continue
+            failing = False
+            at = asked
+            previous, self.snapshot = self.snapshot, _Snapshot(at, states)
+            for key, mem in list(self.memory.items()):
+                if not (mem.attested and mem.uuid):
+                    continue
+                now, before = states.get(mem.uuid), previous.states.get(mem.uuid) if previous else None
+                changed = (now is None or before is None or now.failed != before.failed
+                           or now.operational_state != before.operational_state
+                           or now.attestation_status != before.attestation_status)
+                if changed or at - mem.last_status_write >= self.s.status_interval:
+                    self.queue.add(key)
+
+    def _verifier_state(self, uuid: str, mem: _Memory, *,
+                        fresh: bool = False) -> keylime.VerifierAgent | None:
+        """The agent's state: from the poller's snapshot when it has the agent and is no older than what
+        this node last acted on (never going back in time), else (or when ``fresh``) asked now."""
+        snap = self.snapshot
+        if not fresh and snap is not None and uuid in snap.states and snap.at >= mem.state_seen_at:
+            mem.state_seen_at = snap.at
+            return snap.states[uuid]
+        asked = time.monotonic()
+        state = self.keylime.agent_state(uuid)
+        mem.state_seen_at = asked
+        return state
 
     def _record(self, action: str, node: str) -> None:
         self.actions.append((time.time(), action, node))
@@ -362,11 +439,14 @@ class Controller:
                 if mem.uuid:
                     self.keylime.delete_agent(mem.uuid)
                     mem.uuid = None
+                self.memory.pop(f"node/{name}", None)  # nothing of a deleted node stays behind
                 return None
             mem.uuid = en.spec.agent_uuid
+            mem.attested = en.phase in ("Attested", "Enrolled")
             if not en.status.get("delivered"):
                 return self._enroll_push(en) if en.spec.mode == "push" else self._enroll(en)
-            state = self.keylime.agent_state(en.spec.agent_uuid)
+            # enrolling or unattested: asked now (the snapshot may be a poll period old)
+            state = self._verifier_state(en.spec.agent_uuid, mem, fresh=not mem.attested)
             if state is None:  # the verifier lost the agent (deleted, database reset): enroll again
                 if en.phase != "Unattested":
                     en = self._revoke(en, "VerifierLostAgent", "the verifier no longer polls this agent")
@@ -377,11 +457,15 @@ class Controller:
                     self._revoke(
                         en, "QuoteFailed", f"verifier reports operational_state {state.operational_state}"
                     )
-                elif state.good:
+                    mem.attested = False
+                    return self.s.pending_interval
+                if state.good:
                     self._attested(en, state, mem)
+                    mem.attested = True
                     if en.spec.mode == "push" and mem.sealed is None:
                         self._seal(en, mem)
-                return self.s.pending_interval if en.phase == "Pending" else self.s.poll_interval
+                    return None  # attested: the verifier poller and the webhook look after it now
+                return self.s.pending_interval
             # Unattested: have the verifier look again, restore once a quote after that passes
             # restore only on a good quote taken after the revocation (and after our last reactivation)
             floor = int(max(mem.revoked_at, mem.reactivated_at))
@@ -392,12 +476,16 @@ class Controller:
                     self._seal(en, mem)  # fresh join material (a new bootstrap token) for the device
                 else:
                     self._redeliver(en, mem)
-            elif (state.failed and en.spec.mode != "push"
-                  and time.time() - mem.reactivated_at > self.s.reactivate_interval):
+                mem.attested = True
+                return None
+            if (state.failed and en.spec.mode != "push"
+                    and time.time() - mem.reactivated_at > self.s.reactivate_interval):
                 # push agents are not reactivated: the verifier accepts their next evidence anyway
                 self.keylime.reactivate_agent(en.spec.agent_uuid)
                 mem.reactivated_at = time.time()
-            return self.s.pending_interval
+            # Unattested: looked at again often enough to restore within about a second of a good quote
+            # (the poller does not watch it), but not at the enrolling pace: a fleet may have many.
+            return min(self.s.poll_interval, self.s.reactivate_interval)
 
     def _attested(self, en: crd.EdgeNode, state: keylime.VerifierAgent, mem: _Memory) -> None:
         if en.phase == "Pending":
@@ -735,9 +823,10 @@ class Controller:
                 return self._issued(en, obj)
             if conditions & {"Denied", "Failed"}:
                 return None
-            if en.phase == "Pending" and en.status.get("delivered"):
+            if en.phase in ("Pending", "Unattested") and en.status.get("delivered"):
                 # The device asks as soon as K opened its payload, i.e. right after the verifier's first
-                # good quote: bring the EdgeNode up to date before judging, instead of racing the poll.
+                # good quote (or the good quote that restores it): bring the EdgeNode up to date before
+                # judging, instead of racing the reconcile that would restore it a moment later.
                 self.reconcile_node(node)
                 en = self.edgenodes.get(node) or en
             decision = self.approver.decide(view, en)

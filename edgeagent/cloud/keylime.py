@@ -123,6 +123,28 @@ class VerifierAgent:
         return self.operational_state in OperationalState.BAD
 
 
+BULK_FIELDS = ("operational_state", "attestation_count", "last_event_id", "last_successful_attestation",
+               "ip", "port", "attestation_status")
+"""What `VerifierAgent` reads from a verifier record."""
+
+
+def verifier_agent(uuid: str, r: dict[str, Any]) -> VerifierAgent:
+    """A verifier record (one agent's) as a VerifierAgent; ProtocolError without a usable state."""
+    state = r.get("operational_state")
+    if state is None and r.get("ip") is None and r.get("port") is None:
+        state = OperationalState.GET_QUOTE  # push mode clears it while it verifies the first evidence
+    if not isinstance(state, int):
+        raise ProtocolError(f"verifier's record of {uuid} has no operational_state")
+    return VerifierAgent(
+        uuid=uuid,
+        operational_state=state,
+        attestation_count=int(r.get("attestation_count") or 0),
+        last_event_id=r.get("last_event_id"),
+        last_successful_attestation=int(r.get("last_successful_attestation") or 0),
+        raw=r,
+    )
+
+
 class Http:
     """JSON over HTTP(S) with Keylime's envelope; the one place that touches urllib."""
 
@@ -268,20 +290,23 @@ class KeylimeClient:
             return None
         if not env.ok:
             raise AttestationError(f"verifier GET agent {uuid}: {env.code} {env.status}")
-        r = env.results.get(uuid, env.results)
-        state = r.get("operational_state")
-        if state is None and r.get("ip") is None and r.get("port") is None:
-            state = OperationalState.GET_QUOTE  # push mode clears it while it verifies the first evidence
-        if not isinstance(state, int):
-            raise ProtocolError(f"verifier's record of {uuid} has no operational_state")
-        return VerifierAgent(
-            uuid=uuid,
-            operational_state=state,
-            attestation_count=int(r.get("attestation_count") or 0),
-            last_event_id=r.get("last_event_id"),
-            last_successful_attestation=int(r.get("last_successful_attestation") or 0),
-            raw=r,
-        )
+        return verifier_agent(uuid, env.results.get(uuid, env.results))
+
+    def agent_states(self) -> dict[str, VerifierAgent]:
+        """Every agent the verifier polls, in one request (`GET /v2.x/agents/?bulk=true`): what the
+        controller reads each poll instead of one request per device. Only the fields the controller uses
+        are kept (a record carries the whole policy)."""
+        env = self.http.request("GET", self._url(self.verifier_url, "/agents/?bulk=true"))
+        if not env.ok:
+            raise AttestationError(f"verifier bulk GET agents: {env.code} {env.status}")
+        if not isinstance(env.results, dict):
+            raise ProtocolError("verifier's bulk answer is not an object of agents")
+        out: dict[str, VerifierAgent] = {}
+        for uuid, record in env.results.items():
+            if isinstance(record, dict):
+                slim = {k: record.get(k) for k in BULK_FIELDS if k in record}
+                out[str(uuid)] = verifier_agent(str(uuid), slim)
+        return out
 
     def reactivate_agent(self, uuid: str) -> None:
         """`PUT /v2.x/agents/{uuid}/reactivate`: the verifier polls a failed agent again (same policies)."""

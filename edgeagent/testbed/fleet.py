@@ -12,7 +12,6 @@ group, summed per role (devices, swtpm, Keylime, the controller, the control pla
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import os
@@ -44,9 +43,11 @@ class FleetTpm:
     ek_cert: bytes
 
 
-def manufacture(n: int, *, root: Path | None = None, jobs: int = 2) -> tuple[Path, list[FleetTpm]]:
+def manufacture(n: int, *, root: Path | None = None) -> tuple[Path, list[FleetTpm]]:
     """``n`` TPMs with EKs of their own under one local CA (made and kept in ``root``, the per-machine
-    cache by default); returns the CA certificate and the TPMs. Only the missing ones are made."""
+    cache by default); returns the CA certificate and the TPMs. Only the missing ones are made, one at a
+    time: swtpm_localca's serial-number file does not take concurrent writers ("Error getting next
+    filename" when two setups ran at once)."""
     from edgeagent.tpm.swtpm import SoftwareTpm
 
     root = root or cache_root()
@@ -62,11 +63,7 @@ def manufacture(n: int, *, root: Path | None = None, jobs: int = 2) -> tuple[Pat
             ek_file.write_bytes(_read_ek_cert(tpm, workdir))
         return FleetTpm(tpm, ek_file.read_bytes())
 
-    # The first one alone: it creates the shared CA (swtpm_localca is not safe to race on a new CA).
-    first = [one(0)] if n else []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        rest = list(pool.map(one, range(1, n)))
-    return ca_dir / "issuercert.pem", first + rest
+    return ca_dir / "issuercert.pem", [one(i) for i in range(n)]
 
 
 def _read_ek_cert(template: Any, workdir: Path) -> bytes:
@@ -182,6 +179,15 @@ def sample(groups: Mapping[str, Iterable[int]]) -> dict[str, Usage]:
         u.rss_bytes += int(fields[21]) * PAGE
         u.processes += 1
     return out
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (all cores; /proc/stat without idle and
+    iowait): the difference to the testbed's own figures is what else ran meanwhile."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
 def delta(before: Mapping[str, Usage], after: Mapping[str, Usage]) -> dict[str, float]:

@@ -234,7 +234,9 @@ def test_csr_for_another_nodes_name_is_denied(
     edgenode_for(api, other)
     name, _ = _csr(enrolled.device, enrolled.cert_cluster, node=other.name)
     assert _decision(api, name) == ("Denied", "WrongRequester")
-    assert "CSRDenied" in {e.reason for e in events_for(api, other.name)}
+    # the Event follows the decision in the same reconcile, a request later
+    procs.wait_for(lambda: "CSRDenied" in {e.reason for e in events_for(api, other.name)}, timeout=10,
+                   what="the CSRDenied event")
 
 
 def test_csr_for_a_node_without_edgenode_is_left_alone(enrolled: Enrolled, kube_cluster: KubeCluster) -> None:
