@@ -123,7 +123,7 @@ class Recorder:
 
 def run(config: Any, *, repeat: int = 1, sizes: Sequence[int] = SIZES, quote_interval: float = 2.0,
         settle: float = 10.0, window: float = 10.0, plot: Path | None = None,
-        keep: Path | None = None) -> Report:
+        keep: Path | None = None, agent_notifications: bool = True) -> Report:
     """``keep``: run in this directory and leave it (every process's log) instead of a temporary one."""
     from edgeagent.testbed import fleet
 
@@ -134,13 +134,14 @@ def run(config: Any, *, repeat: int = 1, sizes: Sequence[int] = SIZES, quote_int
     ca, tpms = fleet.manufacture(max(sizes))
     load_before = os.getloadavg()
     report.meta.update({"sizes": list(sizes), "quote_interval_s": quote_interval, "cores": cores,
-                        "settle_s": settle, "window_s": window, "loadavg_before": load_before,
+                        "settle_s": settle, "window_s": window, "agent_notifications": agent_notifications, "loadavg_before": load_before,
                         "machine": _machine(), "per_n": {}})
     per_n: dict[int, dict[str, Any]] = report.meta["per_n"]
     with contextlib.ExitStack() as stack:
         tmp = keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeagent-bench-fleet-")))
         for n in sizes:
             per_n[n] = _one_size(tmp / f"n{n}", n, ca, tpms[:n], quote_interval=quote_interval,
+                                 agent_notifications=agent_notifications,
                                  settle=settle, window=window, cores=cores, report=report)
     _memory_slope(report, per_n)
     if plot is not None:
@@ -160,13 +161,14 @@ def _machine() -> dict[str, Any]:
 
 
 def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interval: float, settle: float,
-              window: float, cores: int, report: Report) -> dict[str, Any]:
+              window: float, cores: int, report: Report, agent_notifications: bool) -> dict[str, Any]:
     from edgeagent.testbed import fleet
     from edgeagent.testbed.cluster_side import CONTROLLER_USER, ClusterSide, pin_device
 
     out: dict[str, Any] = {}
     side = ClusterSide(root / "cluster", [ca], controller_process=True, audit_users=[CONTROLLER_USER],
-                       keylime_settings={"quote_interval": quote_interval})
+                       keylime_settings={"quote_interval": quote_interval,
+                                         "agent_notifications": agent_notifications})
     devices: list[fleet.FleetDevice] = []
     recorder: Recorder | None = None
     try:

@@ -92,11 +92,15 @@ def _fleet(
     keep: Annotated[
         Path | None, typer.Option(help="Run in this directory and keep it (every process's log)")
     ] = None,
+    agent_notifications: Annotated[
+        bool, typer.Option("--agent-notifications/--webhook-only",
+                           help="Keylime's agent notifier on (each revocation to every agent) or off")
+    ] = True,
 ) -> None:
     from edgeagent.bench import fleet
 
     report = fleet.run(None, sizes=_sizes(sizes), quote_interval=quote_interval, settle=settle, window=window,
-                       plot=plot, keep=keep)
+                       plot=plot, keep=keep, agent_notifications=agent_notifications)
     report.write_json(out)
     if json_:
         render.print_json(report.to_dict())

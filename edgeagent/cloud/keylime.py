@@ -13,11 +13,11 @@ import base64
 import binascii
 import json
 import ssl
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import urllib3
 
 from edgeagent.errors import AttestationError, PeerUnreachable, ProtocolError
 from edgeagent.protocol import keylime as protocol
@@ -146,29 +146,40 @@ def verifier_agent(uuid: str, r: dict[str, Any]) -> VerifierAgent:
 
 
 class Http:
-    """JSON over HTTP(S) with Keylime's envelope; the one place that touches urllib."""
+    """JSON over HTTP(S) with Keylime's envelope; the one place that speaks HTTP to Keylime.
+
+    Connections are kept alive and reused (urllib3's pool): a controller polling a verifier and registrar
+    for a fleet would otherwise pay a TLS handshake with client authentication, on both sides, per request
+    (measured by `edgeagent bench fleet`). Safe from several threads (the pool is)."""
 
     def __init__(self, ctx: ssl.SSLContext | None, *, timeout: float = 10.0) -> None:
         self.ctx = ctx
         self.timeout = timeout
+        pinned = ctx is not None and not ctx.check_hostname  # an agent's self-issued certificate, pinned
+        options: dict[str, Any] = {"assert_hostname": False} if pinned else {}
+        self._pool = urllib3.PoolManager(
+            num_pools=4, maxsize=8, ssl_context=ctx, retries=False, timeout=urllib3.Timeout(total=timeout),
+            **options,
+        )
 
     def request(self, method: str, url: str, body: Any = None) -> protocol.Envelope:
         data = None if body is None else json.dumps(body).encode()
         headers = {} if data is None else {"Content-Type": "application/json"}
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self.ctx) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            raw = e.read()
+            resp = self._pool.request(method, url, body=data, headers=headers, redirect=False)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise PeerUnreachable(f"{method} {url.split('?')[0]}: {reason}") from None
+        raw = resp.data
+        if resp.status >= 400:
             try:
                 return protocol.parse_envelope(raw)
             except ProtocolError:
-                return protocol.envelope(e.code, e.reason or "error")
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise PeerUnreachable(f"{method} {url.split('?')[0]}: {reason}") from None
+                return protocol.envelope(resp.status, resp.reason or "error")
         return protocol.parse_envelope(raw)
+
+    def close(self) -> None:
+        self._pool.clear()
 
 
 class KeylimeClient:

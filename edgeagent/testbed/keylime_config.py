@@ -29,6 +29,9 @@ class KeylimeSettings:
     """Directory of EK CA certificates the tenant trusts (the swtpm local CA)."""
     webhook_url: str | None = None
     """Where the verifier POSTs signed revocation notifications; None disables the webhook notifier."""
+    agent_notifications: bool = True
+    """Keylime's "agent" notifier: every revocation POSTed to every agent it polls (so N revocations at once
+    are N x N requests); the devices drop their credential on their own. False: the webhook only."""
     quote_interval: float = 2.0
     """Seconds between two integrity quotes of one agent (Keylime's shipped default is 2)."""
     measured_boot_policy_name: str = "accept-all"
@@ -59,7 +62,7 @@ def render(s: KeylimeSettings) -> dict[str, dict[str, dict[str, str]]]:
         "persistent_store_encoding": "",
         "transparency_log_sign_algo": "sha256",
     }
-    notifications = ["agent"] + (["webhook"] if s.webhook_url else [])
+    notifications = (["agent"] if s.agent_notifications else []) + (["webhook"] if s.webhook_url else [])
     verifier = {
         "version": CONFIG_VERSION,
         "uuid": "default",
