@@ -134,8 +134,8 @@ def run(config: Any, *, repeat: int = 1, sizes: Sequence[int] = SIZES, quote_int
     ca, tpms = fleet.manufacture(max(sizes))
     load_before = os.getloadavg()
     report.meta.update({"sizes": list(sizes), "quote_interval_s": quote_interval, "cores": cores,
-                        "settle_s": settle, "window_s": window, "agent_notifications": agent_notifications, "loadavg_before": load_before,
-                        "machine": _machine(), "per_n": {}})
+                        "settle_s": settle, "window_s": window, "agent_notifications": agent_notifications,
+                        "loadavg_before": load_before, "machine": _machine(), "per_n": {}})
     per_n: dict[int, dict[str, Any]] = report.meta["per_n"]
     with contextlib.ExitStack() as stack:
         tmp = keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeagent-bench-fleet-")))
