@@ -374,32 +374,38 @@ class Controller:
 
     # ------------------------------------------------------------ verifier poll
     def _poll_verifier(self) -> None:
-        """Every ``poll_interval``: one bulk GET of the verifier's agents; queues the attested nodes whose
-        state changed, that the verifier lost, or whose lastAttestation is due (see the module's threads)."""
+        """Every ``poll_interval`` while leading: `poll_verifier_once` (see the module's threads)."""
         failing = False
         while not self.stop_event.wait(self.s.poll_interval):
             if not self.elector.is_leader():
                 continue
-            asked = time.monotonic()  # the snapshot is as old as its request, not its answer
             try:
-                states = self.keylime.agent_states()
+                self.poll_verifier_once()
             except EdgeAgentError as e:
                 if not failing:
                     log.warning("verifier poll: %s (the webhook still revokes; retrying)", e)
                 failing = True
                 continue
             failing = False
-            at = asked
-            previous, self.snapshot = self.snapshot, _Snapshot(at, states)
-            for key, mem in list(self.memory.items()):
-                if not (mem.attested and mem.uuid):
-                    continue
-                now, before = states.get(mem.uuid), previous.states.get(mem.uuid) if previous else None
-                changed = (now is None or before is None or now.failed != before.failed
-                           or now.operational_state != before.operational_state
-                           or now.attestation_status != before.attestation_status)
-                if changed or at - mem.last_status_write >= self.s.status_interval:
-                    self.queue.add(key)
+
+    def poll_verifier_once(self) -> list[str]:
+        """One bulk GET of the verifier's agents; queues (and returns) the attested nodes whose state
+        changed, that the verifier lost, or whose lastAttestation is due. Nothing per device is asked."""
+        asked = time.monotonic()  # the snapshot is as old as its request, not its answer
+        states = self.keylime.agent_states()
+        previous, self.snapshot = self.snapshot, _Snapshot(asked, states)
+        queued = []
+        for key, mem in list(self.memory.items()):
+            if not (mem.attested and mem.uuid):
+                continue
+            now, before = states.get(mem.uuid), previous.states.get(mem.uuid) if previous else None
+            changed = (now is None or before is None or now.failed != before.failed
+                       or now.operational_state != before.operational_state
+                       or now.attestation_status != before.attestation_status)
+            if changed or asked - mem.last_status_write >= self.s.status_interval:
+                self.queue.add(key)
+                queued.append(key)
+        return queued
 
     def _verifier_state(self, uuid: str, mem: _Memory, *,
                         fresh: bool = False) -> keylime.VerifierAgent | None:

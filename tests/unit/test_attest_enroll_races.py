@@ -299,3 +299,30 @@ def test_state_saves_from_the_main_and_a_request_thread_do_not_interleave(
         t.join()
     assert errors == []
     assert "step-199" in enroll.EnrollState.load(run.state_path).steps
+
+
+# ---------------------------------------------------------------- a denied CSR is not awaited forever
+def test_a_denied_csr_is_forgotten_so_the_next_attempt_makes_a_new_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster) -> None:
+    """Seen at fleet scale: a CSR judged a moment before the node's restore was denied, and every later
+    attempt skipped CSR creation ("already created") and failed on the same denied CSR, for good."""
+    from edgeagent.errors import CsrRefused
+
+    denied = {"first": True}
+
+    def wait_certificate(c: kubecsr.Cluster, name: str, **kw: Any) -> bytes:
+        if denied.pop("first", False):
+            raise CsrRefused(f"CSR {name} was denied: NotAttested")
+        return _cert()
+
+    monkeypatch.setattr(kubecsr, "wait_certificate", wait_certificate)
+    run = _enrollment(tmp_path, monkeypatch)
+    with pytest.raises(CsrRefused):
+        run.enroll_steps()
+    saved = enroll.EnrollState.load(run.state_path)
+    assert saved.csr_name is None and "csr" not in saved.steps
+    first = list(cluster.submitted)
+    monkeypatch.setattr(nodekey, "csr_name", lambda node: f"edgeagent-{node}-second")
+    run.enroll_steps()
+    assert cluster.submitted == [*first, f"edgeagent-{NODE}-second"]  # a new CSR, not the denied one
+    assert run.config.enroll.kubeconfig.exists()
