@@ -54,7 +54,8 @@ def make(tmp_path: Path):
     def make(n: int) -> tuple[Controller, FakeKeylime]:
         kube_pki.make_ca("fleet-test-ek-ca").write(tmp_path / "ek-ca.pem", tmp_path / "ek-ca.key")
         keylime = FakeKeylime({f"dev-{i}-agent": _state(f"dev-{i}-agent") for i in range(n)})
-        settings = Settings(registrar_url="https://r", verifier_url="https://v", keylime_ca_dir=tmp_path,
+        settings = Settings(registrar_url="https://r", verifier_url="https://v",
+                            keylime_ca_dir=tmp_path,
                             ek_ca_store=tmp_path / "ek-ca.pem", api_server_url="https://a", api_server_ca_pem="",
                             webhook_port=None, status_interval=3600.0)
         controller = Controller(k8s.ApiClient(), settings, keylime_client=keylime,  # type: ignore[arg-type]
