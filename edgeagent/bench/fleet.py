@@ -123,8 +123,10 @@ class Recorder:
 
 def run(config: Any, *, repeat: int = 1, sizes: Sequence[int] = SIZES, quote_interval: float = 2.0,
         settle: float = 10.0, window: float = 10.0, plot: Path | None = None,
-        keep: Path | None = None, agent_notifications: bool = True) -> Report:
-    """``keep``: run in this directory and leave it (every process's log) instead of a temporary one."""
+        keep: Path | None = None, agent_notifications: bool = True, out: Path | None = None) -> Report:
+    """``keep``: run in this directory and leave it (every process's log) instead of a temporary one;
+    ``out``: the JSON report, rewritten after each size (a long run keeps what it measured). A size that
+    fails is recorded (``per_n[N]["error"]``) and the next one runs."""
     from edgeagent.testbed import fleet
 
     if not sizes or min(sizes) < 1:
@@ -140,9 +142,15 @@ def run(config: Any, *, repeat: int = 1, sizes: Sequence[int] = SIZES, quote_int
     with contextlib.ExitStack() as stack:
         tmp = keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeagent-bench-fleet-")))
         for n in sizes:
-            per_n[n] = _one_size(tmp / f"n{n}", n, ca, tpms[:n], quote_interval=quote_interval,
-                                 agent_notifications=agent_notifications,
-                                 settle=settle, window=window, cores=cores, report=report)
+            try:
+                per_n[n] = _one_size(tmp / f"n{n}", n, ca, tpms[:n], quote_interval=quote_interval,
+                                     agent_notifications=agent_notifications,
+                                     settle=settle, window=window, cores=cores, report=report)
+            except (EdgeAgentError, TimeoutError, OSError) as e:
+                per_n[n] = {"error": str(e)}
+                report.meta.setdefault("notes", []).append(f"N={n}: {e}")
+            if out is not None:
+                report.write_json(out)
     _memory_slope(report, per_n)
     if plot is not None:
         _plot(per_n, plot, quote_interval)
@@ -201,14 +209,18 @@ def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interv
             d.boot()
             groups["devices"] += d.pgids()["devices"]
         t0 = min(d.booted_at for d in devices)
-        done = fleet.wait_all(devices, timeout=max(300.0, 6.0 * n))
+        done, failed = fleet.wait_all(devices, timeout=max(300.0, 6.0 * n))
+        out["failed"] = failed
+        report.add(Case(f"N={n}: enrollments that failed", [float(len(failed))], unit="devices", target=0.0))
+        if not done:
+            raise EdgeAgentError(f"no device of {n} enrolled: {next(iter(failed.values()))}")
         t_last = max(done.values())
         after = fleet.sample(groups)
         machine = fleet.machine_cpu_seconds() - machine0
         timeline.stop()
         spent = fleet.delta(before, after)
         total_cpu = sum(spent.values())
-        times = [done[d.name] - d.booted_at for d in devices]
+        times = [done[d.name] - d.booted_at for d in devices if d.name in done]
         wall = t_last - t0
         bound = total_cpu / cores
         audit = fleet.count_audit(cluster.audit_log, since=t0, until=t_last + 1.0)
@@ -270,7 +282,8 @@ def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interv
                         [out["steady_controller_requests_per_s"]], unit="/s"))
 
         # ---- one device tampered among N
-        victim, others = devices[0], devices[1:]
+        enrolled = [d for d in devices if d.name in done]
+        victim, others = enrolled[0], enrolled[1:]
         counts0 = _attestations(keylime)
         t_tamper = time.time()
         victim.tamper()
@@ -380,7 +393,9 @@ def _plot(per_n: dict[int, dict[str, Any]], path: Path, quote_interval: float) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ns = sorted(per_n)
+    ns = sorted(n for n, v in per_n.items() if "wall_s" in v)
+    if not ns:
+        return
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for key, style in (("p50", "o-"), ("p99", "s-")):
         a.plot(ns, [per_n[n]["enroll_s"][key] for n in ns], style, label=f"boot -> credential {key}")

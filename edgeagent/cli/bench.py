@@ -97,13 +97,21 @@ def _fleet(
                            help="Keylime's agent notifier on (each revocation to every agent) or off")
     ] = True,
 ) -> None:
+    import signal
+
     from edgeagent.bench import fleet
 
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds the run: every process it started is stopped
+
+    signal.signal(signal.SIGTERM, terminate)
     report = fleet.run(None, sizes=_sizes(sizes), quote_interval=quote_interval, settle=settle, window=window,
-                       plot=plot, keep=keep, agent_notifications=agent_notifications)
+                       plot=plot, keep=keep, agent_notifications=agent_notifications, out=out)
     report.write_json(out)
     if json_:
         render.print_json(report.to_dict())
     else:
         render.console.print(report_table(report))
+        for note in report.meta.get("notes", []):
+            render.console.print(f"note: {note}")
         render.console.print(f"JSON written to {out}; plot {plot}")

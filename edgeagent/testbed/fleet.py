@@ -94,7 +94,7 @@ class FleetDevice:
         self.name = name
         self.agent_uuid = f"{name}-agent"
         self.ek_cert = tpm.ek_cert
-        self.port = procs.free_port()
+        self.port = procs.free_listen_port()
         self.tpm = tpm.template.clone(root / "swtpm")
         root.mkdir(parents=True, exist_ok=True)
         self.config = worker.write_config(root, keylime, node=name, port=self.port,
@@ -234,26 +234,36 @@ def count_audit(log: Path, *, since: float = 0.0, until: float | None = None) ->
     return counts
 
 
-def wait_all(devices: Sequence[FleetDevice], *, timeout: float, what: str = "credential",
-             interval: float = 0.1) -> dict[str, float]:
-    """Every device's credential time (unix seconds), waiting until all have one; a device whose agent
-    exited, or the deadline, raises EdgeAgentError naming the devices still missing."""
+def wait_all(devices: Sequence[FleetDevice], *, timeout: float,
+             interval: float = 0.1) -> tuple[dict[str, float], dict[str, str]]:
+    """Waits until every device has its credential, has failed (its agent exited) or ``timeout`` passed:
+    (credential time per device, unix seconds; why each of the others has none)."""
     done: dict[str, float] = {}
+    failed: dict[str, str] = {}
     deadline = time.monotonic() + timeout
-    while len(done) < len(devices):
+    while len(done) + len(failed) < len(devices):
         for d in devices:
-            if d.name in done:
+            if d.name in done or d.name in failed:
                 continue
             at = d.credential_at()
             if at is not None:
                 done[d.name] = at
             elif d.exited() is not None:
-                raise EdgeAgentError(f"{d.name}'s agent exited with {d.exited()} before its {what}; "
-                                     f"see {d.root / 'agent.log'}")
-        if len(done) < len(devices):
+                failed[d.name] = f"the agent exited with {d.exited()} (see {d.root / 'agent.log'})"
+        if len(done) + len(failed) < len(devices):
             if time.monotonic() > deadline:
-                missing = [d.name for d in devices if d.name not in done]
-                raise EdgeAgentError(f"{len(missing)} of {len(devices)} devices have no {what} after "
-                                     f"{timeout:.0f} s: {', '.join(missing[:5])}")
+                for d in devices:
+                    if d.name not in done and d.name not in failed:
+                        last = _last_line(d.root / "agent.log")
+                        failed[d.name] = f"no credential after {timeout:.0f} s: {last}"
+                break
             time.sleep(interval)
-    return done
+    return done, failed
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][-200:] if lines else "empty log"

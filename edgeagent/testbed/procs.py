@@ -12,6 +12,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
+def free_listen_port(low: int = 20000) -> int:
+    """A loopback port free now and outside the kernel's ephemeral range, for a server that binds it much
+    later (a fleet device's agent binds minutes after): an ephemeral port handed out meanwhile to some
+    outgoing connection would take it ("Address already in use", seen at 100 devices)."""
+    import random
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    high = max(low + 1000, ephemeral_low) - 1
+    for _ in range(500):
+        port = random.randint(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
+
 def free_port(count: int = 1) -> int:
     """A loopback port P such that P..P+count-1 were all free a moment ago (swtpm needs P and P+1)."""
     for _ in range(200):
