@@ -57,7 +57,12 @@ def register(app: typer.Typer) -> None:
         registrar_url: Annotated[
             str, typer.Option(help="Keylime registrar TLS URL, e.g. https://registrar:8891")
         ],
-        verifier_url: Annotated[str, typer.Option(help="Keylime verifier URL, e.g. https://verifier:8881")],
+        verifier_url: Annotated[
+            list[str],
+            typer.Option(metavar="URL",
+                         help="Keylime verifier URL, e.g. https://verifier:8881; repeat it for several "
+                         "verifiers sharing the registrar and CA (new devices go to the least loaded)"),
+        ],
         keylime_ca_dir: Annotated[
             Path, typer.Option(help="Keylime CA dir: cacert.crt, client-cert.crt, client-private.pem")
         ],
@@ -117,7 +122,8 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"{what} {path} does not exist")
         settings = Settings(
             registrar_url=registrar_url,
-            verifier_url=verifier_url,
+            verifier_url=verifier_url[0],
+            more_verifiers=tuple(verifier_url[1:]),
             keylime_ca_dir=keylime_ca_dir,
             ek_ca_store=ek_ca_store,
             api_server_url=api_server_url or api.configuration.host,

@@ -90,6 +90,9 @@ class Settings:
     """The API server URL devices are told to use (the payload's apiServer)."""
     api_server_ca_pem: str
     require_ek_cert: bool = True
+    more_verifiers: tuple[str, ...] = ()
+    """Further Keylime verifiers (same registrar and CA, own databases) new devices are spread over; see
+    `keylime.KeylimeClient`."""
     credential_lifetime: int = 86400
     token_ttl: int = 600
     max_binding_age: float = 300.0
@@ -189,7 +192,8 @@ class Controller:
         self.s = settings
         self.tls = tls or keylime.KeylimeTls.from_dir(settings.keylime_ca_dir)
         self.keylime = keylime_client or keylime.KeylimeClient(
-            registrar_url=settings.registrar_url, verifier_url=settings.verifier_url, tls=self.tls
+            registrar_url=settings.registrar_url, verifier_url=settings.verifier_url, tls=self.tls,
+            more_verifiers=settings.more_verifiers,
         )
         self.edgenodes = crd.EdgeNodes(api)
         self.access = revoke.Access(api)

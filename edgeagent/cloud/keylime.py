@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,16 +184,33 @@ class Http:
 
 
 class KeylimeClient:
-    """Registrar (TLS port) and verifier admin APIs; versions negotiated once per service, lazily."""
+    """Registrar (TLS port) and verifier admin APIs; versions negotiated once per service, lazily.
+
+    Several verifiers (``more_verifiers``: Keylime verifiers sharing the registrar and the CA, each with its
+    own database) split a fleet: a new agent goes to the verifier polling the fewest (as last counted), and
+    every later call for it goes where it is. Where each agent is comes from the bulk polls (so a restarted
+    controller relearns it in one poll); an agent not seen yet is looked for on each verifier in turn."""
 
     def __init__(
-        self, *, registrar_url: str, verifier_url: str, tls: KeylimeTls, timeout: float = 10.0
+        self, *, registrar_url: str, verifier_url: str, tls: KeylimeTls, timeout: float = 10.0,
+        more_verifiers: tuple[str, ...] = (),
     ) -> None:
         self.registrar_url = registrar_url.rstrip("/")
-        self.verifier_url = verifier_url.rstrip("/")
+        self.verifier_urls = [u.rstrip("/") for u in (verifier_url, *more_verifiers)]
+        self.verifier_url = self.verifier_urls[0]
         self.tls = tls
         self.http = Http(tls.context(), timeout=timeout)
         self._versions: dict[str, str] = {}
+        self._where: dict[str, str] = {}
+        """agent -> its verifier (several verifiers only); rebuilt by each bulk poll, so it holds only the
+        agents the verifiers poll now."""
+        self._load: dict[str, int] = dict.fromkeys(self.verifier_urls, 0)
+        self._placing = threading.Lock()
+
+    def _verifier_of(self, uuid: str) -> list[str]:
+        """Where to look for ``uuid``: its verifier if known, else every one."""
+        known = self._where.get(uuid)
+        return [known] if known else list(self.verifier_urls)
 
     def _version(self, base: str) -> str:
         if base not in self._versions:
@@ -290,43 +308,68 @@ class KeylimeClient:
             "mtls_cert": agent.mtls_cert,
             "supported_version": agent_api_version,
         }
-        env = self.http.request("POST", self._url(self.verifier_url, f"/agents/{uuid}"), body)
+        with self._placing:  # concurrent enrollments each take the then least loaded verifier
+            base = self._where.get(uuid) or min(self.verifier_urls, key=lambda u: self._load.get(u, 0))
+            self._load[base] = self._load.get(base, 0) + 1
+        env = self.http.request("POST", self._url(base, f"/agents/{uuid}"), body)
         if not env.ok:
+            with self._placing:
+                self._load[base] -= 1
             raise AttestationError(f"verifier refused to add agent {uuid}: {env.code} {env.status}")
+        if len(self.verifier_urls) > 1:
+            self._where[uuid] = base
 
     def agent_state(self, uuid: str) -> VerifierAgent | None:
-        """The verifier's view of ``uuid``, or None when it does not poll it."""
-        env = self.http.request("GET", self._url(self.verifier_url, f"/agents/{uuid}"))
-        if env.code == 404:
-            return None
-        if not env.ok:
-            raise AttestationError(f"verifier GET agent {uuid}: {env.code} {env.status}")
-        return verifier_agent(uuid, env.results.get(uuid, env.results))
+        """The verifier's view of ``uuid``, or None when no verifier polls it."""
+        for base in self._verifier_of(uuid):
+            env = self.http.request("GET", self._url(base, f"/agents/{uuid}"))
+            if env.code == 404:
+                continue
+            if not env.ok:
+                raise AttestationError(f"verifier GET agent {uuid}: {env.code} {env.status}")
+            if len(self.verifier_urls) > 1:
+                self._where[uuid] = base
+            return verifier_agent(uuid, env.results.get(uuid, env.results))
+        return None
 
     def agent_states(self) -> dict[str, VerifierAgent]:
         """Every agent the verifier polls, in one request (`GET /v2.x/agents/?bulk=true`): what the
         controller reads each poll instead of one request per device. Only the fields the controller uses
-        are kept (a record carries the whole policy)."""
-        env = self.http.request("GET", self._url(self.verifier_url, "/agents/?bulk=true"))
-        if not env.ok:
-            raise AttestationError(f"verifier bulk GET agents: {env.code} {env.status}")
-        if not isinstance(env.results, dict):
-            raise ProtocolError("verifier's bulk answer is not an object of agents")
+        are kept (a record carries the whole policy). With several verifiers: one request to each, merged."""
         out: dict[str, VerifierAgent] = {}
-        for uuid, record in env.results.items():
-            if isinstance(record, dict):
-                slim = {k: record.get(k) for k in BULK_FIELDS if k in record}
-                out[str(uuid)] = verifier_agent(str(uuid), slim)
+        where: dict[str, str] = {}
+        for base in self.verifier_urls:
+            env = self.http.request("GET", self._url(base, "/agents/?bulk=true"))
+            if not env.ok:
+                raise AttestationError(f"verifier {base} bulk GET agents: {env.code} {env.status}")
+            if not isinstance(env.results, dict):
+                raise ProtocolError("verifier's bulk answer is not an object of agents")
+            count = 0
+            for uuid, record in env.results.items():
+                if isinstance(record, dict):
+                    slim = {k: record.get(k) for k in BULK_FIELDS if k in record}
+                    out[str(uuid)] = verifier_agent(str(uuid), slim)
+                    where[str(uuid)] = base
+                    count += 1
+            self._load[base] = count
+        if len(self.verifier_urls) > 1:
+            self._where = where
         return out
 
     def reactivate_agent(self, uuid: str) -> None:
         """`PUT /v2.x/agents/{uuid}/reactivate`: the verifier polls a failed agent again (same policies)."""
-        env = self.http.request("PUT", self._url(self.verifier_url, f"/agents/{uuid}/reactivate"), {})
-        if not env.ok:
-            raise AttestationError(f"verifier refused to reactivate {uuid}: {env.code} {env.status}")
+        for base in self._verifier_of(uuid):
+            env = self.http.request("PUT", self._url(base, f"/agents/{uuid}/reactivate"), {})
+            if env.code == 404 and len(self.verifier_urls) > 1:
+                continue
+            if not env.ok:
+                raise AttestationError(f"verifier refused to reactivate {uuid}: {env.code} {env.status}")
+            return
 
     def delete_agent(self, uuid: str) -> None:
         """`DELETE /v2.x/agents/{uuid}`; an agent the verifier does not know counts as deleted."""
-        env = self.http.request("DELETE", self._url(self.verifier_url, f"/agents/{uuid}"))
-        if not env.ok and env.code != 404:
-            raise AttestationError(f"verifier refused to delete {uuid}: {env.code} {env.status}")
+        for base in self._verifier_of(uuid):
+            env = self.http.request("DELETE", self._url(base, f"/agents/{uuid}"))
+            if not env.ok and env.code != 404:
+                raise AttestationError(f"verifier refused to delete {uuid}: {env.code} {env.status}")
+        self._where.pop(uuid, None)

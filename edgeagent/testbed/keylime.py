@@ -44,8 +44,10 @@ class Keylime:
     """
 
     def __init__(self, root: Path, settings: keylime_config.KeylimeSettings, *,
-                 webhook_port: int | None = None) -> None:
+                 webhook_port: int | None = None, cv_ca: Path | None = None) -> None:
+        """``cv_ca``: another deployment's Keylime CA this one uses (see `another_verifier`)."""
         self.root = root
+        self._cv_ca = cv_ca
         self.settings = settings
         self.webhook_port = webhook_port
         """The port `settings.webhook_url` points at when the test reserved it (nothing listens on it)."""
@@ -93,7 +95,7 @@ class Keylime:
 
     @property
     def cv_ca(self) -> Path:
-        return self.var / "cv_ca"
+        return self._cv_ca or self.var / "cv_ca"
 
     @property
     def ca_cert(self) -> Path:
@@ -161,6 +163,18 @@ class Keylime:
             raise ConfigError(f"{exe} missing: run `make keylime` (scripts/install-keylime.sh)")
         # Keylime's parents ignore SIGTERM; `procs.start` gives each a process group for `procs.stop`.
         return procs.start([exe], log=log, env=self.env, cwd=self.var)
+
+    def another_verifier(self, root: Path, *, verifier_id: str = "v2") -> Keylime:
+        """One more verifier of this deployment (not started: `start_verifier`): the same registrar and CA
+        (its tls_dir is this one's cv_ca) and webhook, a database and ports of its own; what several
+        verifiers behind one controller look like."""
+        # Keylime reads a "default" CA from KEYLIME_DIR/cv_ca, whatever tls_dir says: name it.
+        ca = f"['{self.ca_cert}']"
+        verifier = {**self.settings.extra.get("verifier", {}), "tls_dir": str(self.cv_ca),
+                    "trusted_client_ca": ca, "trusted_server_ca": ca, "uuid": verifier_id}
+        settings = replace(self.settings, verifier_port=procs.free_port(), zmq_port=procs.free_port(),
+                           extra={**self.settings.extra, "verifier": verifier})
+        return Keylime(root, settings, webhook_port=self.webhook_port, cv_ca=self.cv_ca)
 
     # ------------------------------------------------------------ clients
     def ssl_context(self) -> ssl.SSLContext:

@@ -56,7 +56,8 @@ def make(tmp_path: Path):
         keylime = FakeKeylime({f"dev-{i}-agent": _state(f"dev-{i}-agent") for i in range(n)})
         settings = Settings(registrar_url="https://r", verifier_url="https://v",
                             keylime_ca_dir=tmp_path,
-                            ek_ca_store=tmp_path / "ek-ca.pem", api_server_url="https://a", api_server_ca_pem="",
+                            ek_ca_store=tmp_path / "ek-ca.pem", api_server_url="https://a",
+                            api_server_ca_pem="",
                             webhook_port=None, status_interval=3600.0)
         controller = Controller(k8s.ApiClient(), settings, keylime_client=keylime,  # type: ignore[arg-type]
                                 tls=object())  # type: ignore[arg-type]
