@@ -310,7 +310,8 @@ class Controller:
             except EdgeAgentError:
                 continue
             self.missing_rights = []
-            log.info("RBAC for CSRs granted now: watching and approving CSRs")
+            # warning, like the gap it ends: shown at the default level, next to the error line
+            log.warning("RBAC for CSRs granted now: watching and approving CSRs")
             self.csr_watch.start()  # a start racing stop() ends at once: the watch's stop flag is set
             return
 

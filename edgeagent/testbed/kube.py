@@ -52,10 +52,11 @@ KCM_CONTROLLERS = ("csrsigning", "csrcleaner", "bootstrapsigner", "tokencleaner"
                    "serviceaccount", "namespace")
 NODE_KCM_CONTROLLERS = ("nodelifecycle", "taint-eviction-controller", "podgc", "garbagecollector",
                         "deployment", "replicaset", "endpointslice", "persistentvolume-binder",
-                        "root-ca-cert-publisher")
+                        "pvc-protection", "root-ca-cert-publisher")
 """Added when the cluster serves real kubelets (``nodes=True``): Node health, eviction of the pods of a node
 tainted NoExecute (its own controller since 1.29; part of nodelifecycle before), and what running workloads
-from a chart needs (Deployments, owner-based garbage collection, the kube-root-ca.crt ConfigMap)."""
+from a chart needs (Deployments, owner-based garbage collection, the kube-root-ca.crt ConfigMap, claims that
+can be deleted: pvc-protection removes their finalizer once no pod uses them)."""
 
 
 def kube_release() -> str:

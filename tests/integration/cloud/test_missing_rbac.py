@@ -169,6 +169,9 @@ def test_controller_without_csr_rbac_says_so_once_goes_on_and_resumes_when_grant
         rbac.replace_cluster_role(role.metadata.name, role)
         procs.wait_for(lambda: c.csr_watch.alive and c.csr_watch.healthy, timeout=15, what="the CSR watch")
         assert c.missing_rights == []
+        assert [r.levelno for r in caplog.records if "RBAC for CSRs granted now" in r.getMessage()] == [
+            logging.WARNING
+        ]
         assert len(core.list_namespaced_event(NAMESPACE, field_selector=selector).items) == 1
     finally:
         c.stop()
