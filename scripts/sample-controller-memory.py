@@ -59,7 +59,7 @@ def working_set(cg: Path) -> int:
     return max(usage - inactive, 0)
 
 
-def sample(pid: int) -> dict[str, int]:
+def sample(pid: int, node: str) -> dict[str, int]:
     status = dict(
         ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in ln
     )
@@ -70,7 +70,7 @@ def sample(pid: int) -> dict[str, int]:
             if ln.startswith("Pss:"):
                 out["pss"] = int(ln.split()[1]) * 1024
     cg = memory_cgroup(pid)
-    if cg is not None:
+    if cg is not None and f"/edgeagent-{node}/" in str(cg):  # not yet moved into its container's cgroup: skip
         out["working_set"] = working_set(cg)
     return out
 
@@ -95,7 +95,7 @@ def main() -> int:
     while not stop and (not args.duration or time.monotonic() - t0 < args.duration):
         for pid in controller_pids(args.node):
             try:
-                s = sample(pid)
+                s = sample(pid, args.node)
             except (OSError, KeyError, ValueError):
                 continue  # it exited between finding and reading
             last = s

@@ -88,10 +88,13 @@ class KubeCluster:
     """etcd, kube-apiserver and kube-controller-manager as process groups, with their PKI on disk."""
 
     def __init__(self, root: Path, *, signing_duration: str = "1h", admin_token: bool = False,
-                 nodes: bool = False) -> None:
+                 nodes: bool = False, extra_ips: tuple[str, ...] = ()) -> None:
         """``nodes``: serve real kubelets too: kube-scheduler, the node lifecycle and taint eviction
-        controllers, and the API server's kubelet client (by node InternalIP, with its own certificate)."""
+        controllers, and the API server's kubelet client (by node InternalIP, with its own certificate).
+        ``extra_ips``: more addresses in the API server's certificate (it still listens on loopback only: a
+        relay on such an address, e.g. a node bridge's, lets pods on that node's network reach it)."""
         self.root = root
+        self.extra_ips = extra_ips
         self.nodes = nodes
         self.scheduler: subprocess.Popen | None = None
         self.signing_duration = signing_duration
@@ -119,7 +122,7 @@ class KubeCluster:
         self.ca = kube_pki.make_ca("edgeagent-test-cluster-ca")
         self.signing = kube_pki.make_ca("edgeagent-test-csr-signer")
         serving = kube_pki.issue(
-            self.ca, "kube-apiserver", server=True, ips=["127.0.0.1", "10.0.0.1"],
+            self.ca, "kube-apiserver", server=True, ips=["127.0.0.1", "10.0.0.1", *self.extra_ips],
             dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"])
         admin = kube_pki.issue(self.ca, "edgeagent-test-admin", orgs=["system:masters"], client=True)
         kcm = kube_pki.issue(self.ca, "system:kube-controller-manager", orgs=["system:masters"], client=True)
