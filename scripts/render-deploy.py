@@ -27,7 +27,13 @@ FILES = {  # file -> kinds it holds (Namespace: made here, helm creates it with 
         "Service/edgeagent-join",
         "ConfigMap/edgeagent-ek-ca",
     ),
-    "keylime.yaml": ("ConfigMap/keylime-config", "PersistentVolumeClaim", "Deployment", "Service"),
+    "keylime.yaml": (
+        "ConfigMap/keylime-config",
+        "ConfigMap/keylime-probe",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+    ),
     "networkpolicy.yaml": ("NetworkPolicy",),
 }
 

@@ -105,6 +105,7 @@ def register(app: typer.Typer) -> None:
         ] = 0.0,
     ) -> None:
         """Attest edge devices with Keylime and issue/withdraw their node credentials (runs until stopped)."""
+        from edgeagent.cloud import selfcheck
         from edgeagent.cloud.controller import Controller, Settings
 
         host, port = parse_listen(webhook_listen)
@@ -141,6 +142,7 @@ def register(app: typer.Typer) -> None:
             resync_interval=resync_interval,
             join_host=join_host,
             join_port=join_port,
+            self_ref=selfcheck.SelfRef.from_env(),  # its Pod, when the chart passes the downward API
         )
         if poll_interval is not None:  # the default lives in Settings, once
             settings = dataclasses.replace(settings, poll_interval=poll_interval)

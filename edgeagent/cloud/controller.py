@@ -15,7 +15,10 @@ Threads, and what each owns:
   ``watch-certificatesigningrequests.certificates.k8s.io``): each owns its stream and resume point, and only
   adds keys to the queue. They list once and then watch from the last resourceVersion, relisting only on 410
   Gone (or every ``Settings.resync_interval`` seconds if set: one LIST per kind, keys only for what changed).
-  A watch that fails backs off and retries; ``health()`` reports it.
+  A watch that fails backs off and retries; ``health()`` reports it. The CSR watch starts only once
+  ``selfcheck`` finds the rights to act on CSRs; while they are missing (reported once, in the log and an
+  Event on the controller's Pod) the ``IDENTITY-csr-rights`` thread asks again every
+  ``Settings.rights_recheck_interval`` seconds and starts the watch when they are granted.
 - the lease elector (``lease-IDENTITY``): owns the Lease; on winning it makes sure the cluster objects exist
   and queues every EdgeNode the watch knows (no request).
 - the webhook server's threads: verify Keylime's revocation notifications and revoke directly, under the
@@ -53,7 +56,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client as k8s
 
-from edgeagent.cloud import bootstrap, crd, ekcheck, joinserver, keylime, leader, revoke, tenant, webhook
+from edgeagent.cloud import (
+    bootstrap,
+    crd,
+    ekcheck,
+    joinserver,
+    keylime,
+    leader,
+    revoke,
+    selfcheck,
+    tenant,
+    webhook,
+)
 from edgeagent.cloud import csr as csr_mod
 from edgeagent.errors import ClusterError, ConfigError, EdgeAgentError
 from edgeagent.kube import errors as kube_errors
@@ -129,6 +143,10 @@ class Settings:
     None: not served (pull-mode devices only). TLS with ``webhook_cert``/``webhook_key`` when set (no client
     certificate: devices have none yet; the material is sealed to each device's TPM)."""
     install_crd: bool = False
+    self_ref: selfcheck.SelfRef | None = None
+    """What Events about the controller itself point at (its Pod, from the downward API); None: its Lease."""
+    rights_recheck_interval: float = 30.0
+    """Seconds between two checks of the CSR rights while they are missing."""
     watch_timeout: int = 300
     """Seconds one watch request lasts on the API server (timeoutSeconds; each request gets 1-1.5 times it);
     the next one resumes from the last resourceVersion, so this costs no list."""
@@ -251,6 +269,8 @@ class Controller:
         """(time, event, node) of the latest verified webhook notifications, as received."""
         self.auto_approval: list[str] = []
         """ClusterRoleBindings that approve kubelet certificates without this controller (seen on leading)."""
+        self.missing_rights: list[selfcheck.Right] = []
+        """CSR rights the API server said this controller lacks (empty once they are granted)."""
         self.actions: deque[tuple[float, str, str]] = deque(maxlen=HISTORY)
         """(time, action, node) of the latest state-changing actions, for tests and the bench."""
 
@@ -276,7 +296,14 @@ class Controller:
             ).start()
         self.elector.start()
         self.edgenode_watch.start()
-        self.csr_watch.start()
+        if self._csr_rights_granted():
+            self.csr_watch.start()
+        else:
+            t = threading.Thread(
+                target=self._await_csr_rights, name=f"{self.s.identity}-csr-rights", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
         for k in range(max(1, self.s.workers)):
             t = threading.Thread(target=self._worker, name=f"{self.s.identity}-worker-{k}", daemon=True)
             t.start()
@@ -285,6 +312,48 @@ class Controller:
         t.start()
         self._threads.append(t)
         return self
+
+    def _csr_rights_granted(self) -> bool:
+        """Whether this controller may watch and approve CSRs; when not, says so once (log line and Event).
+
+        It goes on without them rather than exit: attestation and revocation need no CSR right, and an exiting
+        controller would stop revoking the devices already enrolled (a missing grant must fail closed, not
+        open). Without the rights no credential is approved. Unknown (no answer now) counts as granted: the
+        CSR watch then reports its own failures.
+        """
+        try:
+            lacking = selfcheck.missing(self.api, selfcheck.CSR_RIGHTS)
+        except EdgeAgentError as e:
+            log.warning("cannot check this controller's rights on CSRs (%s); watching them anyway", e)
+            return True
+        if not lacking:
+            return True
+        self.missing_rights = lacking
+        message = (
+            f"no RBAC for CSRs: this controller may not {selfcheck.describe(lacking)}, so it approves no "
+            f"node credential until its ClusterRole grants that (deploy/rbac.yaml); checking again every "
+            f"{self.s.rights_recheck_interval:g} s"
+        )
+        log.error("%s", message)
+        about = self.s.self_ref or selfcheck.SelfRef.lease(self.s.lease_name, self.s.lease_namespace)
+        component = self.access.component
+        selfcheck.warn(self.api, about, reason="MissingRBAC", message=message, component=component)
+        return False
+
+    def _await_csr_rights(self) -> None:
+        """The ``IDENTITY-csr-rights`` thread: asks again until the rights are granted, then starts the CSR
+        watch (its first list queues every pending CSR). Quiet meanwhile: the gap was reported once."""
+        while not self.stop_event.wait(self.s.rights_recheck_interval):
+            try:
+                if selfcheck.missing(self.api, selfcheck.CSR_RIGHTS):
+                    continue
+            except EdgeAgentError:
+                continue
+            self.missing_rights = []
+            # warning, like the gap it ends: shown at the default level, next to the error line
+            log.warning("RBAC for CSRs granted now: watching and approving CSRs")
+            self.csr_watch.start()  # a start racing stop() ends at once: the watch's stop flag is set
+            return
 
     def stop(self) -> None:
         self.stop_event.set()

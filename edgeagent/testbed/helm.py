@@ -50,10 +50,13 @@ class Helm:
         return path
 
     def install(self, release: str, namespace: str, values: dict[str, Any], *, upgrade: bool = False,
-                wait: str = "120s") -> str:
+                wait: str | None = "120s") -> str:
+        """``wait``: helm's --timeout for the release to be ready; None: return once the objects exist (for
+        releases that are meant not to become ready)."""
         verb = ["upgrade", release] if upgrade else ["install", release]
+        waiting = ["--wait", "--timeout", wait] if wait is not None else []
         return self.run(*verb, str(CHART), "--namespace", namespace, "--create-namespace",
-                        "--values", str(self.values_file(release, values)), "--wait", "--timeout", wait)
+                        "--values", str(self.values_file(release, values)), *waiting)
 
     def uninstall(self, release: str, namespace: str) -> str:
         return self.run("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "120s")

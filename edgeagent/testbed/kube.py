@@ -52,10 +52,11 @@ KCM_CONTROLLERS = ("csrsigning", "csrcleaner", "bootstrapsigner", "tokencleaner"
                    "serviceaccount", "namespace")
 NODE_KCM_CONTROLLERS = ("nodelifecycle", "taint-eviction-controller", "podgc", "garbagecollector",
                         "deployment", "replicaset", "endpointslice", "persistentvolume-binder",
-                        "root-ca-cert-publisher")
+                        "pvc-protection", "root-ca-cert-publisher")
 """Added when the cluster serves real kubelets (``nodes=True``): Node health, eviction of the pods of a node
 tainted NoExecute (its own controller since 1.29; part of nodelifecycle before), and what running workloads
-from a chart needs (Deployments, owner-based garbage collection, the kube-root-ca.crt ConfigMap)."""
+from a chart needs (Deployments, owner-based garbage collection, the kube-root-ca.crt ConfigMap, claims that
+can be deleted: pvc-protection removes their finalizer once no pod uses them)."""
 
 
 def kube_release() -> str:
@@ -87,13 +88,17 @@ class KubeCluster:
     """etcd, kube-apiserver and kube-controller-manager as process groups, with their PKI on disk."""
 
     def __init__(self, root: Path, *, signing_duration: str = "1h", admin_token: bool = False,
-                 nodes: bool = False, audit_policy: str | None = None) -> None:
+                 nodes: bool = False, audit_policy: str | None = None,
+                 extra_ips: tuple[str, ...] = ()) -> None:
         """``nodes``: serve real kubelets too: kube-scheduler, the node lifecycle and taint eviction
         controllers, and the API server's kubelet client (by node InternalIP, with its own certificate);
-        ``audit_policy``: an audit Policy (YAML) the API server logs by, as JSON lines to ``audit_log``."""
+        ``audit_policy``: an audit Policy (YAML) the API server logs by, as JSON lines to ``audit_log``;
+        ``extra_ips``: more addresses in the API server's certificate (it still listens on loopback only: a
+        relay on such an address, e.g. a node bridge's, lets pods on that node's network reach it)."""
         self.root = root
         self.audit_policy = audit_policy
         self.audit_log = root / "logs" / "audit.log"
+        self.extra_ips = extra_ips
         self.nodes = nodes
         self.scheduler: subprocess.Popen | None = None
         self.signing_duration = signing_duration
@@ -121,7 +126,7 @@ class KubeCluster:
         self.ca = kube_pki.make_ca("edgeagent-test-cluster-ca")
         self.signing = kube_pki.make_ca("edgeagent-test-csr-signer")
         serving = kube_pki.issue(
-            self.ca, "kube-apiserver", server=True, ips=["127.0.0.1", "10.0.0.1"],
+            self.ca, "kube-apiserver", server=True, ips=["127.0.0.1", "10.0.0.1", *self.extra_ips],
             dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"])
         admin = kube_pki.issue(self.ca, "edgeagent-test-admin", orgs=["system:masters"], client=True)
         kcm = kube_pki.issue(self.ca, "system:kube-controller-manager", orgs=["system:masters"], client=True)

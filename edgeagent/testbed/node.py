@@ -78,7 +78,8 @@ def _used_subnets() -> set[ipaddress.IPv4Network]:
     return nets
 
 
-def _pick_subnet() -> ipaddress.IPv4Network:
+def pick_subnet() -> ipaddress.IPv4Network:
+    """A free 10.2xx.y.0/24 for a node's bridge (picked first when the cluster must know the node IP)."""
     used = _used_subnets()
     for _ in range(200):
         net = ipaddress.IPv4Network(f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24")
@@ -94,7 +95,7 @@ class KubeletNode:
     """
 
     def __init__(self, root: Path, *, name: str, kubeconfig: Path, cluster_ca: Path, bin_dir: Path,
-                 bootstrap: bool = False) -> None:
+                 bootstrap: bool = False, subnet: ipaddress.IPv4Network | None = None) -> None:
         """``bootstrap``: ``kubeconfig`` is a bootstrap credential, as with kubeadm's TLS bootstrapping: the
         kubelet makes its own key and asks for a certificate through the standard kubelet CSR flow (which
         the attestation controller must refuse: that key is not bound to the TPM)."""
@@ -106,7 +107,7 @@ class KubeletNode:
         self.kubelet_exe = bin_dir / "kubelet"
         self.logs = root / "logs"
         self.bridge = f"ea{random.getrandbits(32):08x}"[:15]
-        self.subnet = _pick_subnet()
+        self.subnet = subnet or pick_subnet()  # the bridge's; its first address is the node IP
         self.node_ip = str(self.subnet.network_address + 1)
         self.cgroup = f"edgeagent-{name}"
         self.containerd_sock = root / "containerd" / "containerd.sock"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from edgeagent.cloud import crd
+from edgeagent.cloud import crd, revoke
 from edgeagent.testbed import images, kube_pki, worker
 from edgeagent.testbed.cluster_side import pin_device
 from edgeagent.testbed.helm import Helm, HelmError
@@ -59,6 +59,23 @@ class Installed:
 
     def pods(self) -> dict[str, str]:
         return {p.metadata.name: p.status.phase for p in self.core.list_namespaced_pod(NAMESPACE).items}
+
+
+def pod_of(inst: Installed, app: str) -> k8s.V1Pod:
+    """The one running pod of app.kubernetes.io/name=``app`` (not one that is being deleted)."""
+    listed = inst.core.list_namespaced_pod(NAMESPACE, label_selector=f"app.kubernetes.io/name={app}")
+    pods = [p for p in listed.items if p.metadata.deletion_timestamp is None]
+    assert len(pods) == 1, [p.metadata.name for p in pods]
+    return pods[0]
+
+
+def ready(pod: k8s.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def pod_events(inst: Installed, pod: k8s.V1Pod) -> list[k8s.CoreV1Event]:
+    selector = f"involvedObject.uid={pod.metadata.uid}"
+    return inst.core.list_namespaced_event(NAMESPACE, field_selector=selector).items
 
 
 def chart_values(cluster: KubeCluster, ek_ca: Path, ports: dict[str, int]) -> dict[str, Any]:
@@ -124,6 +141,88 @@ def installed(swtpm_template: SoftwareTpm, tmp_path_factory: pytest.TempPathFact
             values = chart_values(cluster, swtpm_template.ca_cert, ports)
             helm.install(RELEASE, NAMESPACE, values, wait="180s")
             yield Installed(cluster, node, helm, values, ports)
+
+
+def test_keylime_with_an_unwritable_database_volume_is_not_ready(installed: Installed) -> None:
+    """The registrar's data volume turned read-only for the Keylime user under the running pod (as a volume
+    remounted read-only, or one owned by another user, would be): the pod must stop being Ready, with the
+    reason in its Events, and be Ready again once the volume is writable."""
+    inst = installed
+    pod = pod_of(inst, "keylime-registrar")
+    assert ready(pod)
+    data = inst.node.root / "kubelet/pods" / pod.metadata.uid / "volumes/kubernetes.io~empty-dir/data"
+    assert (data / "reg_data.sqlite").is_file()
+    mode = data.stat().st_mode & 0o7777
+    try:
+        data.chmod(0o555)  # owned by root: the Keylime user (65532) may no longer create files there
+        procs.wait_for(
+            lambda: not ready(inst.core.read_namespaced_pod(pod.metadata.name, NAMESPACE)),
+            timeout=60,
+            what="the registrar pod to turn unready",
+        )
+        said = [e.message for e in pod_events(inst, pod) if e.reason == "Unhealthy"]
+        why = "/var/lib/keylime is not writable by uid 65532"
+        assert any("Readiness probe failed" in m and why in m for m in said), said
+    finally:
+        data.chmod(mode)
+    procs.wait_for(
+        lambda: ready(inst.core.read_namespaced_pod(pod.metadata.name, NAMESPACE)),
+        timeout=60,
+        what="the registrar pod to be ready again",
+    )
+
+
+def test_controller_without_rbac_for_csrs_says_so_in_an_event_on_its_pod(installed: Installed) -> None:
+    """The chart's controller ClusterRole without its certificates.k8s.io rules: the restarted controller
+    reports it in one log line and a Warning Event on its own Pod, keeps running, and starts approving once
+    the rules are back."""
+    inst = installed
+    rbac = k8s.RbacAuthorizationV1Api(inst.api)
+    role_name = "edgeagent:attestation-controller"
+    rules = rbac.read_cluster_role(role_name).rules
+    before = pod_of(inst, "edgeagent-attestation-controller").metadata.name
+    try:
+        role = rbac.read_cluster_role(role_name)
+        role.rules = [r for r in rules if "certificates.k8s.io" not in (r.api_groups or [])]
+        rbac.replace_cluster_role(role_name, role)
+        restart = {"spec": {"template": {"metadata": {"annotations": {"edgeagent.io/test-restart": before}}}}}
+        apps = k8s.AppsV1Api(inst.api)
+        apps.patch_namespaced_deployment("edgeagent-attestation-controller", NAMESPACE, restart)
+
+        def new_pod() -> k8s.V1Pod | None:
+            try:
+                pod = pod_of(inst, "edgeagent-attestation-controller")
+            except AssertionError:
+                return None
+            return pod if pod.metadata.name != before and pod.status.phase == "Running" else None
+
+        procs.wait_for(lambda: new_pod() is not None, timeout=90, what="the restarted controller pod")
+        pod = new_pod()
+        assert pod is not None
+
+        def missing_rbac() -> list[k8s.CoreV1Event]:
+            return [e for e in pod_events(inst, pod) if e.reason == "MissingRBAC"]
+
+        procs.wait_for(missing_rbac, timeout=60, what="a MissingRBAC Event on the controller's pod")
+        (event,) = missing_rbac()
+        assert event.type == "Warning" and event.involved_object.kind == "Pod"
+        assert "certificatesigningrequests" in event.message and "approve signers" in event.message
+        def log() -> str:
+            return inst.core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, container="controller")
+
+        about = [ln for ln in log().splitlines() if "certificatesigningrequests" in ln]
+        assert len(about) == 1 and event.message in about[0], log()
+        still = inst.core.read_namespaced_pod(pod.metadata.name, NAMESPACE)
+        assert still.status.phase == "Running" and still.status.container_statuses[0].restart_count == 0
+    finally:
+        role = rbac.read_cluster_role(role_name)
+        role.rules = rules
+        rbac.replace_cluster_role(role_name, role)
+    # granted again: the same pod takes it up at its next check (every 30 s), no restart
+    procs.wait_for(
+        lambda: "RBAC for CSRs granted now" in log(), timeout=60, what="the controller to see its rights back"
+    )
+    procs.wait_for(lambda: before not in inst.pods(), timeout=60, what="the old controller pod to go")
 
 
 def test_a_device_enrolls_is_revoked_and_recovers_through_the_charts_pods(
@@ -289,12 +388,15 @@ def test_uninstall_leaves_nothing_of_the_release(installed: Installed) -> None:
     keeps rights that nobody would revoke."""
     inst = installed
     rbac = k8s.RbacAuthorizationV1Api(inst.api)
+    # A grant made as the controller makes one for an attested node: the devices of the tests above may be
+    # revoked by now (the verifier fails a stopped agent within seconds), taking their grants with them.
+    revoke.Access(inst.api).grant("chart-uninstall")
     granted = [
         b.metadata.name
         for b in rbac.list_cluster_role_binding().items
         if b.metadata.name.startswith("edgeagent-node-")
     ]
-    assert granted, "the enrolled device's grant should exist before the uninstall"
+    assert revoke.binding_name("chart-uninstall") in granted
     inst.helm.uninstall(RELEASE, NAMESPACE)
     procs.wait_for(lambda: not inst.pods(), timeout=60, what="the chart's pods to go")
     selector = f"app.kubernetes.io/instance={RELEASE}"
@@ -313,3 +415,27 @@ def test_uninstall_leaves_nothing_of_the_release(installed: Installed) -> None:
     procs.wait_for(
         lambda: not leftover(), timeout=30, what=f"no edgeagent ClusterRoleBindings ({leftover()})"
     )
+
+
+def test_keylime_volume_claim_that_cannot_bind_keeps_the_pods_pending(installed: Installed) -> None:
+    """After the uninstall: persistence on, but no volume can ever bind (a StorageClass nothing provides): the
+    Keylime pods are not Ready, and their PodScheduled condition names the unbound claim."""
+    inst = installed
+    keylime = {**inst.values["keylime"], "persistence": {"enabled": True, "storageClass": "chart2-none"}}
+    inst.helm.install(RELEASE, NAMESPACE, {**inst.values, "keylime": keylime}, wait=None)
+    try:
+
+        def unscheduled(app: str) -> str | None:
+            try:
+                pod = pod_of(inst, app)
+            except AssertionError:  # not created yet
+                return None
+            cond = next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
+            return cond.message if cond and cond.status == "False" else None
+
+        for app in ("keylime-verifier", "keylime-registrar"):
+            procs.wait_for(lambda app=app: unscheduled(app), timeout=60, what=f"{app} to be held back")
+            assert not ready(pod_of(inst, app))
+            assert "unbound immediate PersistentVolumeClaims" in (unscheduled(app) or "")
+    finally:
+        inst.helm.uninstall(RELEASE, NAMESPACE)

@@ -22,7 +22,8 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- .Values.keylime.webhookURL | default (printf "https://edgeagent-attestation-webhook.%s.svc:%v/revocation" .Release.Namespace .Values.controller.webhookPort) -}}
 {{- end }}
 
-{{/* Pod-level settings every pod of the chart shares: non-root, no privilege, the runtime's seccomp profile. */}}
+{{/* Pod-level settings every pod of the chart shares: non-root, no privilege, the runtime's seccomp profile;
+the node's network when .hostNetwork (a dict: the controller and Keylime may differ). */}}
 {{- define "edgeagent.podSecurity" -}}
 securityContext:
   runAsNonRoot: true
@@ -31,10 +32,15 @@ securityContext:
   fsGroup: 65532
   seccompProfile:
     type: RuntimeDefault
-{{- if .Values.hostNetwork }}
+{{- if .hostNetwork }}
 hostNetwork: true
 dnsPolicy: ClusterFirstWithHostNet
 {{- end }}
+{{- end }}
+
+{{/* "true" when the Keylime pods share the node's network: keylime.hostNetwork, or hostNetwork when unset. */}}
+{{- define "edgeagent.keylimeHostNetwork" -}}
+{{- if kindIs "invalid" .Values.keylime.hostNetwork }}{{ .Values.hostNetwork }}{{ else }}{{ .Values.keylime.hostNetwork }}{{ end -}}
 {{- end }}
 
 {{- define "edgeagent.containerSecurity" -}}
