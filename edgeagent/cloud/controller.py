@@ -172,9 +172,10 @@ class _Memory:
     """K of the last delivery: lets a restore send fresh join material without re-adding the agent."""
     revocation_cert_pem: str | None = None
     revocation_private: rsa.RSAPrivateKey | None = None
-    """Push mode: the enrollment's revocation key, which signs the join endpoint's revocation answers (the
-    device holds its certificate); kept only in memory: after a restart revocations go unsigned and the
-    device keeps its files until renewal is refused."""
+    """The enrollment's revocation key (the device holds its certificate): signs the join endpoint's
+    revocation answers (push mode) and the revocation forwarded to the device (pull mode); kept only in
+    memory: after a restart revocations go unsigned and the device keeps its files until renewal is
+    refused (or Keylime's agent notifier tells it)."""
     sealed: push.Sealed | None = None
     """Push mode: the join material of the current period, sealed to the device's TPM; sealed as soon as the
     agent is added (or access restored), handed out only while the verifier passes the device."""
@@ -661,6 +662,7 @@ class Controller:
         )
         mem = self.memory[f"node/{en.name}"]
         mem.revocation_key = revocation_key.public_key()
+        mem.revocation_private = revocation_key  # signs the revocation this controller forwards to the device
         mem.split_key, mem.revocation_cert_pem = key, revocation_cert
         self.edgenodes.patch_status(
             en.name,
@@ -875,11 +877,32 @@ class Controller:
         self.queue.add(f"node/{name}", self.s.pending_interval)
 
     def _revoke(self, en: crd.EdgeNode, reason: str, message: str) -> crd.EdgeNode:
-        self.memory[f"node/{en.name}"].revoked_at = time.time()
-        self.memory[f"node/{en.name}"].sealed = None  # the join endpoint stops handing out material
+        mem = self.memory[f"node/{en.name}"]
+        mem.revoked_at = time.time()
+        mem.sealed = None  # the join endpoint stops handing out material
         updated = self.access.revoke(en, reason, message)
         self._record("revoke", en.name)
+        if en.spec.mode != "push" and mem.revocation_private is not None:
+            threading.Thread(target=self._tell_device, args=(en, mem.revocation_private, reason),
+                             name=f"{self.s.identity}-tell-{en.name}", daemon=True).start()
         return updated
+
+    def _tell_device(self, en: crd.EdgeNode, key: rsa.RSAPrivateKey, reason: str) -> None:
+        """Pull mode (a thread of its own, best effort): the revoked device, and only it, is told, signed
+        with its enrollment's revocation key, so it drops its credential. Keylime's "agent" notifier does
+        the same by telling every agent it polls of every revocation: N x N requests when a fleet is
+        revoked at once (`edgeagent bench fleet`), so at scale it can be switched off."""
+        msg = {"type": "revocation", "agent_id": en.spec.agent_uuid, "event_id": f"edgeagent.{reason}",
+               "node": en.name, "time": int(time.time())}
+        try:
+            agent = self.keylime.registrar_agent(en.spec.agent_uuid)
+            if agent is None:
+                return
+            client = tenant.AgentClient(agent, self.tls, address=en.spec.agent_address, timeout=5.0)
+            client.post_revocation(protocol.sign_revocation(msg, key))
+            self._record("told-device", en.name)
+        except (EdgeAgentError, ClusterError) as e:
+            log.info("could not tell %s of its revocation (it learns at its next renewal): %s", en.name, e)
 
     # ------------------------------------------------------------ CSRs
     def reconcile_csr(self, name: str) -> float | None:

@@ -155,6 +155,13 @@ class AgentClient:
             raise QuoteVerificationError(f"agent {self.agent.uuid} quote lacks PCRs {missing}")
         return {i: quote.pcr_values[i] for i in pcrs}
 
+    def post_revocation(self, signed: dict[str, str]) -> None:
+        """`POST /v2.x/notifications/revocation`: a revocation signed with the enrollment's revocation key,
+        to this agent only (what Keylime's "agent" notifier sends to every agent it polls)."""
+        env = self.http.request("POST", f"{self.base}/v{self.api_version()}/notifications/revocation", signed)
+        if not env.ok:
+            raise AttestationError(f"agent {self.agent.uuid} refused the revocation: {env.code} {env.status}")
+
     def post_ukey(self, nk: rsa.RSAPublicKey, key: SplitKey, payload: bytes) -> None:
         body = {
             "encrypted_key": base64.b64encode(protocol.encrypt_key_share(nk, key.u)).decode(),
