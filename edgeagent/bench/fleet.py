@@ -245,6 +245,10 @@ def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interv
                         baseline=f"{label}: CPU bound (all CPU s / {cores} cores)",
                         target=CPU_BOUND_TARGET, target_is_ratio=True))
         report.add(Case(f"{label}: CPU of processes outside the testbed meanwhile", [out["other_cpu_s"]]))
+        report.add(Case(f"{label}: machine CPU bound (every process's CPU s / {cores} cores)",
+                        [machine / cores]))
+        report.add(Case(f"{label}: first boot -> last credential vs the machine's bound", [wall],
+                        baseline=f"{label}: machine CPU bound (every process's CPU s / {cores} cores)"))
         report.add(Case(f"{label}: enrollments per second", [out["enrollments_per_s"]], unit="/s",
                         higher_is_better=True))
         report.add(Case(f"{label}: controller share of all CPU", [out["controller_cpu_share_pct"]], unit="%",
