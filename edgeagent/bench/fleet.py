@@ -123,10 +123,13 @@ class Recorder:
 
 def run(config: Any, *, repeat: int = 1, sizes: Sequence[int] = SIZES, quote_interval: float = 2.0,
         settle: float = 10.0, window: float = 10.0, plot: Path | None = None,
-        keep: Path | None = None, agent_notifications: bool = True, out: Path | None = None) -> Report:
+        keep: Path | None = None, agent_notifications: bool = True, out: Path | None = None,
+        verifier_workers: int = 1) -> Report:
     """``keep``: run in this directory and leave it (every process's log) instead of a temporary one;
     ``out``: the JSON report, rewritten after each size (a long run keeps what it measured). A size that
-    fails is recorded (``per_n[N]["error"]``) and the next one runs."""
+    fails is recorded (``per_n[N]["error"]``) and the next one runs; ``verifier_workers``: Keylime's
+    verifier processes (its num_workers; each sends at most 10 requests to agents at once, tornado's
+    default AsyncHTTPClient)."""
     from edgeagent.testbed import fleet
 
     if not sizes or min(sizes) < 1:
@@ -137,7 +140,8 @@ def run(config: Any, *, repeat: int = 1, sizes: Sequence[int] = SIZES, quote_int
     load_before = os.getloadavg()
     report.meta.update({"sizes": list(sizes), "quote_interval_s": quote_interval, "cores": cores,
                         "settle_s": settle, "window_s": window, "agent_notifications": agent_notifications,
-                        "loadavg_before": load_before, "machine": _machine(), "per_n": {}})
+                        "verifier_workers": verifier_workers, "loadavg_before": load_before,
+                        "machine": _machine(), "per_n": {}})
     per_n: dict[int, dict[str, Any]] = report.meta["per_n"]
     with contextlib.ExitStack() as stack:
         tmp = keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeagent-bench-fleet-")))
@@ -146,6 +150,7 @@ def run(config: Any, *, repeat: int = 1, sizes: Sequence[int] = SIZES, quote_int
             try:
                 _one_size(tmp / f"n{n}", n, ca, tpms[:n], quote_interval=quote_interval,
                           agent_notifications=agent_notifications, settle=settle, window=window,
+                          verifier_workers=verifier_workers,
                           cores=cores, report=report, out=per_n[n])
             except (EdgeAgentError, TimeoutError, OSError) as e:
                 per_n[n]["error"] = str(e)  # what was measured before stays
@@ -171,13 +176,15 @@ def _machine() -> dict[str, Any]:
 
 def _one_size(root: Path, n: int, ca: Path, tpms: Sequence[Any], *, quote_interval: float, settle: float,
               window: float, cores: int, report: Report, agent_notifications: bool,
-              out: dict[str, Any]) -> dict[str, Any]:
+              out: dict[str, Any], verifier_workers: int = 1) -> dict[str, Any]:
     from edgeagent.testbed import fleet
     from edgeagent.testbed.cluster_side import CONTROLLER_USER, ClusterSide, pin_device
 
     side = ClusterSide(root / "cluster", [ca], controller_process=True, audit_users=[CONTROLLER_USER],
                        keylime_settings={"quote_interval": quote_interval,
-                                         "agent_notifications": agent_notifications})
+                                         "agent_notifications": agent_notifications,
+                                         "extra": {"verifier": {"num_workers": str(verifier_workers),
+                                                                "max_workers": str(verifier_workers)}}})
     devices: list[fleet.FleetDevice] = []
     recorder: Recorder | None = None
     try:

@@ -96,6 +96,9 @@ def _fleet(
         bool, typer.Option("--agent-notifications/--webhook-only",
                            help="Keylime's agent notifier on (each revocation to every agent) or off")
     ] = True,
+    verifier_workers: Annotated[
+        int, typer.Option(min=1, max=16, help="Keylime verifier worker processes (num_workers)")
+    ] = 1,
 ) -> None:
     import signal
 
@@ -106,7 +109,8 @@ def _fleet(
 
     signal.signal(signal.SIGTERM, terminate)
     report = fleet.run(None, sizes=_sizes(sizes), quote_interval=quote_interval, settle=settle, window=window,
-                       plot=plot, keep=keep, agent_notifications=agent_notifications, out=out)
+                       plot=plot, keep=keep, agent_notifications=agent_notifications, out=out,
+                       verifier_workers=verifier_workers)
     report.write_json(out)
     if json_:
         render.print_json(report.to_dict())
