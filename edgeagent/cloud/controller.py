@@ -46,7 +46,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client as k8s
 
-from edgeagent.cloud import bootstrap, crd, ekcheck, joinserver, keylime, leader, revoke, tenant, webhook
+from edgeagent.cloud import (
+    bootstrap,
+    crd,
+    ekcheck,
+    joinserver,
+    keylime,
+    leader,
+    revoke,
+    signingkey,
+    tenant,
+    webhook,
+)
 from edgeagent.cloud import csr as csr_mod
 from edgeagent.errors import ClusterError, ConfigError, EdgeAgentError
 from edgeagent.kube import errors as kube_errors
@@ -110,6 +121,9 @@ class Settings:
     """Port of the join endpoint push-mode devices fetch their sealed join material from (`joinserver`);
     None: not served (pull-mode devices only). TLS with ``webhook_cert``/``webhook_key`` when set (no client
     certificate: devices have none yet; the material is sealed to each device's TPM)."""
+    signing_secret: str = signingkey.SECRET_NAME
+    """Secret (in ``lease_namespace``, the controller's own) holding the key that signs the join endpoint's
+    revocation answers; created on first use (`signingkey`)."""
     install_crd: bool = False
     watch_timeout: int = 300
     """Seconds one watch request lasts on the API server (timeoutSeconds; each request gets 1-1.5 times it);
@@ -135,10 +149,6 @@ class _Memory:
     split_key: tenant.SplitKey | None = None
     """K of the last delivery: lets a restore send fresh join material without re-adding the agent."""
     revocation_cert_pem: str | None = None
-    revocation_private: rsa.RSAPrivateKey | None = None
-    """Push mode: the enrollment's revocation key, which signs the join endpoint's revocation answers (the
-    device holds its certificate); kept only in memory: after a restart revocations go unsigned and the
-    device keeps its files until renewal is refused."""
     sealed: push.Sealed | None = None
     """Push mode: the join material of the current period, sealed to the device's TPM; sealed as soon as the
     agent is added (or access restored), handed out only while the verifier passes the device."""
@@ -208,6 +218,8 @@ class Controller:
         )
         self.webhook: webhook.WebhookServer | None = None
         self.join_server: joinserver.JoinServer | None = None
+        self.signing_key = signingkey.SigningKey(api, settings.lease_namespace, settings.signing_secret)
+        """Signs the join endpoint's revocation answers; push-mode devices get its certificate."""
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
         """Failed reconciles ("key: error"), for tests and diagnostics; the last 100 are kept."""
@@ -583,9 +595,7 @@ class Controller:
             metadata={"edgenode": en.name, "mode": "push"},
         )
         mem = self.memory[f"node/{en.name}"]
-        mem.revocation_key = revocation_key.public_key()
-        mem.revocation_private = revocation_key
-        mem.revocation_cert_pem = tenant.revocation_certificate(revocation_key, en.name)
+        mem.revocation_key = revocation_key.public_key()  # Keylime's own notifications are signed with it
         mem.sealed = None
         public_pem = mem.revocation_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
@@ -610,12 +620,12 @@ class Controller:
         agent = self.keylime.registrar_agent(en.spec.agent_uuid)
         if agent is None:
             return
-        if mem.revocation_private is None:  # the controller restarted since the device was added
-            mem.revocation_private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            mem.revocation_cert_pem = tenant.revocation_certificate(mem.revocation_private, en.name)
+        # The certificate of the controller's persistent answer key (not of the enrollment's key, which
+        # Keylime holds): revocation answers stay verifiable on the device across controller restarts.
+        revocation_cert = tenant.revocation_certificate(self.signing_key.get(), en.name)
         token = bootstrap.create(self.api, node_name=en.name, ttl_seconds=self.s.token_ttl)
         material = tenant.JoinMaterial(self.s.api_server_url, self.s.api_server_ca_pem, token.token, en.name,
-                                       mem.revocation_cert_pem)
+                                       revocation_cert)
         mem.sealed = push.seal(agent_id=en.spec.agent_uuid, ek_public=agent.ek_tpm,
                                ak_name=tpm_attest.object_name(agent.aik_tpm), material=material.to_bytes())
         mem.sealed_at = time.monotonic()
@@ -640,9 +650,7 @@ class Controller:
             if en.phase == "Unattested":
                 msg = {"type": "revocation", "agent_id": agent_id, "event_id": "edgeagent.unattested",
                        "node": name, "time": int(time.time())}
-                revocation = {"msg": json.dumps(msg), "signature": "none"}
-                if mem.revocation_private is not None:
-                    revocation = protocol.sign_revocation(msg, mem.revocation_private)
+                revocation = protocol.sign_revocation(msg, self.signing_key.get())
                 return 403, {"state": "revoked", "revocation": revocation,
                              "detail": en.status.get("message") or "attestation failed"}
             state = self.keylime.agent_state(agent_id)

@@ -19,6 +19,7 @@ passes again, access comes back, and new sealed join material gets it a new cred
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ from edgeagent.cloud import keylime as ck
 from edgeagent.cloud.controller import Controller
 from edgeagent.protocol import keylime as keylime_protocol
 from edgeagent.protocol import push
+from edgeagent.testbed import keylime_config
 from edgeagent.testbed.cluster_side import pin_device
 from edgeagent.testbed.keylime import Keylime, make_settings
 from edgeagent.testbed.nat import DEVICE_IP, ROUTER_OUTER_IP, Nat, Relay, in_netns
@@ -87,8 +89,9 @@ def push_keylime(swtpm_template: SoftwareTpm, tmp_path_factory: pytest.TempPathF
         deployment.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def push_controller(kube_cluster: KubeCluster, push_keylime: Keylime) -> Iterator[Controller]:
+    """One per test (a test may stop it to restart the controller); its own Lease, so it leads at once."""
     api = least_privilege_client(kube_cluster)
     settings = controller_settings(
         kube_cluster, push_keylime, install_crd=False, lease_namespace="edgeagent-system",
@@ -152,8 +155,9 @@ class PushDevice:
         warnings about this agent (a failed policy check names the PCR and both values: a PCR 23 that
         differs from the pinned one at the first push means the measured tree, the edgeagent package of
         this checkout included, changed between `measure` and `enroll`)."""
-        parts = ["--- device log tail ---",
-                 self.log.read_text(errors="replace")[-4000:] if self.log.exists() else "(no log)"]
+        text = self.log.read_text(errors="replace") if self.log.exists() else "(no log)"
+        records = [ln for ln in text.splitlines() if ln[:2].isdigit()]  # log lines, not the --json events
+        parts = ["--- device log records ---", *records[-40:], "--- device log tail ---", text[-1500:]]
         if self.controller is not None:
             actions = [f"{t:.3f} {a}" for t, a, n in list(self.controller.actions) if n == self.name]
             errors = [e for e in list(self.controller.errors) if self.name in e]
@@ -354,6 +358,129 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
     node = k8s.CoreV1Api(api).read_node(dev.name)
     assert not node.spec.unschedulable
     assert not any(t.key == "edgeagent.io/unattested" for t in node.spec.taints or [])
+
+
+def _measure_and_pin(dev: PushDevice, api: k8s.ApiClient) -> str:
+    """What the operator does: `edgeagent measure` on the device, then an EdgeNode pinning its EK
+    certificate and the PCR 23 value; returns that value."""
+    measured = dev.run("measure")
+    assert measured.returncode == 0, measured.stderr
+
+    def ek_cert() -> bytes | None:
+        with Tpm.open(dev.tpm.tcti) as tpm:
+            return tpm_identity.load_ek(tpm).cert
+
+    cert_der = in_netns(dev.nat.device_ns, ek_cert)
+    assert cert_der is not None
+    pcr23 = dev.pcr23()
+    pin_device(api, dev.name, ek_cert=cert_der, agent_uuid=dev.agent_uuid, agent_address="",
+               mode="push", tpm_policy={"23": [pcr23]})
+    return pcr23
+
+
+def _enrolled(dev: PushDevice, api: k8s.ApiClient) -> None:
+    dev.start()
+    dev.wait(lambda: dev.kubeconfig.exists(), timeout=120, what="the device to write its kubelet kubeconfig")
+    dev.wait(lambda: _phase(api, dev.name) == "Enrolled", timeout=30,
+             what="the EdgeNode Enrolled")
+
+
+def _phase(api: k8s.ApiClient, name: str) -> str | None:
+    en = crd.EdgeNodes(api).get(name)
+    return en.phase if en is not None else None
+
+
+def _sessions(dev: PushDevice) -> int:
+    """Sessions the device opened (proofs of possession the verifier accepted), from its -v log."""
+    return dev.log.read_text(errors="replace").count("push: proved possession of the AK")
+
+
+@contextlib.contextmanager
+def _verifier_settings(keylime: Keylime, *, quote_interval: float, **verifier: str) -> Iterator[None]:
+    """The push verifier restarted with other settings (its database, so its agents, stay), and restarted
+    with its own again afterwards."""
+    original = keylime.settings
+    changed = dataclasses.replace(original, quote_interval=quote_interval, extra={
+        **original.extra, "verifier": {**original.extra.get("verifier", {}), **verifier}})
+    keylime.stop_verifier()
+    keylime_config.write(changed, keylime.etc)
+    keylime.settings = changed
+    try:
+        keylime.start_verifier()
+        yield
+    finally:
+        keylime.stop_verifier()
+        keylime_config.write(original, keylime.etc)
+        keylime.settings = original
+        keylime.start_verifier()
+
+
+def test_session_token_expired_by_time_reauthenticates_without_losing_the_credential(
+    push_keylime: Keylime, kube_cluster: KubeCluster, push_controller: Controller, push_device: PushDevice,
+) -> None:
+    """Keylime's `session_lifetime` (seconds a token lives past its last passed attestation) shorter than
+    the attestation interval: the token has expired by every next push. The verifier answers 401
+    ("Authentication token expired"), the device opens a new session (TPM2_Certify of its AK over a new
+    challenge) and pushes in the same cycle, and nothing on the cluster side or the device changes."""
+    api = kube_cluster.client()
+    dev = push_device
+    _measure_and_pin(dev, api)
+    with _verifier_settings(push_keylime, quote_interval=4, session_lifetime="2"):
+        _enrolled(dev, api)
+        state_dir = dev.root / "state"
+        cert_path = state_dir / "node" / "node.crt"
+        cert = cert_path.read_bytes()
+        first = _sessions(dev)
+
+        def verifier_view() -> dict[str, Any]:
+            return push_keylime.get(f"{push_keylime.verifier_url}/v2.2/agents/{dev.agent_uuid}")["results"]
+
+        count = verifier_view()["attestation_count"]
+        # two more pushes, each after its token lapsed: two more sessions, two more passed attestations
+        dev.wait(lambda: _sessions(dev) >= first + 2, timeout=60, what="two sessions opened after expiry")
+        dev.wait(lambda: verifier_view()["attestation_count"] >= count + 2, timeout=30,
+                 what="the pushes of those sessions to pass")
+        log = dev.log.read_text()
+        assert log.count("Authentication token expired") >= 2, dev.diagnostics()
+        assert verifier_view()["attestation_status"] == "PASS"
+        # the credential is the same, still works, and the cluster side never doubted the device
+        assert cert_path.read_bytes() == cert and dev.kubeconfig.exists()
+        user = {"cert": str(cert_path), "key": str(state_dir / "node" / "node.key")}
+        assert _allowed(user, kube_cluster)
+        en = crd.EdgeNodes(api).get(dev.name)
+        assert en is not None and en.phase == "Enrolled" and en.status.get("attested") is True
+        assert not [a for _, a, n in push_controller.actions if n == dev.name and a == "revoke"]
+        assert "revoked this agent" not in log and "push: verifier refuses a fresh session token" not in log
+
+
+def test_revocation_after_a_controller_restart_still_verifies_on_the_device(
+    push_keylime: Keylime, kube_cluster: KubeCluster, push_controller: Controller, push_device: PushDevice,
+) -> None:
+    """The device got the answer key's certificate from the controller before its restart; the restarted
+    controller (nothing in memory) signs its revocation answer with the same key, from its Secret, so the
+    device verifies it and drops its credential (an answer it could not verify it would ignore)."""
+    api = kube_cluster.client()
+    dev = push_device
+    _measure_and_pin(dev, api)
+    _enrolled(dev, api)
+    push_controller.stop()
+    restarted = Controller(least_privilege_client(kube_cluster), push_controller.s).start()
+    dev.controller = restarted
+    try:
+        procs.wait_for(restarted.elector.is_leader, timeout=30, what="the restarted controller to lead")
+        dev.stop()
+        dev.measured.write_text("mode = debug\n")
+        dev.start()
+        dev.wait(lambda: _phase(api, dev.name) == "Unattested", timeout=60,
+                 what="Unattested after the tampered push")
+        cert_path = dev.root / "state" / "node" / "node.crt"
+        dev.wait(lambda: not cert_path.exists() and not dev.kubeconfig.exists()
+                 and "verifier revoked this agent" in dev.log.read_text(), timeout=60,
+                 what="the device to verify the revocation and drop its credential")
+        log = dev.log.read_text()
+        assert "revocation answer refused" not in log and "unsigned" not in log
+    finally:
+        restarted.stop()
 
 
 # ---------------------------------------------------------------- bad input, against the same stock verifier
