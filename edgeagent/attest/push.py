@@ -12,7 +12,7 @@ attests like any other:
                  for -> 202 and `meta.seconds_to_next_attestation`, which the loop honours
     join         after each accepted push, the attestation controller's join endpoint: 200 with join
                  material sealed to this TPM (TPM2_MakeCredential to the EK for the AK's name), opened here
-                 with ActivateCredential; 403 with a revocation signed by the enrollment's revocation key;
+                 with ActivateCredential; 403 with a revocation signed by the controller's answer key;
                  404 while the verifier has not passed the device yet
 
 A verifier that cannot be reached (refused, timed out, 5xx) is retried with exponential backoff (1 s doubling

@@ -12,7 +12,7 @@ material sealed to its TPM and gets its node credential; the enroll process itse
 every connection the cluster side saw came from the router's masqueraded address. Then a measured file
 changes and the agent restarts: its next push fails Keylime's policy, the controller revokes (EdgeNode
 Unattested, the node's RBAC grant withdrawn), and the device, told on its next push through a revocation
-signed with its enrollment's key, deletes its credential. Put right (the file restored, a reboot), it
+signed with the controller's answer key, deletes its credential. Put right (the file restored, a reboot), it
 passes again, access comes back, and new sealed join material gets it a new credential.
 """
 
