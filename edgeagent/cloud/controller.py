@@ -638,14 +638,19 @@ class Controller:
         if not self.elector.is_leader():
             return 503, {"state": "follower"}
         name = self.node_of(agent_id)
-        en = self.edgenodes.get(name) if name else None
-        if name is None or en is None or en.spec.mode != "push":
+        if name is None:
             return 404, {"state": "unknown", "detail": f"no push-mode EdgeNode pins agent {agent_id}"}
-        # A device asks right after the verifier accepted its evidence, which the verifier then checks
-        # asynchronously: look at the verdict shortly (no webhook in push mode; this keeps tamper -> denied
-        # near one attestation interval without polling every push-mode node faster).
-        self.queue.add(f"node/{name}", PUSH_VERDICT_DELAY)
         with self.locks[name]:
+            # Read under the node's lock: a reconcile adding, revoking or restoring the node holds it, so
+            # the answer reflects what that reconcile wrote (read before it, a device was told "not added"
+            # or "revoked" one poll longer than true).
+            en = self.edgenodes.get(name)
+            if en is None or en.spec.mode != "push":
+                return 404, {"state": "unknown", "detail": f"no push-mode EdgeNode pins agent {agent_id}"}
+            # A device asks right after the verifier accepted its evidence, which the verifier then checks
+            # asynchronously: look at the verdict shortly (no webhook in push mode; this keeps tamper ->
+            # denied near one attestation interval without polling every push-mode node faster).
+            self.queue.add(f"node/{name}", PUSH_VERDICT_DELAY)
             mem = self.memory[f"node/{name}"]
             if en.phase == "Unattested":
                 msg = {"type": "revocation", "agent_id": agent_id, "event_id": "edgeagent.unattested",

@@ -493,6 +493,8 @@ class Direct:
     swtpm: SoftwareTpm
     attester: push_client.PushAttester
     keylime_client: ck.KeylimeClient
+    add: Any
+    """Adds the agent to the verifier again (after a test deleted it)."""
 
 
 @pytest.fixture
@@ -512,16 +514,21 @@ def direct(push_keylime: Keylime, swtpm_template: SoftwareTpm, tmp_path: Path) -
         registered = client.registrar_agent(agent_uuid)
         assert registered is not None
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        client.add_agent(agent_uuid, agent=registered, v=bytes(32), ip=None, port=None,
-                         tpm_policy={"23": [tpm.pcr_read([23])[23].hex()]},
-                         revocation_key_pem=key.private_bytes(
-                             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode(),
-                         agent_api_version="2.1")
+
+        def add() -> None:
+            assert registered is not None
+            client.add_agent(agent_uuid, agent=registered, v=bytes(32), ip=None, port=None,
+                             tpm_policy={"23": [tpm.pcr_read([23])[23].hex()]},
+                             revocation_key_pem=key.private_bytes(
+                                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode(),
+                             agent_api_version="2.1")
+
+        add()
         verifier = push_client.HttpsClient(push_keylime.verifier_url, push_keylime.ca_cert)
         attester = push_client.PushAttester(tpm=tpm, identity=ident, agent_id=agent_uuid, verifier=verifier,
                                             backoff_max=4.0, pending_interval=0.2)
-        yield Direct(agent_uuid, tpm, sw, attester, client)
+        yield Direct(agent_uuid, tpm, sw, attester, client, add)
     finally:
         with contextlib.suppress(Exception):
             client.delete_agent(agent_uuid)
@@ -591,6 +598,32 @@ def test_wrong_or_unknown_session_token_proves_possession_again(direct: Direct) 
     d.attester.token = push.SessionToken("expired-or-revoked", None)
     with pytest.raises(push.PushError, match="refused the proof of possession"):
         d.attester.offer()
+
+
+def test_session_opened_before_the_agent_is_added_is_used_once_it_is(direct: Direct) -> None:
+    """What a device does right after registering (`Enrollment._push_main`): the verifier opens a session
+    for an agent it does not know yet (the PBKDF2 hash of the token is done then), and the TPM's answer,
+    presented once the agent is added, gets the token, with no second session."""
+    d = direct
+    d.keylime_client.delete_agent(d.uuid)
+    procs.wait_for(lambda: d.keylime_client.agent_state(d.uuid) is None, timeout=30, what="the agent gone")
+    prepared = d.attester.prepare_session()
+    assert d.attester.prepared is prepared and prepared.expires_at > time.time()
+    d.add()
+    requests = d.attester.verifier.requests
+    d.attester.authenticate()
+    assert d.attester.verifier.requests == requests + 1  # the answer only, no new session
+    assert d.attester.prepared is None and d.attester.stats.sessions == 1
+    accepted, _ = d.attester.attest_once()
+    assert accepted
+    procs.wait_for(lambda: _status(d) == "PASS", timeout=30, what="the first evidence to pass")
+    # a prepared session whose challenge has expired is not presented: a new one is opened
+    d.attester.prepare_session()
+    assert d.attester.prepared is not None
+    d.attester.prepared = dataclasses.replace(d.attester.prepared, expires_at=time.time() - 5)
+    requests = d.attester.verifier.requests
+    d.attester.authenticate()
+    assert d.attester.verifier.requests == requests + 2 and d.attester.stats.sessions == 2
 
 
 def test_challenge_expired_before_the_evidence(direct: Direct) -> None:
