@@ -58,6 +58,7 @@ Threads while `enroll` runs, and what each owns:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -641,11 +642,14 @@ class Enrollment:
         self._push_thread.start()
 
     def _push_main(self) -> None:
-        """The push thread: open the first session (the verifier's costly part, a PBKDF2 token hash) and
-        answer its challenge, then wait (briefly, polling the join endpoint) until the controller has added
-        the agent to the verifier, so that answer is not spent on a refusal; then push until stopped. The
-        two overlap: the controller adds the agent while the verifier hashes the token."""
+        """The push thread: tell the controller this device has registered (any join request does: it adds
+        a pending device at once), open the first session (the verifier's costly part, a PBKDF2 token hash)
+        and answer its challenge, then wait (briefly, polling the join endpoint) until the controller has
+        added the agent to the verifier, so that answer is not spent on a refusal; then push until stopped.
+        The controller adds the agent while the verifier hashes the token."""
         assert self.push is not None and self._join_client is not None and self.state.uuid is not None
+        with contextlib.suppress(PeerUnreachable, ProtocolError):  # the loop below asks again
+            push_client.fetch_join(self._join_client, self.state.uuid)
         try:
             self.push.prepare_session()
         except (PeerUnreachable, ProtocolError, TpmError) as e:

@@ -649,8 +649,10 @@ class Controller:
                 return 404, {"state": "unknown", "detail": f"no push-mode EdgeNode pins agent {agent_id}"}
             # A device asks right after the verifier accepted its evidence, which the verifier then checks
             # asynchronously: look at the verdict shortly (no webhook in push mode; this keeps tamper ->
-            # denied near one attestation interval without polling every push-mode node faster).
-            self.queue.add(f"node/{name}", PUSH_VERDICT_DELAY)
+            # denied near one attestation interval without polling every push-mode node faster). A device
+            # not added yet asks right after registering: add it now rather than at the next pending poll.
+            delay = PUSH_VERDICT_DELAY if en.status.get("delivered") else 0.0
+            self.queue.add(f"node/{name}", delay)
             mem = self.memory[f"node/{name}"]
             if en.phase == "Unattested":
                 msg = {"type": "revocation", "agent_id": agent_id, "event_id": "edgeagent.unattested",
