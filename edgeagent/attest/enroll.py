@@ -58,6 +58,7 @@ Threads while `enroll` runs, and what each owns:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -642,10 +643,18 @@ class Enrollment:
         self._push_thread.start()
 
     def _push_main(self) -> None:
-        """The push thread: right after a registration, wait (briefly, polling the join endpoint) until the
-        controller has added the agent to the verifier, so the first session is not spent on a refusal
-        (each costs the verifier a PBKDF2 token hash); then push until stopped."""
+        """The push thread: tell the controller this device has registered (any join request does: it adds
+        a pending device at once), open the first session (the verifier's costly part, a PBKDF2 token hash)
+        and answer its challenge, then wait (briefly, polling the join endpoint) until the controller has
+        added the agent to the verifier, so that answer is not spent on a refusal; then push until stopped.
+        The controller adds the agent while the verifier hashes the token."""
         assert self.push is not None and self._join_client is not None and self.state.uuid is not None
+        with contextlib.suppress(PeerUnreachable, ProtocolError):  # the loop below asks again
+            push_client.fetch_join(self._join_client, self.state.uuid)
+        try:
+            self.push.prepare_session()
+        except (PeerUnreachable, ProtocolError, TpmError) as e:
+            log.info("push: cannot open a session ahead (%s); the push loop retries", e)
         deadline = time.monotonic() + JOIN_WAIT_FOR_ADD
         while time.monotonic() < deadline and not self._stop.is_set():
             try:

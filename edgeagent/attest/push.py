@@ -12,7 +12,7 @@ attests like any other:
                  for -> 202 and `meta.seconds_to_next_attestation`, which the loop honours
     join         after each accepted push, the attestation controller's join endpoint: 200 with join
                  material sealed to this TPM (TPM2_MakeCredential to the EK for the AK's name), opened here
-                 with ActivateCredential; 403 with a revocation signed by the enrollment's revocation key;
+                 with ActivateCredential; 403 with a revocation signed by the controller's answer key;
                  404 while the verifier has not passed the device yet
 
 A verifier that cannot be reached (refused, timed out, 5xx) is retried with exponential backoff (1 s doubling
@@ -120,6 +120,21 @@ class HttpsClient:
         return Response(code, parsed, raw, retry_after)
 
 
+@dataclass(frozen=True)
+class PreparedSession:
+    """A session the verifier opened and the TPM's answer to its challenge, not yet presented."""
+
+    challenge: push.SessionChallenge
+    message: bytes
+    signature: bytes
+    expires_at: float
+    """Unix time after which the verifier no longer takes the answer (its challenge's expiry)."""
+
+
+PREPARED_LIFETIME = 30.0
+"""Seconds a prepared session is used when the verifier names no challenge expiry (Keylime: 60 s)."""
+
+
 @dataclass
 class PushStats:
     attestations: int = 0
@@ -162,6 +177,8 @@ class PushAttester:
         self.pending_interval = pending_interval
         self.on_cycle = on_cycle
         self.token: push.SessionToken | None = None
+        self.prepared: PreparedSession | None = None
+        """Set by `prepare_session`, used (once) by the next `authenticate`."""
         self.stats = PushStats()
         self._stop = threading.Event()
         self.pushed = threading.Event()
@@ -175,13 +192,30 @@ class PushAttester:
         return self._stop.wait(seconds)
 
     # ------------------------------------------------------------ session
-    def authenticate(self) -> push.SessionToken:
-        """Proves possession of the AK; the token is kept for the next requests."""
+    def prepare_session(self) -> PreparedSession:
+        """Opens a session and answers its challenge with the TPM, without presenting the answer yet.
+
+        Why: Keylime 7.14 opens a session for any agent id (it looks the agent up only when the answer comes)
+        and spends most of a session's cost there, hashing the new token with PBKDF2 (a few hundred ms on a
+        small machine). A device that has just registered does this while the controller adds it to the
+        verifier; `authenticate` then only presents the answer."""
         resp = self.verifier.call("POST", f"{BASE}/sessions", push.session_request(self.agent_id))
         if resp.code != 200 or resp.body is None:
             raise self._refusal("session creation", resp)
         challenge = push.parse_session_challenge(resp.body)
         message, signature = self.tpm.certify_ak(self.ident, challenge.challenge)
+        expires = push.parse_time(challenge.expires_at) or time.time() + PREPARED_LIFETIME
+        self.prepared = PreparedSession(challenge, message, signature, expires)
+        return self.prepared
+
+    def authenticate(self) -> push.SessionToken:
+        """Proves possession of the AK (with the prepared session while its challenge is valid, else a new
+        one); the token is kept for the next requests."""
+        prepared, self.prepared = self.prepared, None
+        if prepared is None or prepared.expires_at - 1.0 < time.time():
+            prepared = self.prepare_session()
+            self.prepared = None
+        challenge, message, signature = prepared.challenge, prepared.message, prepared.signature
         resp = self.verifier.call("PATCH", f"{BASE}/sessions/{challenge.session_id}",
                                   push.pop_request(self.agent_id, challenge.session_id, message, signature))
         if resp.body is None:

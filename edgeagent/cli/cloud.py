@@ -92,7 +92,8 @@ def register(app: typer.Typer) -> None:
         poll_interval: Annotated[
             float | None, typer.Option(min=0.1, help="Verifier polling, seconds [default: 1.0, Settings']")
         ] = None,
-        lease_namespace: Annotated[str, typer.Option(help="Namespace of the leader Lease")] = "kube-system",
+        lease_namespace: Annotated[str, typer.Option(
+            help="Namespace of the leader Lease and of the join signing-key Secret")] = "kube-system",
         identity: Annotated[str | None, typer.Option(help="Leader identity [default: hostname]")] = None,
         install_crd: Annotated[bool, typer.Option(help="Create/update the EdgeNode CRD at start")] = False,
         resync_interval: Annotated[

@@ -65,6 +65,7 @@ from edgeagent.cloud import (
     leader,
     revoke,
     selfcheck,
+    signingkey,
     tenant,
     webhook,
 )
@@ -142,6 +143,9 @@ class Settings:
     """Port of the join endpoint push-mode devices fetch their sealed join material from (`joinserver`);
     None: not served (pull-mode devices only). TLS with ``webhook_cert``/``webhook_key`` when set (no client
     certificate: devices have none yet; the material is sealed to each device's TPM)."""
+    signing_secret: str = signingkey.SECRET_NAME
+    """Secret (in ``lease_namespace``, the controller's own) holding the key that signs the join endpoint's
+    revocation answers; created on first use (`signingkey`)."""
     install_crd: bool = False
     self_ref: selfcheck.SelfRef | None = None
     """What Events about the controller itself point at (its Pod, from the downward API); None: its Lease."""
@@ -172,10 +176,9 @@ class _Memory:
     """K of the last delivery: lets a restore send fresh join material without re-adding the agent."""
     revocation_cert_pem: str | None = None
     revocation_private: rsa.RSAPrivateKey | None = None
-    """The enrollment's revocation key (the device holds its certificate): signs the join endpoint's
-    revocation answers (push mode) and the revocation forwarded to the device (pull mode); kept only in
-    memory: after a restart revocations go unsigned and the device keeps its files until renewal is
-    refused (or Keylime's agent notifier tells it)."""
+    """Pull mode: the enrollment's revocation key (the device holds its certificate, Keylime the key): signs
+    the revocation this controller forwards to the device; kept only in memory: after a restart the device
+    learns of a revocation from Keylime's agent notifier if it is on, else when its renewal is refused."""
     sealed: push.Sealed | None = None
     """Push mode: the join material of the current period, sealed to the device's TPM; sealed as soon as the
     agent is added (or access restored), handed out only while the verifier passes the device."""
@@ -263,6 +266,8 @@ class Controller:
         )
         self.webhook: webhook.WebhookServer | None = None
         self.join_server: joinserver.JoinServer | None = None
+        self.signing_key = signingkey.SigningKey(api, settings.lease_namespace, settings.signing_secret)
+        """Signs the join endpoint's revocation answers; push-mode devices get its certificate."""
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
         """Failed reconciles ("key: error"), for tests and diagnostics; the last 100 are kept."""
@@ -752,9 +757,7 @@ class Controller:
             metadata={"edgenode": en.name, "mode": "push"},
         )
         mem = self.memory[f"node/{en.name}"]
-        mem.revocation_key = revocation_key.public_key()
-        mem.revocation_private = revocation_key
-        mem.revocation_cert_pem = tenant.revocation_certificate(revocation_key, en.name)
+        mem.revocation_key = revocation_key.public_key()  # Keylime's own notifications are signed with it
         mem.sealed = None
         public_pem = mem.revocation_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
@@ -779,12 +782,12 @@ class Controller:
         agent = self.keylime.registrar_agent(en.spec.agent_uuid)
         if agent is None:
             return
-        if mem.revocation_private is None:  # the controller restarted since the device was added
-            mem.revocation_private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            mem.revocation_cert_pem = tenant.revocation_certificate(mem.revocation_private, en.name)
+        # The certificate of the controller's persistent answer key (not of the enrollment's key, which
+        # Keylime holds): revocation answers stay verifiable on the device across controller restarts.
+        revocation_cert = tenant.revocation_certificate(self.signing_key.get(), en.name)
         token = bootstrap.create(self.api, node_name=en.name, ttl_seconds=self.s.token_ttl)
         material = tenant.JoinMaterial(self.s.api_server_url, self.s.api_server_ca_pem, token.token, en.name,
-                                       mem.revocation_cert_pem)
+                                       revocation_cert)
         mem.sealed = push.seal(agent_id=en.spec.agent_uuid, ek_public=agent.ek_tpm,
                                ak_name=tpm_attest.object_name(agent.aik_tpm), material=material.to_bytes())
         mem.sealed_at = time.monotonic()
@@ -797,21 +800,26 @@ class Controller:
         if not self.elector.is_leader():
             return 503, {"state": "follower"}
         name = self.node_of(agent_id)
-        en = self.edgenodes.get(name) if name else None
-        if name is None or en is None or en.spec.mode != "push":
+        if name is None:
             return 404, {"state": "unknown", "detail": f"no push-mode EdgeNode pins agent {agent_id}"}
-        # A device asks right after the verifier accepted its evidence, which the verifier then checks
-        # asynchronously: look at the verdict shortly (no webhook in push mode; this keeps tamper -> denied
-        # near one attestation interval without polling every push-mode node faster).
-        self.queue.add(f"node/{name}", PUSH_VERDICT_DELAY)
         with self.locks[name]:
+            # Read under the node's lock: a reconcile adding, revoking or restoring the node holds it, so
+            # the answer reflects what that reconcile wrote (read before it, a device was told "not added"
+            # or "revoked" one poll longer than true).
+            en = self.edgenodes.get(name)
+            if en is None or en.spec.mode != "push":
+                return 404, {"state": "unknown", "detail": f"no push-mode EdgeNode pins agent {agent_id}"}
+            # A device asks right after the verifier accepted its evidence, which the verifier then checks
+            # asynchronously: look at the verdict shortly (no webhook in push mode; this keeps tamper ->
+            # denied near one attestation interval without polling every push-mode node faster). A device
+            # not added yet asks right after registering: add it now rather than at the next pending poll.
+            delay = PUSH_VERDICT_DELAY if en.status.get("delivered") else 0.0
+            self.queue.add(f"node/{name}", delay)
             mem = self.memory[f"node/{name}"]
             if en.phase == "Unattested":
                 msg = {"type": "revocation", "agent_id": agent_id, "event_id": "edgeagent.unattested",
                        "node": name, "time": int(time.time())}
-                revocation = {"msg": json.dumps(msg), "signature": "none"}
-                if mem.revocation_private is not None:
-                    revocation = protocol.sign_revocation(msg, mem.revocation_private)
+                revocation = protocol.sign_revocation(msg, self.signing_key.get())
                 return 403, {"state": "revoked", "revocation": revocation,
                              "detail": en.status.get("message") or "attestation failed"}
             state = self.keylime.agent_state(agent_id)

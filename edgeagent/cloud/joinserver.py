@@ -5,9 +5,10 @@ material is sealed to its TPM (TPM2_MakeCredential to its registered EK for its 
 whoever fetches it learns nothing a TPM other than the device's can open. The controller answers:
 
     200 {"state": "attested", "credential", "nonce", "ciphertext"}  only while the verifier passes it now
-    403 {"state": "revoked", "revocation": {msg, signature}}         signed with the enrollment's revocation
-                                                                    key, whose certificate the device got in
-                                                                    its join material
+    403 {"state": "revoked", "revocation": {msg, signature}}         signed with the controller's answer key
+                                                                    (`signingkey`, kept in a Secret), whose
+                                                                    certificate the device got in its join
+                                                                    material
     404 {"state": "pending" | "unknown"}                            not attested yet, or not pinned here
     503 {"state": "follower"}                                       this replica does not lead
 

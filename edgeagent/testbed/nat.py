@@ -158,7 +158,12 @@ class Nat:
 
 
 class Relay:
-    """A TCP relay: accepts on ``listen`` and copies both ways to a new connection to ``target``."""
+    """A TCP relay: accepts on ``listen`` and copies both ways to a new connection to ``target``.
+
+    `stop` frees ``listen`` at once (the next device of a test module relays the same ports): it shuts the
+    listening socket down, which wakes the accept thread (a bare close leaves a thread blocked in accept(2)
+    holding the socket, still listening), and closes every relayed connection (an accepted socket still
+    open, e.g. one whose far end never closed, also keeps the address in use)."""
 
     def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
         self.listen, self.target = listen, target
@@ -166,15 +171,27 @@ class Relay:
         """Addresses of the accepted clients, in order."""
         self._sock = socket.create_server(listen, reuse_port=False)
         self._stop = threading.Event()
+        self._pairs: list[_Pair] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> Relay:
-        threading.Thread(target=self._accept, name=f"relay-{self.listen[1]}", daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, name=f"relay-{self.listen[1]}", daemon=True)
+        self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
             self._sock.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            pair.close()
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -190,6 +207,11 @@ class Relay:
                 continue
             upstream.settimeout(None)
             pair = _Pair(conn, upstream)
+            with self._lock:
+                self._pairs = [p for p in self._pairs if not p.closed] + [pair]
+            if self._stop.is_set():
+                pair.close()
+                return
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=pair.copy, args=(a, b), daemon=True).start()
 
@@ -200,7 +222,17 @@ class _Pair:
     def __init__(self, a: socket.socket, b: socket.socket) -> None:
         self.sockets = (a, b)
         self.ended = 0
+        self.closed = False
         self.lock = threading.Lock()
+
+    def close(self) -> None:
+        """Both sockets, now (the copy threads then end on their error)."""
+        with self.lock:
+            self.closed = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def copy(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -214,6 +246,7 @@ class _Pair:
             with self.lock:
                 self.ended += 1
                 done = self.ended == 2
+                self.closed = self.closed or done
             if done:
                 for sock in self.sockets:
                     sock.close()

@@ -12,13 +12,14 @@ material sealed to its TPM and gets its node credential; the enroll process itse
 every connection the cluster side saw came from the router's masqueraded address. Then a measured file
 changes and the agent restarts: its next push fails Keylime's policy, the controller revokes (EdgeNode
 Unattested, the node's RBAC grant withdrawn), and the device, told on its next push through a revocation
-signed with its enrollment's key, deletes its credential. Put right (the file restored, a reboot), it
+signed with the controller's answer key, deletes its credential. Put right (the file restored, a reboot), it
 passes again, access comes back, and new sealed join material gets it a new credential.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ from edgeagent.cloud import keylime as ck
 from edgeagent.cloud.controller import Controller
 from edgeagent.protocol import keylime as keylime_protocol
 from edgeagent.protocol import push
+from edgeagent.testbed import keylime_config
 from edgeagent.testbed.cluster_side import pin_device
 from edgeagent.testbed.keylime import Keylime, make_settings
 from edgeagent.testbed.nat import DEVICE_IP, ROUTER_OUTER_IP, Nat, Relay, in_netns
@@ -87,8 +89,9 @@ def push_keylime(swtpm_template: SoftwareTpm, tmp_path_factory: pytest.TempPathF
         deployment.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def push_controller(kube_cluster: KubeCluster, push_keylime: Keylime) -> Iterator[Controller]:
+    """One per test (a test may stop it to restart the controller); its own Lease, so it leads at once."""
     api = least_privilege_client(kube_cluster)
     settings = controller_settings(
         kube_cluster, push_keylime, install_crd=False, lease_namespace="edgeagent-system",
@@ -114,6 +117,8 @@ class PushDevice:
     kubeconfig: Path
     relays: list[tuple[Relay, Relay]]
     nat: Nat
+    keylime: Keylime | None = None
+    controller: Controller | None = None
     proc: subprocess.Popen | None = None
 
     @property
@@ -121,7 +126,8 @@ class PushDevice:
         return self.root / "enroll.log"
 
     def cli(self, *args: str) -> list[str]:
-        return [*self.nat.exec_prefix(), sys.executable, "-m", "edgeagent.cli.main", "--config",
+        # -v: the push loop's sessions, refusals and join answers are in the log a failure shows
+        return [*self.nat.exec_prefix(), sys.executable, "-m", "edgeagent.cli.main", "-v", "--config",
                 str(self.config), *args]
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
@@ -138,12 +144,31 @@ class PushDevice:
             self.proc = None
 
     def wait(self, condition: Any, *, timeout: float, what: str) -> None:
-        """procs.wait_for, failing with the device's log tail (what it saw) instead of a bare timeout."""
+        """procs.wait_for, failing with what each side saw instead of a bare timeout."""
         try:
             procs.wait_for(condition, timeout=timeout, what=what)
         except TimeoutError as e:
-            tail = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else "(no log)"
-            raise AssertionError(f"{e}\n--- device log tail ---\n{tail}") from None
+            raise AssertionError(f"{e}\n{self.diagnostics()}") from None
+
+    def diagnostics(self) -> str:
+        """The device's log tail, the controller's actions and errors for this node, and the verifier's
+        warnings about this agent (a failed policy check names the PCR and both values: a PCR 23 that
+        differs from the pinned one at the first push means the measured tree, the edgeagent package of
+        this checkout included, changed between `measure` and `enroll`)."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else "(no log)"
+        records = [ln for ln in text.splitlines() if ln[:2].isdigit()]  # log lines, not the --json events
+        parts = ["--- device log records ---", *records[-40:], "--- device log tail ---", text[-1500:]]
+        if self.controller is not None:
+            actions = [f"{t:.3f} {a}" for t, a, n in list(self.controller.actions) if n == self.name]
+            errors = [e for e in list(self.controller.errors) if self.name in e]
+            parts += ["--- controller actions ---", *actions, "--- controller errors ---", *errors[-10:]]
+        if self.keylime is not None:
+            log = self.keylime.logs / "verifier.log"
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            mine = [ln for ln in lines
+                    if self.agent_uuid in ln and ("- ERROR -" in ln or "- WARNING -" in ln)]
+            parts += ["--- verifier warnings about this agent ---", *mine[-15:]]
+        return "\n".join(parts)
 
     def pcr23(self) -> str:
         def read() -> str:
@@ -189,7 +214,8 @@ payload_timeout = 120
 certificate_timeout = 60
 push_backoff_max = 4
 """)
-    return PushDevice(name, f"{name}-agent", root, config, tpm, measured, kubeconfig, relays, nat)
+    return PushDevice(name, f"{name}-agent", root, config, tpm, measured, kubeconfig, relays, nat, keylime,
+                      controller)
 
 
 @pytest.fixture
@@ -263,7 +289,7 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
     dev.start()
     dev.wait(lambda: dev.kubeconfig.exists() or (dev.proc is not None and dev.proc.poll() is not None),
              timeout=120, what="the device to write its kubelet kubeconfig")
-    assert dev.kubeconfig.exists(), dev.log.read_text()[-3000:]
+    assert dev.kubeconfig.exists(), dev.diagnostics()
     en = wait_edgenode(api, dev.name, lambda e: e.phase == "Enrolled", timeout=30, what="Enrolled")
     assert en.status.get("attested") is True
 
@@ -295,14 +321,18 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
     dev.start()
     dev.wait(lambda: (crd.EdgeNodes(api).get(dev.name) or en).phase == "Unattested", timeout=60,
              what="Unattested after the tampered push")
-    assert not _allowed(copied, kube_cluster)
+    # The grant is deleted before the phase is written, but the API server's RBAC authorizer learns of it
+    # through its own watch a moment later: wait for the denial rather than assume it is instant.
+    dev.wait(lambda: not _allowed(copied, kube_cluster), timeout=10, what="the copied credential refused")
     node = k8s.CoreV1Api(api).read_node(dev.name)
     assert node.spec.unschedulable is True
     assert any(t.key == "edgeagent.io/unattested" and t.effect == "NoExecute" for t in node.spec.taints or [])
     # The device learns it on its next push and drops its credential.
-    dev.wait(lambda: not cert_path.exists() and not dev.kubeconfig.exists(), timeout=60,
-             what="the device to drop its credential")
-    assert "verifier revoked this agent" in dev.log.read_text()
+    # The device deletes the files, saves its state, then logs the revocation: wait for all of it (asserting
+    # the log line as soon as the files were gone raced that save; seen once in ten runs).
+    dev.wait(lambda: not cert_path.exists() and not dev.kubeconfig.exists()
+             and "verifier revoked this agent" in dev.log.read_text(), timeout=60,
+             what="the device to drop its credential and say why")
     code, body = push_controller.join_answer(dev.agent_uuid)
     assert code == 403 and body["state"] == "revoked"
     assert json.loads(body["revocation"]["msg"])["agent_id"] == dev.agent_uuid
@@ -330,6 +360,129 @@ def test_device_behind_nat_enrolls_attests_and_is_revoked(
     assert not any(t.key == "edgeagent.io/unattested" for t in node.spec.taints or [])
 
 
+def _measure_and_pin(dev: PushDevice, api: k8s.ApiClient) -> str:
+    """What the operator does: `edgeagent measure` on the device, then an EdgeNode pinning its EK
+    certificate and the PCR 23 value; returns that value."""
+    measured = dev.run("measure")
+    assert measured.returncode == 0, measured.stderr
+
+    def ek_cert() -> bytes | None:
+        with Tpm.open(dev.tpm.tcti) as tpm:
+            return tpm_identity.load_ek(tpm).cert
+
+    cert_der = in_netns(dev.nat.device_ns, ek_cert)
+    assert cert_der is not None
+    pcr23 = dev.pcr23()
+    pin_device(api, dev.name, ek_cert=cert_der, agent_uuid=dev.agent_uuid, agent_address="",
+               mode="push", tpm_policy={"23": [pcr23]})
+    return pcr23
+
+
+def _enrolled(dev: PushDevice, api: k8s.ApiClient) -> None:
+    dev.start()
+    dev.wait(lambda: dev.kubeconfig.exists(), timeout=120, what="the device to write its kubelet kubeconfig")
+    dev.wait(lambda: _phase(api, dev.name) == "Enrolled", timeout=30,
+             what="the EdgeNode Enrolled")
+
+
+def _phase(api: k8s.ApiClient, name: str) -> str | None:
+    en = crd.EdgeNodes(api).get(name)
+    return en.phase if en is not None else None
+
+
+def _sessions(dev: PushDevice) -> int:
+    """Sessions the device opened (proofs of possession the verifier accepted), from its -v log."""
+    return dev.log.read_text(errors="replace").count("push: proved possession of the AK")
+
+
+@contextlib.contextmanager
+def _verifier_settings(keylime: Keylime, *, quote_interval: float, **verifier: str) -> Iterator[None]:
+    """The push verifier restarted with other settings (its database, so its agents, stay), and restarted
+    with its own again afterwards."""
+    original = keylime.settings
+    changed = dataclasses.replace(original, quote_interval=quote_interval, extra={
+        **original.extra, "verifier": {**original.extra.get("verifier", {}), **verifier}})
+    keylime.stop_verifier()
+    keylime_config.write(changed, keylime.etc)
+    keylime.settings = changed
+    try:
+        keylime.start_verifier()
+        yield
+    finally:
+        keylime.stop_verifier()
+        keylime_config.write(original, keylime.etc)
+        keylime.settings = original
+        keylime.start_verifier()
+
+
+def test_session_token_expired_by_time_reauthenticates_without_losing_the_credential(
+    push_keylime: Keylime, kube_cluster: KubeCluster, push_controller: Controller, push_device: PushDevice,
+) -> None:
+    """Keylime's `session_lifetime` (seconds a token lives past its last passed attestation) shorter than
+    the attestation interval: the token has expired by every next push. The verifier answers 401
+    ("Authentication token expired"), the device opens a new session (TPM2_Certify of its AK over a new
+    challenge) and pushes in the same cycle, and nothing on the cluster side or the device changes."""
+    api = kube_cluster.client()
+    dev = push_device
+    _measure_and_pin(dev, api)
+    with _verifier_settings(push_keylime, quote_interval=4, session_lifetime="2"):
+        _enrolled(dev, api)
+        state_dir = dev.root / "state"
+        cert_path = state_dir / "node" / "node.crt"
+        cert = cert_path.read_bytes()
+        first = _sessions(dev)
+
+        def verifier_view() -> dict[str, Any]:
+            return push_keylime.get(f"{push_keylime.verifier_url}/v2.2/agents/{dev.agent_uuid}")["results"]
+
+        count = verifier_view()["attestation_count"]
+        # two more pushes, each after its token lapsed: two more sessions, two more passed attestations
+        dev.wait(lambda: _sessions(dev) >= first + 2, timeout=60, what="two sessions opened after expiry")
+        dev.wait(lambda: verifier_view()["attestation_count"] >= count + 2, timeout=30,
+                 what="the pushes of those sessions to pass")
+        log = dev.log.read_text()
+        assert log.count("Authentication token expired") >= 2, dev.diagnostics()
+        assert verifier_view()["attestation_status"] == "PASS"
+        # the credential is the same, still works, and the cluster side never doubted the device
+        assert cert_path.read_bytes() == cert and dev.kubeconfig.exists()
+        user = {"cert": str(cert_path), "key": str(state_dir / "node" / "node.key")}
+        assert _allowed(user, kube_cluster)
+        en = crd.EdgeNodes(api).get(dev.name)
+        assert en is not None and en.phase == "Enrolled" and en.status.get("attested") is True
+        assert not [a for _, a, n in push_controller.actions if n == dev.name and a == "revoke"]
+        assert "revoked this agent" not in log and "push: verifier refuses a fresh session token" not in log
+
+
+def test_revocation_after_a_controller_restart_still_verifies_on_the_device(
+    push_keylime: Keylime, kube_cluster: KubeCluster, push_controller: Controller, push_device: PushDevice,
+) -> None:
+    """The device got the answer key's certificate from the controller before its restart; the restarted
+    controller (nothing in memory) signs its revocation answer with the same key, from its Secret, so the
+    device verifies it and drops its credential (an answer it could not verify it would ignore)."""
+    api = kube_cluster.client()
+    dev = push_device
+    _measure_and_pin(dev, api)
+    _enrolled(dev, api)
+    push_controller.stop()
+    restarted = Controller(least_privilege_client(kube_cluster), push_controller.s).start()
+    dev.controller = restarted
+    try:
+        procs.wait_for(restarted.elector.is_leader, timeout=30, what="the restarted controller to lead")
+        dev.stop()
+        dev.measured.write_text("mode = debug\n")
+        dev.start()
+        dev.wait(lambda: _phase(api, dev.name) == "Unattested", timeout=60,
+                 what="Unattested after the tampered push")
+        cert_path = dev.root / "state" / "node" / "node.crt"
+        dev.wait(lambda: not cert_path.exists() and not dev.kubeconfig.exists()
+                 and "verifier revoked this agent" in dev.log.read_text(), timeout=60,
+                 what="the device to verify the revocation and drop its credential")
+        log = dev.log.read_text()
+        assert "revocation answer refused" not in log and "unsigned" not in log
+    finally:
+        restarted.stop()
+
+
 # ---------------------------------------------------------------- bad input, against the same stock verifier
 @dataclass
 class Direct:
@@ -340,6 +493,8 @@ class Direct:
     swtpm: SoftwareTpm
     attester: push_client.PushAttester
     keylime_client: ck.KeylimeClient
+    add: Any
+    """Adds the agent to the verifier again (after a test deleted it)."""
 
 
 @pytest.fixture
@@ -359,16 +514,21 @@ def direct(push_keylime: Keylime, swtpm_template: SoftwareTpm, tmp_path: Path) -
         registered = client.registrar_agent(agent_uuid)
         assert registered is not None
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        client.add_agent(agent_uuid, agent=registered, v=bytes(32), ip=None, port=None,
-                         tpm_policy={"23": [tpm.pcr_read([23])[23].hex()]},
-                         revocation_key_pem=key.private_bytes(
-                             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode(),
-                         agent_api_version="2.1")
+
+        def add() -> None:
+            assert registered is not None
+            client.add_agent(agent_uuid, agent=registered, v=bytes(32), ip=None, port=None,
+                             tpm_policy={"23": [tpm.pcr_read([23])[23].hex()]},
+                             revocation_key_pem=key.private_bytes(
+                                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode(),
+                             agent_api_version="2.1")
+
+        add()
         verifier = push_client.HttpsClient(push_keylime.verifier_url, push_keylime.ca_cert)
         attester = push_client.PushAttester(tpm=tpm, identity=ident, agent_id=agent_uuid, verifier=verifier,
                                             backoff_max=4.0, pending_interval=0.2)
-        yield Direct(agent_uuid, tpm, sw, attester, client)
+        yield Direct(agent_uuid, tpm, sw, attester, client, add)
     finally:
         with contextlib.suppress(Exception):
             client.delete_agent(agent_uuid)
@@ -438,6 +598,32 @@ def test_wrong_or_unknown_session_token_proves_possession_again(direct: Direct) 
     d.attester.token = push.SessionToken("expired-or-revoked", None)
     with pytest.raises(push.PushError, match="refused the proof of possession"):
         d.attester.offer()
+
+
+def test_session_opened_before_the_agent_is_added_is_used_once_it_is(direct: Direct) -> None:
+    """What a device does right after registering (`Enrollment._push_main`): the verifier opens a session
+    for an agent it does not know yet (the PBKDF2 hash of the token is done then), and the TPM's answer,
+    presented once the agent is added, gets the token, with no second session."""
+    d = direct
+    d.keylime_client.delete_agent(d.uuid)
+    procs.wait_for(lambda: d.keylime_client.agent_state(d.uuid) is None, timeout=30, what="the agent gone")
+    prepared = d.attester.prepare_session()
+    assert d.attester.prepared is prepared and prepared.expires_at > time.time()
+    d.add()
+    requests = d.attester.verifier.requests
+    d.attester.authenticate()
+    assert d.attester.verifier.requests == requests + 1  # the answer only, no new session
+    assert d.attester.prepared is None and d.attester.stats.sessions == 1
+    accepted, _ = d.attester.attest_once()
+    assert accepted
+    procs.wait_for(lambda: _status(d) == "PASS", timeout=30, what="the first evidence to pass")
+    # a prepared session whose challenge has expired is not presented: a new one is opened
+    d.attester.prepare_session()
+    assert d.attester.prepared is not None
+    d.attester.prepared = dataclasses.replace(d.attester.prepared, expires_at=time.time() - 5)
+    requests = d.attester.verifier.requests
+    d.attester.authenticate()
+    assert d.attester.verifier.requests == requests + 2 and d.attester.stats.sessions == 2
 
 
 def test_challenge_expired_before_the_evidence(direct: Direct) -> None:

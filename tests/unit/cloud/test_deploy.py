@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from kubernetes import client as k8s
 
-from edgeagent.cloud import bootstrap, crd, revoke
+from edgeagent.cloud import bootstrap, crd, revoke, signingkey
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
@@ -47,6 +47,21 @@ def test_controller_role_grants_no_wildcards_and_no_secret_reads_cluster_wide() 
         assert "secrets" not in rule["resources"]  # only in kube-system, through a Role
     bind = [r for r in role["rules"] if "bind" in r["verbs"]]
     assert bind and all(r.get("resourceNames") for r in bind)
+
+
+def test_signing_key_secret_is_readable_by_name_only_and_never_changed() -> None:
+    docs = _docs("rbac.yaml")
+    role = _find(docs, "Role", "edgeagent:join-signing-key")
+    assert role["metadata"]["namespace"] == "edgeagent-system"  # the controller's own, where its Lease is
+    rules = role["rules"]
+    assert all(r["resources"] == ["secrets"] and r["apiGroups"] == [""] for r in rules)
+    reads = [r for r in rules if set(r["verbs"]) & {"get", "list", "watch", "update", "patch", "delete"}]
+    assert reads == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [signingkey.SECRET_NAME],
+                      "verbs": ["get"]}]
+    assert [r["verbs"] for r in rules if "resourceNames" not in r] == [["create"]]
+    binding = _find(docs, "RoleBinding", "edgeagent:join-signing-key")
+    assert binding["roleRef"]["name"] == "edgeagent:join-signing-key"
+    assert binding["subjects"][0]["name"] == "edgeagent-attestation-controller"
 
 
 def test_deployment_runs_two_replicas_with_leader_election() -> None:
