@@ -110,17 +110,18 @@ def _lift_bytes(c: Any) -> bytes:
 def _lower_bytes(store: Any, val: Any, ptr: Any) -> None:
     if not isinstance(val, bytes | bytearray | memoryview):
         raise TypeError("expected bytes value")
-    n = len(val)
+    data = val if val.__class__ is bytes else bytes(val)  # (a memoryview's len counts items, not bytes)
+    n = len(data)
     out = ptr.contents
     at = ctypes.addressof(out) + _LIST_OFF
     _vallist_new_uninit(at, n)
     if n:
         # Straight into the C array: each element's kind byte and its u8 (a u8 element's other bytes are not
         # read).
-        data = _RawList.from_address(at).data or 0
-        view = memoryview((ctypes.c_ubyte * (n * _STRIDE)).from_address(data)).cast("B")
+        elements = _RawList.from_address(at).data or 0
+        view = memoryview((ctypes.c_ubyte * (n * _STRIDE)).from_address(elements)).cast("B")
         view[0::_STRIDE] = _KINDS_U8[:n] if n <= len(_KINDS_U8) else bytes((_U8,)) * n
-        view[_OF::_STRIDE] = val if val.__class__ is bytes else bytes(val)
+        view[_OF::_STRIDE] = data
     out.kind = _LIST
 
 
