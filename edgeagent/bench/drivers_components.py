@@ -11,16 +11,16 @@ and the native twin, in the same run.
   reading from the cache.
 
 Where a component call's time goes: wasmtime-py's component API has no unchecked path. Its own
-``LinkerInstance.add_func``/``Func.__call__`` build a ``FuncType`` from the raw type pointer and walk every
-parameter type (``FuncType.params``, ``valtype_from_ptr``, variant cases) on every call; ComponentGuest reads
-each function's types once (edgeagent.wasm.component_values), which took a null host call from ~6 to ~3.5 us
-and an HTS221 component read on the sim from ~210 to ~60 us. What remains is per value, not per type: every
-argument and result crosses as a heap ``wasmtime_component_val_t`` (a ``result<list<u8>, error-code>`` is
-three allocations and a per-byte array), a borrowed resource costs a ``ResourceAny`` and a ``to_host`` call,
-and each callback builds and invalidates a ``StoreContext`` (``catch_exceptions``). The core path moves raw
-i32 slots and guest memory directly. On the emulated bus, where each transaction blocks and the caches go
-cold, that becomes ~150-200 us per read (1.2-1.26x native, the core module 1.01x). So the bundled drivers stay
-core modules (the fast path is the default); components are for drivers written against the proposals' WIT.
+``LinkerInstance.add_func``/``Func.__call__`` walk every parameter type through the C API on every call;
+ComponentGuest reads each function's types once (wasm.component_values), resolves a resource argument
+to its rep with direct C calls, moves ``list<u8>`` as one block and re-arms a deadline only when it changes.
+What remains is per value: every argument and result still crosses as a heap ``wasmtime_component_val_t``
+through ~20 ctypes calls per I2C call, plus wasmtime's dynamic lowering. The core path moves raw i32 slots and
+guest memory directly. On the emulated bus every path issues the same transactions (HTS221: 6 I2C_RDWR, 3
+delays per reading); the gap is CPU time outside the ioctls, which doubles on every path when each call
+follows a blocking round trip to the emulator (cold caches). So a component read costs 1.04-1.18x native there
+against the core module's 1.01x (docs/components-emulated-gap.md). The bundled drivers stay core modules (the
+fast path is the default); components are for drivers written against the proposals' WIT.
 """
 
 from __future__ import annotations

@@ -51,9 +51,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import wasmtime
+from wasmtime import StoreContext, _bindings
 from wasmtime import _ffi as ffi
 from wasmtime import component as wc
-from wasmtime.component._enter import catch_exceptions, maybe_raise_last_exn
+from wasmtime.component import _enter
+from wasmtime.component._enter import maybe_raise_last_exn
 
 from edgeagent.errors import DriverError, WasmError
 from edgeagent.wasm.cache import ModuleCache
@@ -320,6 +322,8 @@ class ComponentGuest:
         self._compute_ticks = runtime.ticks(self.limits.compute_ms)
         self._call_ticks = runtime.ticks(self.limits.call_ms)
         self._start = runtime.epoch
+        self._armed_epoch = -1  # the epoch and ticks of the deadline last set (see _arm)
+        self._armed_ticks = -1
         self._exc: BaseException | None = None
         self._dead: str | None = None
         self._closed = False
@@ -353,8 +357,9 @@ class ComponentGuest:
                         inst.add_resource(
                             res, wc.ResourceType.host(resource_type_id(h.interface, res)), self._dtor(h, res)
                         )
+                    own_ids = frozenset(resource_type_id(h.interface, r) for r in h.resources)
                     for spec, fn in h.functions():
-                        _add_func(inst, spec.name, self._wrap(h, spec, fn))
+                        _add_func(inst, spec.name, self._wrap(h, spec, fn), own_ids)
         self._arm()
         try:
             self.instance = linker.instantiate(self.store, component)
@@ -411,19 +416,16 @@ class ComponentGuest:
     def _wrap(
         self, host: ComponentHost, spec: ComponentFuncSpec, fn: Callable[..., Any]
     ) -> Callable[..., Any]:
-        """The callable wasmtime-py calls: resources to reps, Err to the err case, exceptions to traps, and
-        the deadline re-armed after a blocking call."""
-        own_ids = {resource_type_id(host.interface, r) for r in host.resources}
+        """The callable wasmtime-py calls: Err to the err case, exceptions to traps, and the deadline re-armed
+        after a blocking call. (Resource arguments arrive already resolved to reps: see _host_impl.)"""
         blocking = spec.blocking
-        resource_any = wc.ResourceAny
+        rearm = self._rearm
 
-        def call(store: Any, *args: Any) -> Any:
+        def call(*args: Any) -> Any:
             try:
-                if args:
-                    args = tuple(_rep(store, a, own_ids) if a.__class__ is resource_any else a for a in args)
                 result = fn(*args)
                 if blocking:
-                    self._rearm()
+                    rearm()
                 return result
             except HostTrap as e:
                 self._exc = e
@@ -435,13 +437,23 @@ class ComponentGuest:
         return call
 
     # ------------------------------------------------------------------ deadlines
+    # The C call that sets a deadline is skipped when it would set the one already set: same epoch (the
+    # ticker's mirror, runtime.epoch) and same number of ticks, i.e. the same absolute deadline. As the core
+    # path does (guest.py); on a sensor read, where every bus transaction is a blocking call, that is most
+    # re-arms.
     def _arm(self) -> None:
-        self._start = self.runtime.epoch
-        self.store.set_epoch_deadline(self._compute_ticks)
+        epoch = self._start = self.runtime.epoch
+        ticks = self._compute_ticks
+        if epoch != self._armed_epoch or ticks != self._armed_ticks:
+            self._armed_epoch, self._armed_ticks = epoch, ticks
+            self.store.set_epoch_deadline(ticks)
 
     def _rearm(self) -> None:
-        left = self._call_ticks - (self.runtime.epoch - self._start)
-        self.store.set_epoch_deadline(max(0, min(self._compute_ticks, left)))
+        epoch = self.runtime.epoch
+        ticks = max(0, min(self._compute_ticks, self._call_ticks - (epoch - self._start)))
+        if epoch != self._armed_epoch or ticks != self._armed_ticks:
+            self._armed_epoch, self._armed_ticks = epoch, ticks
+            self.store.set_epoch_deadline(ticks)
 
     # ------------------------------------------------------------------ calls
     def _lookup(self, export: str) -> _Export | None:
@@ -470,6 +482,7 @@ class ComponentGuest:
         try:
             return f.call(self.store, args)
         except wasmtime.WasmtimeError as e:
+            self._armed_epoch = -1
             err = self._call_error(export, e)
             raise err from self._take_exc()
 
@@ -541,17 +554,6 @@ class ComponentGuest:
         self.close()
 
 
-def _rep(store: Any, value: wc.ResourceAny, own_ids: set[int]) -> Any:
-    """A resource argument of a type this host defines -> its rep; any other resource stays as it is."""
-    try:
-        host = value.to_host(store)
-    except wasmtime.WasmtimeError:
-        return value  # a guest-defined resource
-    if host.type in own_ids:
-        return host.rep
-    return value
-
-
 def _first(e: object) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -604,34 +606,88 @@ class _Export:
 
 
 class _HostFunc:
-    __slots__ = ("fn", "params", "result")
+    __slots__ = ("fn", "own_ids", "params", "resources", "result")
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], own_ids: frozenset[int]) -> None:
         self.fn = fn
+        self.own_ids = own_ids  # the resource types this function's host defines
         self.params: list[Codec] | None = None
+        self.resources: tuple[bool, ...] = ()  # per parameter: an own/borrow handle
         self.result: Codec | None = None
+
+    def types(self, ty_raw: Any, store: Any) -> None:
+        """On the first call: the codecs (the callback's type pointer is borrowed)."""
+        fty = wc.FuncType._from_ptr(ty_raw, owner=store)
+        params = [t for _, t in fty.params]
+        self.resources = tuple(isinstance(t, wc.OwnType | wc.BorrowType) for t in params)
+        r = fty.result
+        self.result = codec(r) if r is not None else None
+        self.params = [codec(t) for t in params]
 
 
 _HOST_FUNCS: dict[int, _HostFunc] = {}
 _HOST_KEYS = itertools.count(1)
+_RESOURCE = ffi.WASMTIME_COMPONENT_RESOURCE.value
+_HostPtr = ctypes.POINTER(ffi.wasmtime_component_resource_host_t)
+# The C functions themselves: ffi's same-named wrappers add a Python frame per call.
+_any_to_host = _bindings._wasmtime_component_resource_any_to_host
+_error_delete = _bindings._wasmtime_error_delete
+_host_rep = _bindings._wasmtime_component_resource_host_rep
+_host_type = _bindings._wasmtime_component_resource_host_type
+_host_delete = _bindings._wasmtime_component_resource_host_delete
+
+
+def _lift_resource(context: Any, c: Any, own_ids: frozenset[int]) -> Any:
+    """A resource argument: its rep when it is a resource of a type the function's host defines (the host
+    handed it out: ``to_host`` checks that against the store's table), else a ``ResourceAny`` (a
+    guest-defined resource, or one of another host's types), as wasmtime-py would lift it.
+
+    Direct C calls on the value's handle: wasmtime-py's path (``ResourceAny`` -> ``to_host`` ->
+    ``ResourceHost`` -> ``rep``/``type``, then both objects finalised) was a third of an I2C host call."""
+    if c.kind != _RESOURCE:
+        raise TypeError("expected a resource value")
+    ptr = c.of.resource  # left in the value: wasmtime frees the argument values after the callback
+    host = _HostPtr()
+    err = _any_to_host(context, ptr, ctypes.byref(host))
+    if err:
+        _error_delete(err)
+    else:
+        try:
+            if _host_type(host) in own_ids:
+                return _host_rep(host)
+        finally:
+            _host_delete(host)
+    return wc.ResourceAny._from_ptr(ffi.take_pointer(c.of, "resource"))
 
 
 @ffi.wasmtime_component_func_callback_t
 def _host_impl(idx, context, ty_raw, args, nargs, results, nresults):
+    """Every host function's callback: wasmtime-py's catch_exceptions inlined (one StoreContext per call,
+    invalidated on the way out; a WasmtimeError is handed back to wasmtime as is, any other exception is
+    kept for maybe_raise_last_exn), arguments lifted, the function called, its result lowered."""
     entry = _HOST_FUNCS[idx or 0]
-
-    def run(store: Any) -> None:
-        if entry.params is None:  # first call: the types, once (the callback's type pointer is borrowed)
-            fty = wc.FuncType._from_ptr(ty_raw, owner=store)
-            entry.params = [codec(t) for _, t in fty.params]
-            r = fty.result
-            entry.result = codec(r) if r is not None else None
+    store = StoreContext(context)
+    try:
+        if entry.params is None:
+            entry.types(ty_raw, store)
         params = entry.params
-        result = entry.fn(store, *[params[i].lift(args[i]) for i in range(nargs)])
+        assert params is not None
+        resources = entry.resources
+        values = [
+            _lift_resource(context, args[i], entry.own_ids) if resources[i] else params[i].lift(args[i])
+            for i in range(nargs)
+        ]
+        result = entry.fn(*values)
         if entry.result is not None:
             entry.result.lower(store, result, results)
-
-    return catch_exceptions(context, run)
+    except wasmtime.WasmtimeError as e:
+        return ctypes.cast(e._consume(), ctypes.c_void_p).value
+    except Exception as e:
+        _enter.LAST_EXCEPTION = e
+        return ctypes.cast(wasmtime.WasmtimeError("python exception")._consume(), ctypes.c_void_p).value
+    finally:
+        store._invalidate()
+    return 0
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -639,11 +695,14 @@ def _host_finalize(idx: int | None) -> None:
     _HOST_FUNCS.pop(idx or 0, None)
 
 
-def _add_func(inst: wc.LinkerInstance, name: str, fn: Callable[..., Any]) -> None:
-    """``LinkerInstance.add_func`` with the function's types read on its first call only."""
+def _add_func(
+    inst: wc.LinkerInstance, name: str, fn: Callable[..., Any], own_ids: frozenset[int] = frozenset()
+) -> None:
+    """``LinkerInstance.add_func`` with the function's types read on its first call only, and resources of
+    the ``own_ids`` types passed to ``fn`` as their reps."""
     inst._assert_not_locked()
     key = next(_HOST_KEYS)
-    _HOST_FUNCS[key] = _HostFunc(fn)
+    _HOST_FUNCS[key] = _HostFunc(fn, own_ids)
     raw = name.encode()
     err = ffi.wasmtime_component_linker_instance_add_func(
         inst.ptr(), ctypes.create_string_buffer(raw), len(raw), _host_impl, key, _host_finalize

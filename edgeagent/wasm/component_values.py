@@ -27,6 +27,7 @@ _STRIDE = ctypes.sizeof(_VAL)
 _OF = _VAL.of.offset
 _U8 = ffi.WASMTIME_COMPONENT_U8.value
 _BOOL = ffi.WASMTIME_COMPONENT_BOOL
+_RESULT = ffi.WASMTIME_COMPONENT_RESULT
 
 Lift = Callable[[Any], Any]
 Lower = Callable[[Any, Any, Any], None]
@@ -71,32 +72,57 @@ def codec(ty: Any) -> Codec:
 
 
 # ------------------------------------------------------------------------------------------- list<u8>
+class _RawList(ctypes.Structure):
+    """A ``wasmtime_component_vallist_t`` read as plain integers (no ctypes pointer objects)."""
+
+    _fields_ = (("size", ctypes.c_size_t), ("data", ctypes.c_void_p))
+
+
+_LIST_OFF = _OF  # the list is the value's payload
+
+
+def _raw_fn(name: str, *argtypes: Any) -> Any:
+    """A C function of wasmtime's library taking plain addresses (its own function object: wasmtime-py's,
+    typed with pointer classes, would need a ctypes pointer object built per call)."""
+    fn = ffi.dll[name]
+    fn.argtypes = list(argtypes)
+    fn.restype = None
+    return fn
+
+
+_vallist_new_uninit = _raw_fn("wasmtime_component_vallist_new_uninit", ctypes.c_void_p, ctypes.c_size_t)
+_vallist_delete = _raw_fn("wasmtime_component_vallist_delete", ctypes.c_void_p)
+_KINDS_U8 = bytes((_U8,)) * 4096  # the elements' kind bytes, for lists up to 4 KiB (see _lower_bytes)
+_LIST = ffi.WASMTIME_COMPONENT_LIST
+
+
 def _lift_bytes(c: Any) -> bytes:
-    lst = c.of.list
-    n = lst.size
+    raw = _RawList.from_address(ctypes.addressof(c) + _LIST_OFF)
+    n = raw.size
     try:
         if not n:
             return b""
-        raw = ctypes.string_at(ctypes.cast(lst.data, ctypes.c_void_p).value or 0, n * _STRIDE)
-        return raw[_OF::_STRIDE]
+        return ctypes.string_at(raw.data or 0, n * _STRIDE)[_OF::_STRIDE]
     finally:
-        ffi.wasmtime_component_vallist_delete(ctypes.byref(lst))
+        _vallist_delete(ctypes.addressof(c) + _LIST_OFF)
 
 
 def _lower_bytes(store: Any, val: Any, ptr: Any) -> None:
     if not isinstance(val, bytes | bytearray | memoryview):
         raise TypeError("expected bytes value")
-    data = bytes(val)
+    data = val if val.__class__ is bytes else bytes(val)  # (a memoryview's len counts items, not bytes)
     n = len(data)
-    raw = ffi.wasmtime_component_vallist_t()
-    ffi.wasmtime_component_vallist_new_uninit(raw, n)
+    out = ptr.contents
+    at = ctypes.addressof(out) + _LIST_OFF
+    _vallist_new_uninit(at, n)
     if n:
-        blob = bytearray(n * _STRIDE)
-        blob[0::_STRIDE] = bytes((_U8,)) * n
-        blob[_OF::_STRIDE] = data
-        ctypes.memmove(ctypes.cast(raw.data, ctypes.c_void_p).value or 0, bytes(blob), len(blob))
-    ptr.contents.kind = ffi.WASMTIME_COMPONENT_LIST
-    ptr.contents.of.list = raw
+        # Straight into the C array: each element's kind byte and its u8 (a u8 element's other bytes are not
+        # read).
+        elements = _RawList.from_address(at).data or 0
+        view = memoryview((ctypes.c_ubyte * (n * _STRIDE)).from_address(elements)).cast("B")
+        view[0::_STRIDE] = _KINDS_U8[:n] if n <= len(_KINDS_U8) else bytes((_U8,)) * n
+        view[_OF::_STRIDE] = data
+    out.kind = _LIST
 
 
 # ------------------------------------------------------------------------------------------- containers
@@ -272,9 +298,11 @@ def _variant(ty: Any) -> Codec:
         def lower(store: Any, val: Any, ptr: Any) -> None:
             name, payload = payload_in(val)
             raw = lower_payload(store, name, payload)
-            ptr.contents.kind = ffi.WASMTIME_COMPONENT_RESULT
-            ptr.contents.of.result.is_ok = name == "ok"
-            ptr.contents.of.result.val = raw
+            out = ptr.contents
+            out.kind = _RESULT
+            res = out.of.result
+            res.is_ok = name == "ok"
+            res.val = raw
 
         def lift(c: Any) -> Any:
             return lift_payload("ok" if c.of.result.is_ok else "err", c.of.result.val)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from wasmtime.component import Variant
 
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import registry
@@ -17,6 +18,7 @@ from edgeagent.drivers.session import open_session
 from edgeagent.errors import AccessDenied, HardwareError
 from edgeagent.hw.sim.clock import SimClock, new_part
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
+from edgeagent.wasm.host import HostTrap
 
 COMPONENTS = [("hts221_component", "hts221"), ("bme280_component", "bme280"), ("bme280_rust", "bme280")]
 
@@ -274,3 +276,56 @@ def test_each_bus_error_is_its_error_code_case(code: str, tag: str, source: str 
     assert host.write_read(rep, 0x40, b"\x01", 2) == expected
     assert host.transaction(rep, 0x40, [b"\x01", 2]) == expected
     assert error_code(expected.value) == ErrorCode[code]
+
+
+def test_component_write_and_write_read_use_the_buses_shortcuts_within_the_policy() -> None:
+    """Like the core host: a bus's write/write_read shortcuts (one I2C_RDWR each, no operation list) are
+    looked up once per grant, and the address is checked against the grant before the bus moves."""
+    from types import SimpleNamespace
+
+    from edgeagent.drivers.components.i2c import ComponentI2cHost
+    from edgeagent.drivers.hosts.i2c import I2cGrant
+    from edgeagent.hw.i2c import ErrorCode, I2cError
+    from edgeagent.wasm.component import Err
+
+    class ShortcutBus:
+        name = "shortcuts"
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int, bytes]] = []
+            self.fail = False
+
+        def transaction(self, address: int, operations: object) -> list[bytes]:
+            self.calls.append(("transaction", address, b""))
+            return []
+
+        def write(self, address: int, data: bytes) -> None:
+            if self.fail:
+                raise I2cError(ErrorCode.NO_ACKNOWLEDGE_DATA, address)
+            self.calls.append(("write", address, data))
+
+        def write_read(self, address: int, data: bytes, length: int) -> bytes:
+            self.calls.append(("write_read", address, data))
+            return bytes(range(length))
+
+        def close(self) -> None:
+            pass
+
+    bus = ShortcutBus()
+    host = ComponentI2cHost()
+    host.bind(SimpleNamespace(name="t"))  # type: ignore[arg-type]
+    host.grant(I2cGrant(bus, frozenset({0x40})))
+    rep = next(iter(host.handles.mapping))
+    assert host.write(rep, 0x40, b"\x20\x84") is None
+    assert host.write_read(rep, 0x40, b"\x0f", 3) == b"\x00\x01\x02"
+    assert bus.calls == [("write", 0x40, b"\x20\x84"), ("write_read", 0x40, b"\x0f")]
+    # Outside the grant: the err case `other`, recorded as a denial, the bus untouched.
+    assert host.write(rep, 0x41, b"\x00") == Err(Variant("other"))
+    assert host.write_read(rep, 0x41, b"\x00", 1) == Err(Variant("other"))
+    assert [(d.bus, d.address) for d in host.denials] == [("shortcuts", 0x41)] * 2
+    assert len(bus.calls) == 2
+    bus.fail = True
+    assert host.write(rep, 0x40, b"\x00") == Err(Variant("no-acknowledge", "data"))
+    host.drop("i2c", rep)  # the guest dropped it: its shortcuts go with it
+    with pytest.raises(HostTrap):
+        host.write(rep, 0x40, b"\x00")

@@ -209,6 +209,72 @@ def test_a_host_function_raising_traps_the_guest_with_the_cause(
     assert isinstance(e.value.__cause__, KeyError)
 
 
+# Interface b uses interface a's resource `thing` (a WIT `use`): b's host did not hand it out.
+USES = r"""
+(component
+  (import "example:probe/a@0.1.0" (instance $a
+    (export "thing" (type (sub resource)))
+    (export "size" (func (param "t" (borrow 0)) (result u32)))
+  ))
+  (alias export $a "thing" (type $thing))
+  (alias export $a "size" (func $size))
+  (import "example:probe/b@0.1.0" (instance $b
+    (alias outer 1 $thing (type))
+    (export "thing" (type (eq 0)))
+    (export "peek" (func (param "t" (borrow 1)) (result u32)))
+  ))
+  (alias export $b "peek" (func $peek))
+  (core func $size_low (canon lower (func $size)))
+  (core func $peek_low (canon lower (func $peek)))
+  (core module $m
+    (import "h" "size" (func $size (param i32) (result i32)))
+    (import "h" "peek" (func $peek (param i32) (result i32)))
+    (global $t (mut i32) (i32.const 0))
+    (func (export "init") (param i32) (global.set $t (local.get 0)))
+    (func (export "size") (result i32) (call $size (global.get $t)))
+    (func (export "peek") (result i32) (call $peek (global.get $t)))
+  )
+  (core instance $hi (export "size" (func $size_low)) (export "peek" (func $peek_low)))
+  (core instance $i (instantiate $m (with "h" (instance $hi))))
+  (func (export "init") (param "t" (own $thing)) (canon lift (core func $i "init")))
+  (func (export "size") (result u32) (canon lift (core func $i "size")))
+  (func (export "peek") (result u32) (canon lift (core func $i "peek")))
+)
+"""
+
+
+def test_a_resource_reaches_the_host_that_defines_it_as_its_rep_and_any_other_host_as_a_handle(
+    rt: Runtime,
+) -> None:
+    """Resource arguments are resolved to reps when lifted (component._lift_resource), for the host whose
+    interface defines the resource only: another host gets wasmtime-py's ResourceAny, as before."""
+
+    seen: list[object] = []
+
+    class ThingHost(ComponentHost):
+        interface = "example:probe/a@0.1.0"
+        resources = ("thing",)
+
+        @componentfunc("size")
+        def size(self, rep: int) -> int:
+            return rep
+
+    class PeekHost(ComponentHost):
+        interface = "example:probe/b@0.1.0"
+
+        @componentfunc("peek")
+        def peek(self, thing: object) -> int:
+            seen.append(thing)
+            return 1
+
+    things, peek = ThingHost(), PeekHost()
+    with ComponentGuest(rt, wc.Component(rt.engine, USES), name="uses", hosts=[things, peek]) as g:
+        g.call("init", things.own("thing", 42))
+        assert [g.call("size"), g.call("size")] == [42, 42]
+        assert g.call("peek") == 1
+    assert [type(t) for t in seen] == [wc.ResourceAny]
+
+
 def test_memory_beyond_the_limit_is_refused(rt: Runtime, probe_component: wc.Component) -> None:
     g = ComponentGuest(
         rt, probe_component, name="grow", hosts=[ProbeHost()], limits=Limits(memory_bytes=4 * 65536)
@@ -260,7 +326,7 @@ def _component_binary() -> bytes:
     return bytes(wat2wasm(PROBE))
 
 
-@pytest.mark.parametrize("data", [b"", b"\x00", bytes(range(256)) * 5])
+@pytest.mark.parametrize("data", [b"", b"\x00", bytes(range(256)) * 5, bytes(range(256)) * 17])
 def test_byte_lists_cross_as_one_block_and_come_back_intact(data: bytes) -> None:
     import ctypes
 

@@ -64,15 +64,27 @@ class ComponentI2cHost(ComponentHost):
         super().__init__()
         self.handles: HandleTable[I2cGrant] = HandleTable()
         self._grants = self.handles.mapping
+        # The bus's register-access shortcuts (hw.i2c.I2cBus), looked up once per grant (as the core host).
+        self._write_read: dict[int, Callable[[int, bytes, int], bytes]] = {}
+        self._write: dict[int, Callable[[int, bytes], None]] = {}
         self.denials: list[Denial] = []
         self.last_error: I2cError | None = None
 
     def grant(self, grant: I2cGrant) -> Any:
         """An owned ``i2c`` resource for ``grant``, to hand to the guest (``init``'s ``bus``)."""
-        return self.own("i2c", self.handles.add(grant))
+        rep = self.handles.add(grant)
+        write_read = getattr(grant.bus, "write_read", None)
+        write = getattr(grant.bus, "write", None)
+        if callable(write_read):
+            self._write_read[rep] = write_read
+        if callable(write):
+            self._write[rep] = write
+        return self.own("i2c", rep)
 
     def drop(self, resource: str, rep: int) -> None:
         self._grants.pop(rep, None)
+        self._write_read.pop(rep, None)
+        self._write.pop(rep, None)
 
     def _deny(self, grant: I2cGrant, address: int) -> Err:
         self.denials.append(Denial(grant.bus.name, address))
@@ -123,8 +135,21 @@ class ComponentI2cHost(ComponentHost):
     def write(self, rep: int, address: int, data: bytes) -> Any:
         if len(data) > MAX_TRANSFER:
             return _OTHER
-        result = self._run(rep, address, [Write(data)])
-        return result if isinstance(result, Err) else None
+        fast = self._write.get(rep)
+        if fast is None:
+            result = self._run(rep, address, [Write(data)])
+            return result if isinstance(result, Err) else None
+        grant = self._grants.get(rep)
+        if grant is None:
+            raise HostTrap(f"i2c resource {rep} is not one this host handed out")
+        if address not in grant.addresses:
+            return self._deny(grant, address)
+        try:
+            fast(address, data)  # the same single-message I2C_RDWR as transaction([Write(data)])
+        except I2cError as e:
+            self.last_error = e
+            return _ERRS[e.code]
+        return None
 
     @componentfunc("[method]i2c.write-read", blocking=True)
     def write_read(self, rep: int, address: int, data: bytes, length: int) -> Any:
@@ -135,7 +160,7 @@ class ComponentI2cHost(ComponentHost):
             return self._deny(grant, address)
         if len(data) + length > MAX_TRANSFER:
             return _OTHER
-        fast = getattr(grant.bus, "write_read", None)
+        fast = self._write_read.get(rep)
         try:
             if fast is not None:
                 return bytes(fast(address, data, length))
@@ -155,6 +180,7 @@ class ComponentDelayHost(ComponentHost):
         super().__init__()
         self._sleep = sleep
         self.handles: HandleTable[None] = HandleTable()
+        self._handles = self.handles.mapping
         self.slept_ns = 0
 
     def new_delay(self) -> Any:
@@ -165,7 +191,7 @@ class ComponentDelayHost(ComponentHost):
 
     @componentfunc("[method]delay.delay-ns", blocking=True)
     def delay_ns(self, rep: int, ns: int) -> None:
-        if rep not in self.handles:
+        if rep not in self._handles:
             raise HostTrap(f"delay resource {rep} is not one this host handed out")
         self.slept_ns += ns
         self._sleep(ns / 1e9)
