@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from edgeagent.bench.harness import Report
 from edgeagent.cli import render
 from edgeagent.cli.benchrender import report_table
 from edgeagent.cli.context import state
@@ -42,16 +43,21 @@ def _make_command(area: str, module: str):
         cfg = state(ctx).config
         report = importlib.import_module(module).run(cfg, repeat=repeat)
         path = out or Path("bench-results") / f"{area}.json"
-        report.write_json(path)
-        if json_:
-            render.print_json(report.to_dict())
-        else:
-            render.console.print(report_table(report))
-            for note in report.meta.get("notes", []):
-                render.console.print(f"note: {note}")
-            render.console.print(f"JSON written to {path}")
+        _show(report, path, json_=json_)
 
     return command
+
+
+def _show(report: Report, path: Path, *, json_: bool, extra: str = "") -> None:
+    """Writes the JSON report and prints it, or its table, notes and where it went."""
+    report.write_json(path)
+    if json_:
+        render.print_json(report.to_dict())
+        return
+    render.console.print(report_table(report))
+    for note in report.meta.get("notes", []):
+        render.console.print(f"note: {note}")
+    render.console.print(f"JSON written to {path}{extra}")
 
 
 def register(app: typer.Typer) -> None:
@@ -111,11 +117,4 @@ def _fleet(
     report = fleet.run(None, sizes=_sizes(sizes), quote_interval=quote_interval, settle=settle, window=window,
                        plot=plot, keep=keep, agent_notifications=agent_notifications, out=out,
                        verifier_workers=verifier_workers)
-    report.write_json(out)
-    if json_:
-        render.print_json(report.to_dict())
-    else:
-        render.console.print(report_table(report))
-        for note in report.meta.get("notes", []):
-            render.console.print(f"note: {note}")
-        render.console.print(f"JSON written to {out}; plot {plot}")
+    _show(report, out, json_=json_, extra=f"; plot {plot}")
