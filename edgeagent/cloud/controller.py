@@ -603,31 +603,34 @@ class Controller:
             )
             mem.last_status_write = time.monotonic()
 
-    def _enroll(self, en: crd.EdgeNode) -> float:
-        """Pending, nothing delivered: check the TPM, add it to the verifier, deliver U and the payload."""
+    def _registered_and_trusted(
+        self, en: crd.EdgeNode
+    ) -> tuple[keylime.RegistrarAgent, ekcheck.EkVerdict] | float:
+        """The registrar's activated agent and the verdict on its EK, or when to look again: not registered
+        yet (the enrolling pace), or its EK refused (said once, in the status, an Event and the log)."""
         agent = self.keylime.registrar_agent(en.spec.agent_uuid)
         if agent is None:
             self._status_message(en, "waiting for the agent to register and activate its AK")
             return self.s.pending_interval
         try:
-            verdict = self.check_ek(en, agent)
+            return agent, self.check_ek(en, agent)
         except ekcheck.EkRejected as e:
             if en.status.get("message") != str(e):
-                self.edgenodes.patch_status(
-                    en.name,
-                    {
-                        "phase": "Pending",
-                        "attested": False,
-                        "message": str(e),
-                        "conditions": crd.merge_conditions(
-                            en.status.get("conditions"),
-                            crd.condition("EKTrusted", False, "EKRejected", str(e)),
-                        ),
-                    },
-                )
+                self.edgenodes.patch_status(en.name, {
+                    "phase": "Pending", "attested": False, "message": str(e),
+                    "conditions": crd.merge_conditions(
+                        en.status.get("conditions"), crd.condition("EKTrusted", False, "EKRejected", str(e))),
+                })
                 self.access.event(en, reason="EKRejected", message=str(e), warning=True)
                 self._record("ek-rejected", en.name)
             return 30.0
+
+    def _enroll(self, en: crd.EdgeNode) -> float:
+        """Pending, nothing delivered: check the TPM, add it to the verifier, deliver U and the payload."""
+        checked = self._registered_and_trusted(en)
+        if not isinstance(checked, tuple):
+            return checked
+        agent, verdict = checked
         client = tenant.AgentClient(agent, self.tls, address=en.spec.agent_address)
         version = client.api_version()
         policy = en.spec.tpm_policy or en.status.get("trustedPolicy")
@@ -717,22 +720,10 @@ class Controller:
     def _enroll_push(self, en: crd.EdgeNode) -> float:
         """Pending push-mode device: check the TPM and add it to the push-mode verifier. Nothing is sent to
         the device (nothing can reach it); its join material is sealed once the verifier passes it."""
-        agent = self.keylime.registrar_agent(en.spec.agent_uuid)
-        if agent is None:
-            self._status_message(en, "waiting for the agent to register and activate its AK")
-            return self.s.pending_interval
-        try:
-            verdict = self.check_ek(en, agent)
-        except ekcheck.EkRejected as e:
-            if en.status.get("message") != str(e):
-                self.edgenodes.patch_status(en.name, {
-                    "phase": "Pending", "attested": False, "message": str(e),
-                    "conditions": crd.merge_conditions(
-                        en.status.get("conditions"), crd.condition("EKTrusted", False, "EKRejected", str(e))),
-                })
-                self.access.event(en, reason="EKRejected", message=str(e), warning=True)
-                self._record("ek-rejected", en.name)
-            return 30.0
+        checked = self._registered_and_trusted(en)
+        if not isinstance(checked, tuple):
+            return checked
+        agent, verdict = checked
         if not en.spec.tpm_policy:
             # No trust on first use: nothing can ask a device behind NAT for its PCRs before it is trusted.
             message = ("push mode needs spec.tpmPolicy (the PCR 23 value `edgeagent measure` reports): "
