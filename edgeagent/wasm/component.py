@@ -361,10 +361,13 @@ class ComponentGuest:
                     for spec, fn in h.functions():
                         _add_func(inst, spec.name, self._wrap(h, spec, fn), own_ids)
         self._arm()
+        runtime.enter(self)  # a component's start runs Wasm code
         try:
             self.instance = linker.instantiate(self.store, component)
         except wasmtime.WasmtimeError as e:
             raise self._error(f"cannot be instantiated: {self._reason(e)}") from self._take_exc()
+        finally:
+            runtime.leave(self)
         self._export_instance: wc.ExportIndex | None = None
         if exports is not None:
             self._export_instance = self.instance.get_export_index(self.store, exports)
@@ -479,12 +482,19 @@ class ComponentGuest:
         if f is None:
             raise self._error(f"has no exported function {export!r}")
         self._arm()
+        # In flight for the epoch ticker (engine.py); a nested call leaves the outer one in flight.
+        runtime = self.runtime
+        nested = self in runtime.inflight
+        runtime.enter(self)
         try:
             return f.call(self.store, args)
         except wasmtime.WasmtimeError as e:
             self._armed_epoch = -1
             err = self._call_error(export, e)
             raise err from self._take_exc()
+        finally:
+            if not nested:
+                runtime.leave(self)
 
     def result_type(self, export: str) -> Any:
         """The WIT result type of an export (None: no result)."""
