@@ -86,6 +86,18 @@ IMPORT_STEPS = (
     ("edgeagent.agent.metrics (prometheus_client)", "import edgeagent.agent.metrics"),
     ("kubernetes.client (for comparison: the agent does not import it)", "import kubernetes.client"),
 )
+# The agent's own modules on the (a) path, for the "imports only" process of the memory breakdown.
+AGENT_IMPORTS = (
+    *FLOOR_IMPORTS,
+    "edgeagent.agent.supervisor",
+    "edgeagent.measure.measurer",
+    "edgeagent.attest.enroll",
+    "edgeagent.drivers.session",
+    "edgeagent.drivers.bundled",
+    "edgeagent.controllers.measured",
+    "edgeagent.agent.metrics",
+    "prometheus_client.exposition",
+)
 
 
 # ---------------------------------------------------------------------------------------------- /proc
@@ -122,6 +134,25 @@ def cpu_seconds(roots: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def kinds(roots: list[int]) -> dict[str, float]:
+    """Where the resident memory is (MiB, summed over the tree): anonymous (heap, Python objects, stacks,
+    Wasm memories) against file-backed (library code and data the process has touched: clean pages the
+    kernel can drop and read back, shared with any process that maps the same file)."""
+    keys = {"Rss": "rss", "Anonymous": "anonymous", "Pss_Anon": "pss_anon", "Pss_File": "pss_file"}
+    out = dict.fromkeys(keys.values(), 0.0)
+    for pid in _tree(roots):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    name, _, rest = line.partition(":")
+                    if name in keys:
+                        out[keys[name]] += int(rest.split()[0]) * 1024 / MiB
+        except OSError:
+            continue
+    out["file"] = out["rss"] - out["anonymous"]
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 @dataclasses.dataclass
 class Window:
     rss: list[float]  # MiB per sample
@@ -129,6 +160,7 @@ class Window:
     cpu: list[float]  # % of one core per sub-window
     cpu_total: float  # % of one core over the whole window
     load: tuple[float, float]  # 1-minute load average before and after
+    kinds: dict[str, float] = dataclasses.field(default_factory=dict)  # at the window's end (see kinds())
 
 
 def measure_window(roots: list[int], *, window: float, samples: int, parts: int) -> Window:
@@ -157,7 +189,7 @@ def measure_window(roots: list[int], *, window: float, samples: int, parts: int)
             cpu.append(100.0 * (c - c_last) / (t - t_last))
             c_last, t_last = c, t
     total = 100.0 * (c_last - c_start) / (t_last - t0)
-    return Window(rss, pss, cpu, total, (load0, os.getloadavg()[0]))
+    return Window(rss, pss, cpu, total, (load0, os.getloadavg()[0]), kinds(roots))
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -193,6 +225,21 @@ class Agent(AgentProcess):
     def __init__(self, cfg: Path, sock: Path, log: Path, notify: NotifyListener) -> None:
         super().__init__(cfg, sock, log, env={"NOTIFY_SOCKET": str(notify.path)})
         self.notify = notify
+        self.started_at = 0.0
+
+    def start(self, *, lean: bool = False, env: dict[str, str] | None = None) -> Agent:
+        self.started_at = time.monotonic()
+        super().start(lean=lean, env=env)
+        return self
+
+    def wait_steady(self) -> None:
+        """Until the agent's first heap trim after its start (supervisor.TRIM_AFTER_START) has run: the
+        memory of an agent that has been up a while, not its start-up peak."""
+        from edgeagent.agent.supervisor import TRIM_AFTER_START
+
+        delay = self.started_at + TRIM_AFTER_START + 2.0 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def start_timed(
         self, *, lean: bool = False, env: dict[str, str] | None = None, timeout: float = 60.0
@@ -283,11 +330,12 @@ def _floor_code(imports: tuple[str, ...]) -> str:
     return f"import {', '.join(imports)}, sys, time; print('ready', flush=True); time.sleep(3600)"
 
 
-def measure_floor(*, samples: int) -> tuple[list[float], list[float]]:
-    """RSS and PSS (MiB) of a sleeping interpreter that imported only the floor's modules."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _floor_code(FLOOR_IMPORTS)], stdout=subprocess.PIPE, env=_env()
-    )
+def measure_floor(
+    *, samples: int, imports: tuple[str, ...] = FLOOR_IMPORTS
+) -> tuple[list[float], list[float], dict[str, float]]:
+    """RSS and PSS (MiB) of a sleeping interpreter that imported only ``imports`` (the floor's modules by
+    default), and its kinds() at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", _floor_code(imports)], stdout=subprocess.PIPE, env=_env())
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
@@ -299,7 +347,7 @@ def measure_floor(*, samples: int) -> tuple[list[float], list[float]]:
             rss.append(r / MiB)
             pss.append(p / MiB)
             time.sleep(0.1)
-        return rss, pss
+        return rss, pss, kinds([proc.pid])
     finally:
         proc.kill()
         proc.wait()
@@ -413,6 +461,7 @@ def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
             _settle_agent(agent, controllers=None)  # killed while running, not while starting
             ready["kill"].append(agent.sigkill_restart())
         _settle_agent(agent, controllers=N_CONTROLLERS)
+        agent.wait_steady()
         mem["b"] = measure_window([agent.pid], window=window, samples=samples, parts=parts)
         _check_attested(agent)
         agent.stop()
@@ -421,13 +470,20 @@ def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
         agent.start_timed(env={"EDGEAGENT_CONTROLLERS_DIR": str(empty)})
         _check_nothing_new(agent)
         _settle_agent(agent, controllers=0)
+        agent.wait_steady()
         mem["a"] = measure_window([agent.pid], window=window, samples=samples, parts=parts)
         _check_attested(agent)
         agent.stop()
 
         # (1a) and (1b): the same work as separate processes, as before the agent existed
         mem.update(_separate_processes(root, cfg, window=window, samples=samples, parts=parts))
-        floor_rss, floor_pss = measure_floor(samples=samples)
+        floor_rss, floor_pss, floor_kinds = measure_floor(samples=samples)
+        _, _, imports_kinds = measure_floor(samples=1, imports=AGENT_IMPORTS)
+        report.meta["memory_kinds_mib"] = {
+            "floor": floor_kinds,
+            "imports only (the agent's modules, nothing run)": imports_kinds,
+            **{k: w.kinds for k, w in mem.items()},
+        }
         report.meta["imports"] = import_breakdown()
         report.meta["load_during"] = {k: w.load for k, w in mem.items()}
         report.meta["cpu_whole_window_pct"] = {k: round(w.cpu_total, 3) for k, w in mem.items()}

@@ -8,10 +8,20 @@ import subprocess
 import sys
 
 # Everything the service process imports on that path: at start, and lazily as its parts run.
-AGENT_PATH = (
-    "edgeagent.agent.__main__, edgeagent.agent.supervisor, edgeagent.agent.metrics, edgeagent.measure.measurer, "
-    "edgeagent.attest.enroll, edgeagent.drivers.session, edgeagent.drivers.bundled, edgeagent.drivers.loader, "
-    "edgeagent.controllers.measured, edgeagent.controllers.manifest, edgeagent.wasm.bundle"
+AGENT_PATH = ", ".join(
+    [
+        "edgeagent.agent.__main__",
+        "edgeagent.agent.supervisor",
+        "edgeagent.agent.metrics",
+        "edgeagent.measure.measurer",
+        "edgeagent.attest.enroll",
+        "edgeagent.drivers.session",
+        "edgeagent.drivers.bundled",
+        "edgeagent.drivers.loader",
+        "edgeagent.controllers.measured",
+        "edgeagent.controllers.manifest",
+        "edgeagent.wasm.bundle",
+    ]
 )
 NOT_LOADED = (
     "wasmtime.component",  # component drivers only
