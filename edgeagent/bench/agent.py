@@ -353,7 +353,7 @@ def serialized_work_module(path: Path) -> Path:
 
     scope: dict[str, Any] = {"wasmtime": wasmtime}
     exec(_engine_config_code(), scope)  # our own constant code, shared with the floor process
-    path.write_bytes(wasmtime.Module(scope["engine"], wasmtime.wat2wasm(WORK_WAT)).serialize())
+    path.write_bytes(wasmtime.Module(scope["engine"], bytes(wasmtime.wat2wasm(WORK_WAT))).serialize())
     return path
 
 
