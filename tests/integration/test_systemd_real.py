@@ -232,6 +232,16 @@ def host_mounts_under(path: Path) -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line]
 
 
+def host_fingerprint() -> dict[str, str]:
+    """What a systemd booted without the boot script's guards changed on the host (seen while writing
+    this test): sysctls set by systemd-sysctl, the options of the host's /sys/fs/cgroup (remounted ro)."""
+    sysctls = {f: Path("/proc/sys/fs", f).read_text().strip()
+               for f in ("protected_fifos", "protected_hardlinks", "protected_regular", "protected_symlinks")}
+    cgroup_fs = [line.split(" - ")[1] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                 if line.split()[4] == "/sys/fs/cgroup"]
+    return {**sysctls, "/sys/fs/cgroup": " | ".join(cgroup_fs)}
+
+
 @pytest.fixture
 def booted(tmp_path: Path, swtpm_template: SoftwareTpm, wasm_build) -> Iterator[Booted]:
     if os.geteuid() != 0:
@@ -245,14 +255,15 @@ def booted(tmp_path: Path, swtpm_template: SoftwareTpm, wasm_build) -> Iterator[
     stage_root(stage, swtpm_template)
     scratch = tmp_path / "ns"
     scratch.mkdir()
+    before = host_fingerprint()
     cgroup = own_cgroup2() / f"realsystemd-{uuid.uuid4().hex[:8]}"
     cgroup.mkdir()
     log = tmp_path / "boot.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
-             "unshare", "--cgroup", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net",
-             "--propagation", "private", str(BOOT), str(stage), str(scratch)],
+             "unshare", "--cgroup", "--pid", "--fork", "--kill-child=SIGKILL", "--mount", "--uts", "--ipc",
+             "--net", "--propagation", "private", str(BOOT), str(stage), str(scratch)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     booted: Booted | None = None
@@ -277,6 +288,7 @@ def booted(tmp_path: Path, swtpm_template: SoftwareTpm, wasm_build) -> Iterator[
     # nothing left behind on the host
     assert not host_mounts_under(tmp_path), host_mounts_under(tmp_path)
     assert not cgroup.exists()
+    assert host_fingerprint() == before
 
 
 def start_and_wait(b: Booted, unit: str) -> dict[str, str]:
