@@ -198,8 +198,13 @@ class LocalApi:
             raise StateError(f"cannot create the local API socket {self.path}: {e.strerror}") from None
         os.chmod(self.path, 0o660)
         if self.group:
+            # Only when needed: under edgeagent.service (Group=edgeagent, the default socket_group) the socket
+            # is created with that group already, and the unit's SystemCallFilter=~@privileged refuses chown()
+            # (EPERM): an unconditional chown warned at every start under a real systemd.
             try:
-                os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
+                gid = grp.getgrnam(self.group).gr_gid
+                if os.stat(self.path).st_gid != gid:
+                    os.chown(self.path, -1, gid)
             except KeyError:
                 log.info("local API: no group %r here; the socket stays with the agent's group", self.group)
             except OSError as e:

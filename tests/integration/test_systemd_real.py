@@ -1,0 +1,397 @@
+"""The shipped units under a real systemd: the machine's systemd 252 booted as PID 1 in namespaces of its own.
+
+The sandbox has no systemd as PID 1, so the test boots one, as a container manager would
+(tests/integration/systemd_boot.sh: fresh pid, mount, cgroup, net, uts and ipc namespaces; the host's / as
+a read-only overlay layer; /proc/sys and sysfs read-only; cgroup2 rooted at a directory this test makes). What
+`make install-files DESTDIR=<stage> PREFIX=/usr` staged is copied over that root before boot, so the boot
+itself runs systemd-sysusers (the edgeagent user, the i2c group) and systemd-tmpfiles, then the test starts
+the units with systemctl inside the namespaces and checks what systemd and the kernel report.
+
+What the test adds to the installed tree, each because the sandbox is not a device:
+- the Python venv: `make install-python` needs PyPI; a venv of the same Python whose .pth puts this worktree
+  and the project's venv on sys.path stands in (the wrapper /usr/bin/edgeagent is the installed one);
+- /etc/edgeagent/agent.toml: enrollment off, simulated sensors, the TPM a swtpm on a Unix socket
+  (edgeagent-test-swtpm.service) instead of /dev/tpmrm0, which the sandbox does not have;
+- edgeagent-measure.service.d/test-swtpm.conf: RestrictAddressFamilies=AF_UNIX, because the unit's `none`
+  forbids the socket() the swtpm TCTI needs (PrivateNetwork=, DevicePolicy= and the rest stay);
+- edgeagent.service.d/test-watchdog.conf: WatchdogSec=3s instead of 30s, so that pings are seen within
+  seconds, and a supervisor that stopped pinging would be killed during the test.
+edgeagent.service itself needs nothing: the swtpm socket is AF_UNIX, which it allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from edgeagent.tpm.swtpm import SoftwareTpm
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOT = Path(__file__).with_name("systemd_boot.sh")
+SYSTEMD = Path("/lib/systemd/systemd")
+NS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SWTPM_DIR = "/run/edgeagent-test-swtpm"
+SWTPM_STATE = "/var/lib/edgeagent-test-swtpm"
+
+CONFIG = f"""
+state_dir = "/var/lib/edgeagent"
+tpm_tcti = "swtpm:path={SWTPM_DIR}/tpm.sock"
+policies_dir = "/etc/edgeagent/policies"
+[measure]
+firmware_log = "/sys/kernel/security/tpm0/binary_bios_measurements"
+[drivers]
+modules_dir = "/usr/lib/edgeagent/drivers"
+[[drivers.instances]]
+name = "climate"
+driver = "bme280"
+interval = 0.5
+sim = "true"
+[controllers]
+dir = "/var/lib/edgeagent-test-no-controllers"
+[agent]
+enroll = false
+socket = "/run/edgeagent/agent.sock"
+socket_group = "edgeagent"
+metrics_port = 0
+restart_backoff = 0.2
+restart_backoff_max = 1.0
+"""
+
+TEST_UNITS = {
+    "edgeagent-test.target": """\
+[Unit]
+Description=edgeagent test boot: sysinit and basic, a software TPM, nothing else from the host
+Requires=basic.target
+Wants=edgeagent-test-swtpm.service
+After=basic.target
+AllowIsolate=yes
+""",
+    "edgeagent-test-swtpm.service": f"""\
+[Unit]
+Description=edgeagent test: a software TPM on a Unix socket, standing in for /dev/tpmrm0
+Before=edgeagent-measure.service edgeagent.service
+
+[Service]
+ExecStart=/usr/bin/swtpm socket --tpm2 --tpmstate dir={SWTPM_STATE} \\
+    --server type=unixio,path={SWTPM_DIR}/tpm.sock,mode=0666 \\
+    --ctrl type=unixio,path={SWTPM_DIR}/tpm.sock.ctrl,mode=0666 --flags not-need-init,startup-clear
+ExecStartPost=/bin/sh -c 'until [ -S {SWTPM_DIR}/tpm.sock ]; do sleep 0.05; done'
+RuntimeDirectory=edgeagent-test-swtpm
+RuntimeDirectoryMode=0755
+""",
+    "edgeagent-measure.service.d/test-swtpm.conf": """\
+# The test's TPM is a swtpm on a Unix socket; the unit's RestrictAddressFamilies=none would refuse it.
+[Service]
+RestrictAddressFamilies=AF_UNIX
+""",
+    "edgeagent.service.d/test-watchdog.conf": """\
+# Pings every 1.5 s instead of 15 s: seen quickly, and a supervisor that stops pinging is killed mid-test.
+[Service]
+WatchdogSec=3s
+""",
+}
+
+
+T = TypeVar("T")
+
+
+def wait_until(cond: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """The first truthy value of ``cond()``; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def own_cgroup2() -> Path:
+    """This process's cgroup in the cgroup2 hierarchy (the hybrid layout's /sys/fs/cgroup/unified or the
+    unified layout's /sys/fs/cgroup): the test's systemd gets a child of it, so it escapes no limit."""
+    mount = next(
+        (line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+         if line.split(" - ")[1].startswith("cgroup2 ")),
+        None,
+    )
+    if mount is None:
+        pytest.fail("no cgroup2 hierarchy mounted: the test's systemd needs one for its cgroup namespace")
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    rel = next(line[3:] for line in lines if line.startswith("0::"))
+    return Path(mount) / rel.lstrip("/")
+
+
+class Booted:
+    """A systemd booted by systemd_boot.sh: commands run inside its namespaces through nsenter."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], cgroup: Path, log: Path) -> None:
+        self.proc = proc
+        self.cgroup = cgroup
+        self.log = log
+        self.pid1 = wait_until(self._child, "unshare to fork the namespace's init", timeout=20)
+
+    def _child(self) -> int | None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the boot script exited ({self.proc.returncode}):\n{self.log.read_text()}")
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return int(children[0]) if children else None
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(
+            ["nsenter", "-t", str(self.pid1), "-a", "env", "-i", f"PATH={NS_PATH}", *argv],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and p.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} failed ({p.returncode}):\n{p.stdout}{p.stderr}\n{self.journal()}"
+            )
+        return p
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.run("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self, *units: str) -> str:
+        args = [a for u in units or ("edgeagent.service", "edgeagent-measure.service") for a in ("-u", u)]
+        out = self.run("journalctl", "--no-pager", "-o", "short-monotonic", *args, check=False).stdout
+        return out[-6000:]
+
+    def journal_json(self, unit: str) -> list[dict[str, str]]:
+        out = self.run("journalctl", "--no-pager", "-o", "json", "-u", unit).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def is_systemd(self) -> bool:
+        """Whether the namespace's init has exec'd systemd (the boot script is done)."""
+        return os.readlink(f"/proc/{self.pid1}/exe").endswith("/systemd")
+
+    def ns_file(self, path: str) -> Path:
+        """A path inside the namespace's root, seen from the host."""
+        return Path(f"/proc/{self.pid1}/root") / path.lstrip("/")
+
+    def teardown(self) -> None:
+        """SIGKILL to the namespace's init kills every process in the pid namespace; the mount namespace (and
+        with it the overlay and tmpfs mounts) goes with its last process; the cgroups are then empty."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid1, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        wait_until(lambda: not any(
+            (d / "cgroup.procs").read_text().strip() for d in [self.cgroup, *self.cgroup.rglob("*")]
+            if d.is_dir()
+        ), "the test's cgroups to empty", timeout=30)
+        for d in sorted((p for p in self.cgroup.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                        reverse=True):
+            d.rmdir()
+        self.cgroup.rmdir()
+
+
+def stage_root(stage: Path, tpm: SoftwareTpm) -> None:
+    """`make install-files` into ``stage``, then the test's additions (see the module docstring)."""
+    make = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "install-files", f"DESTDIR={stage}", "PREFIX=/usr"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert make.returncode == 0, make.stdout + make.stderr
+    venv = stage / "usr/lib/edgeagent/venv"
+    base_python = Path(sys._base_executable).resolve()  # type: ignore[attr-defined]
+    subprocess.run([str(base_python), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    purelib = sysconfig.get_paths()["purelib"]
+    site = venv / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+    (site / "edgeagent-test.pth").write_text(f"{ROOT}\n{purelib}\n")
+    (stage / "etc/edgeagent/agent.toml").write_text(CONFIG)
+    units = stage / "etc/systemd/system"
+    for name, text in TEST_UNITS.items():
+        (units / name).parent.mkdir(parents=True, exist_ok=True)
+        (units / name).write_text(text)
+    (units / "default.target").symlink_to("edgeagent-test.target")
+    (stage / "etc/hostname").write_text("edgeagent-test\n")
+    (stage / "etc/machine-id").write_text("")
+    state = stage / SWTPM_STATE.lstrip("/")
+    state.mkdir(parents=True, mode=0o700)
+    for f in tpm.state_dir.iterdir():
+        if f.is_file() and not f.name.startswith(".lock"):
+            shutil.copy2(f, state / f.name)
+
+
+def host_mounts_under(path: Path) -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line]
+
+
+def host_fingerprint() -> dict[str, str]:
+    """What a systemd booted without the boot script's guards changed on the host (seen while writing
+    this test): sysctls set by systemd-sysctl, the options of the host's /sys/fs/cgroup (remounted ro)."""
+    sysctls = {f: Path("/proc/sys/fs", f).read_text().strip()
+               for f in ("protected_fifos", "protected_hardlinks", "protected_regular", "protected_symlinks")}
+    cgroup_fs = [line.split(" - ")[1] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                 if line.split()[4] == "/sys/fs/cgroup"]
+    return {**sysctls, "/sys/fs/cgroup": " | ".join(cgroup_fs)}
+
+
+@pytest.fixture
+def booted(tmp_path: Path, swtpm_template: SoftwareTpm, wasm_build) -> Iterator[Booted]:
+    if os.geteuid() != 0:
+        pytest.fail("booting systemd in namespaces needs root (the project's test machines run as root)")
+    for tool in ("unshare", "nsenter", "capsh", "swtpm"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed")
+    if not SYSTEMD.exists():
+        pytest.fail(f"{SYSTEMD} is not installed (apt install systemd)")
+    stage = tmp_path / "stage"
+    stage_root(stage, swtpm_template)
+    scratch = tmp_path / "ns"
+    scratch.mkdir()
+    before = host_fingerprint()
+    cgroup = own_cgroup2() / f"realsystemd-{uuid.uuid4().hex[:8]}"
+    cgroup.mkdir()
+    log = tmp_path / "boot.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
+             "unshare", "--cgroup", "--pid", "--fork", "--kill-child=SIGKILL", "--mount", "--uts", "--ipc",
+             "--net", "--propagation", "private", str(BOOT), str(stage), str(scratch)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    booted: Booted | None = None
+    try:
+        booted = Booted(proc, cgroup, log)
+        # the boot script execs systemd once the root is ready (pivoted); systemctl needs its private socket
+        wait_until(lambda: booted.is_systemd() and booted.ns_file("/run/systemd/private").exists(),
+                   "systemd's private socket", timeout=60)
+        state = booted.run("systemctl", "is-system-running", "--wait", check=False, timeout=120).stdout
+        state = state.strip()
+        failed = booted.run("systemctl", "--failed", check=False).stdout
+        assert state == "running", f"boot ended {state}:\n{failed}"
+        yield booted
+    finally:
+        if booted is not None:
+            booted.teardown()
+        else:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+            cgroup.rmdir()
+    # nothing left behind on the host
+    assert not host_mounts_under(tmp_path), host_mounts_under(tmp_path)
+    assert not cgroup.exists()
+    assert host_fingerprint() == before
+
+
+def start_and_wait(b: Booted, unit: str) -> dict[str, str]:
+    b.run("systemctl", "start", unit, timeout=300)
+    return b.show(unit, "ActiveState", "SubState", "MainPID", "NRestarts", "Result")
+
+
+def proc_status(b: Booted, pid: str) -> dict[str, str]:
+    text = b.run("cat", f"/proc/{pid}/status").stdout
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+def agent_status(b: Booted, *, groups: str) -> subprocess.CompletedProcess[str]:
+    """`edgeagent status --json` run as nobody with the given supplementary groups."""
+    return b.run("setpriv", "--reuid=nobody", "--regid=nogroup", f"--groups={groups}", "--",
+                 "edgeagent", "status", "--json", check=False)
+
+
+def test_agent_runs_under_systemd_as_its_user_with_notify_watchdog_reload_stop(booted: Booted):
+    b = booted
+    # the boot ran sysusers and tmpfiles from the installed entries
+    passwd = b.run("getent", "passwd", "edgeagent").stdout.split(":")
+    uid, gid = passwd[2], passwd[3]
+    assert uid != "0" and b.run("getent", "group", "i2c").returncode == 0
+    assert b.run("stat", "-c", "%U %a", "/var/lib/edgeagent").stdout.split() == ["edgeagent", "700"]
+
+    props = start_and_wait(b, "edgeagent.service")
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running"), b.journal()
+    assert b.show("edgeagent-measure.service", "ActiveState", "Result") == {
+        "ActiveState": "active", "Result": "success"}
+    # Type=notify: active only once the agent said READY=1, which it sends after measuring and opening its
+    # socket; the 'measured' line is logged in between the fork and systemd's "Started".
+    t = b.show("edgeagent.service", "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic",
+               "StatusText")
+    measured = wait_until(lambda: [
+        int(e["__MONOTONIC_TIMESTAMP"]) for e in b.journal_json("edgeagent.service")
+        if e.get("_PID") == props["MainPID"] and "supervisor: measured " in str(e.get("MESSAGE", ""))
+    ], "the agent's 'measured' line in the journal")
+    assert int(t["ExecMainStartTimestampMonotonic"]) < measured[0] < int(t["ActiveEnterTimestampMonotonic"])
+    assert t["StatusText"], "no STATUS= reached systemd"
+
+    # the dedicated user, its groups, no capabilities at all, no new privileges, seccomp on
+    st = proc_status(b, props["MainPID"])
+    assert st["Uid"].split() == [uid] * 4 and st["Gid"].split() == [gid] * 4
+    groups = {b.run("getent", "group", g).stdout.split(":")[2] for g in ("tss", "i2c", "plugdev")}
+    assert groups <= set(st["Groups"].split())
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(st[cap], 16) == 0, (cap, st[cap])
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+
+    # the watchdog is fed: systemd stamps every WATCHDOG=1
+    def stamp() -> int:
+        return int(b.show("edgeagent.service", "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"])
+
+    first = stamp()
+    second = wait_until(lambda: (s := stamp()) > first and s, "a watchdog ping", timeout=20)
+    wait_until(lambda: stamp() > second, "a second watchdog ping", timeout=20)
+
+    # the local API from a process in the agent's group (and not from one outside it)
+    p = agent_status(b, groups="edgeagent")
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["phases"]["measure"] == "measured" and {d["name"] for d in s["drivers"]} == {"climate"}
+    p = agent_status(b, groups="nogroup")
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    # the socket is the agent's group's without a chown (SystemCallFilter=~@privileged refuses chown)
+    assert b.run("stat", "-c", "%G %a", "/run/edgeagent/agent.sock").stdout.split() == ["edgeagent", "660"]
+    assert "cannot give" not in b.journal("edgeagent.service"), b.journal("edgeagent.service")
+
+    # reload: ExecReload's SIGHUP; the agent re-measures (RELOADING=1 ... READY=1); active again, same process
+    b.run("systemctl", "reload", "edgeagent.service", timeout=120)
+
+    def reloaded() -> bool:
+        p = agent_status(b, groups="edgeagent")
+        return p.returncode == 0 and json.loads(p.stdout)["measure"]["reloads"] == 1
+
+    wait_until(reloaded, "the agent to finish the reload")
+    wait_until(lambda: b.show("edgeagent.service", "ActiveState")["ActiveState"] == "active", "active again")
+    assert "Reloaded edgeagent.service" in b.journal("edgeagent.service"), b.journal()
+    same = {"MainPID": props["MainPID"], "NRestarts": "0"}
+    assert b.show("edgeagent.service", "MainPID", "NRestarts") == same
+
+    # stop: SIGTERM, a clean exit: inactive, not failed
+    b.run("systemctl", "stop", "edgeagent.service", timeout=120)
+    after = b.show("edgeagent.service", "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+    clean = {"ActiveState": "inactive", "Result": "success", "ExecMainCode": "1", "ExecMainStatus": "0"}
+    assert after == clean, (after, b.journal())  # ExecMainCode 1: CLD_EXITED, with status 0
+    assert not b.ns_file("/run/edgeagent").exists()  # RuntimeDirectory= removed with the service
+
+
+def test_sigkill_of_the_main_process_is_restarted_by_systemd(booted: Booted):
+    b = booted
+    props = start_and_wait(b, "edgeagent.service")
+    assert props["ActiveState"] == "active", b.journal()
+    b.run("kill", "-KILL", props["MainPID"])
+
+    def restarted() -> dict[str, str] | None:
+        s = b.show("edgeagent.service", "ActiveState", "SubState", "MainPID", "NRestarts")
+        return s if s["NRestarts"] == "1" and s["ActiveState"] == "active" else None
+
+    again = wait_until(restarted, "systemd to restart the agent (RestartSec=5s)", timeout=90)
+    assert again["SubState"] == "running" and again["MainPID"] not in ("0", props["MainPID"])
+    killed = [line for line in b.journal("edgeagent.service").splitlines() if "status=9/KILL" in line]
+    assert killed, b.journal()
+    p = agent_status(b, groups="edgeagent")
+    assert p.returncode == 0 and json.loads(p.stdout)["phases"]["measure"] == "measured", p.stderr
