@@ -40,7 +40,7 @@ from types import FrameType
 from typing import Any
 
 from edgeagent import __version__
-from edgeagent.agent import sdnotify
+from edgeagent.agent import heap, sdnotify
 from edgeagent.agent.attestation import AttestationWorker
 from edgeagent.agent.backoff import Backoff
 from edgeagent.agent.controller_runner import ControllersRunner
@@ -50,6 +50,11 @@ from edgeagent.config import AgentConfig, DriverInstance, load_config
 from edgeagent.errors import DriverError, EdgeAgentError
 
 log = logging.getLogger(__name__)
+
+# Free heap pages go back to the kernel once start-up (or a reload) has settled -- drivers loaded,
+# attestation served -- and then now and again for what renewals and TLS sessions leave behind.
+TRIM_AFTER_START = 15.0
+TRIM_EVERY = 600.0
 
 
 @dataclasses.dataclass
@@ -94,6 +99,7 @@ class Supervisor:
             log.warning("%s: no watchdog pings", e)
             interval = None
         self._tick_seconds = min(1.0, interval / 2) if interval else 1.0
+        self._trim_at = time.monotonic() + TRIM_AFTER_START  # see heap.trim
 
     # ------------------------------------------------------------ signals -> flags (main thread)
     def request_stop(self) -> None:
@@ -224,6 +230,9 @@ class Supervisor:
             self.controllers.start()
         self._notify_status(self.summary())
         self._sd(sdnotify.watchdog)
+        if time.monotonic() >= self._trim_at:
+            heap.trim()
+            self._trim_at = time.monotonic() + TRIM_EVERY
 
     def _sd(self, fn: Callable[..., bool], *args: Any) -> None:
         """systemd notify; a failed send is logged, never fatal (the service manager may be restarting)."""
@@ -286,6 +295,7 @@ class Supervisor:
         if self.controllers is not None:
             self.controllers.reload(new)
         self._sd(sdnotify.ready)
+        self._trim_at = time.monotonic() + TRIM_AFTER_START
         log.info("reloaded %s", new.source or "the configuration")
 
     def _driver_files_changed(self, worker: DriverWorker) -> bool:

@@ -86,6 +86,18 @@ IMPORT_STEPS = (
     ("edgeagent.agent.metrics (prometheus_client)", "import edgeagent.agent.metrics"),
     ("kubernetes.client (for comparison: the agent does not import it)", "import kubernetes.client"),
 )
+# The agent's own modules on the (a) path, for the "imports only" process of the memory breakdown.
+AGENT_IMPORTS = (
+    *FLOOR_IMPORTS,
+    "edgeagent.agent.supervisor",
+    "edgeagent.measure.measurer",
+    "edgeagent.attest.enroll",
+    "edgeagent.drivers.session",
+    "edgeagent.drivers.bundled",
+    "edgeagent.controllers.measured",
+    "edgeagent.agent.metrics",
+    "prometheus_client.exposition",
+)
 
 
 # ---------------------------------------------------------------------------------------------- /proc
@@ -122,6 +134,25 @@ def cpu_seconds(roots: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def kinds(roots: list[int]) -> dict[str, float]:
+    """Where the resident memory is (MiB, summed over the tree): anonymous (heap, Python objects, stacks,
+    Wasm memories) against file-backed (library code and data the process has touched: clean pages the
+    kernel can drop and read back, shared with any process that maps the same file)."""
+    keys = {"Rss": "rss", "Anonymous": "anonymous", "Pss_Anon": "pss_anon", "Pss_File": "pss_file"}
+    out = dict.fromkeys(keys.values(), 0.0)
+    for pid in _tree(roots):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    name, _, rest = line.partition(":")
+                    if name in keys:
+                        out[keys[name]] += int(rest.split()[0]) * 1024 / MiB
+        except OSError:
+            continue
+    out["file"] = out["rss"] - out["anonymous"]
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 @dataclasses.dataclass
 class Window:
     rss: list[float]  # MiB per sample
@@ -129,6 +160,7 @@ class Window:
     cpu: list[float]  # % of one core per sub-window
     cpu_total: float  # % of one core over the whole window
     load: tuple[float, float]  # 1-minute load average before and after
+    kinds: dict[str, float] = dataclasses.field(default_factory=dict)  # at the window's end (see kinds())
 
 
 def measure_window(roots: list[int], *, window: float, samples: int, parts: int) -> Window:
@@ -157,7 +189,7 @@ def measure_window(roots: list[int], *, window: float, samples: int, parts: int)
             cpu.append(100.0 * (c - c_last) / (t - t_last))
             c_last, t_last = c, t
     total = 100.0 * (c_last - c_start) / (t_last - t0)
-    return Window(rss, pss, cpu, total, (load0, os.getloadavg()[0]))
+    return Window(rss, pss, cpu, total, (load0, os.getloadavg()[0]), kinds(roots))
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -193,6 +225,21 @@ class Agent(AgentProcess):
     def __init__(self, cfg: Path, sock: Path, log: Path, notify: NotifyListener) -> None:
         super().__init__(cfg, sock, log, env={"NOTIFY_SOCKET": str(notify.path)})
         self.notify = notify
+        self.started_at = 0.0
+
+    def start(self, *, lean: bool = False, env: dict[str, str] | None = None) -> Agent:
+        self.started_at = time.monotonic()
+        super().start(lean=lean, env=env)
+        return self
+
+    def wait_steady(self) -> None:
+        """Until the agent's first heap trim after its start (supervisor.TRIM_AFTER_START) has run: the
+        memory of an agent that has been up a while, not its start-up peak."""
+        from edgeagent.agent.supervisor import TRIM_AFTER_START
+
+        delay = self.started_at + TRIM_AFTER_START + 2.0 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def start_timed(
         self, *, lean: bool = False, env: dict[str, str] | None = None, timeout: float = 60.0
@@ -279,14 +326,84 @@ def write_config(root: Path, node: str, tcti: str, keylime: Any, port: int, metr
 
 
 # ---------------------------------------------------------------------------------------------- floor
-def _floor_code(imports: tuple[str, ...]) -> str:
-    return f"import {', '.join(imports)}, sys, time; print('ready', flush=True); time.sleep(3600)"
+def _floor_code(imports: tuple[str, ...], work: str = "") -> str:
+    return f"import {', '.join(imports)}, sys, time\n{work}\nprint('ready', flush=True); time.sleep(3600)"
 
 
-def measure_floor(*, samples: int) -> tuple[list[float], list[float]]:
-    """RSS and PSS (MiB) of a sleeping interpreter that imported only the floor's modules."""
+# The floor doing the least any such agent does with those libraries, so that the code pages they run are
+# resident in it too (the plain floor only maps them): a wasmtime Engine configured as the agent's, one
+# serialized module deserialized, instantiated with a host function and called; an EC key, a self-signed
+# certificate and one TLS 1.3 handshake over loopback. No TPM command: the only TPM is the agent's.
+WORK_WAT = """(module (import "h" "f" (func $f (param i32) (result i32))) (memory (export "memory") 1)
+  (func (export "run") (param i32) (result i32) (call $f (local.get 0))))"""
+
+
+def _engine_config_code() -> str:
+    return (
+        "cfg = wasmtime.Config(); cfg.epoch_interruption = True; cfg.memory_may_move = False\n"
+        "cfg.memory_reservation = 1 << 32; cfg.cranelift_opt_level = 'speed'\n"
+        "engine = wasmtime.Engine(cfg)\n"
+    )
+
+
+def serialized_work_module(path: Path) -> Path:
+    """WORK_WAT compiled by an engine configured as the agent's, serialized (the agent loads its drivers so,
+    from its module cache): the working floor deserializes it and never runs the compiler."""
+    import wasmtime
+
+    scope: dict[str, Any] = {"wasmtime": wasmtime}
+    exec(_engine_config_code(), scope)  # our own constant code, shared with the floor process
+    path.write_bytes(wasmtime.Module(scope["engine"], bytes(wasmtime.wat2wasm(WORK_WAT))).serialize())
+    return path
+
+
+def _work_code(cwasm: Path) -> str:
+    return _engine_config_code() + f"""
+import socket, ssl, tempfile, threading, datetime, os, ipaddress
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+module = wasmtime.Module.deserialize(engine, open({str(cwasm)!r}, 'rb').read())
+store = wasmtime.Store(engine); store.set_epoch_deadline(1000)
+ty = wasmtime.FuncType([wasmtime.ValType.i32()], [wasmtime.ValType.i32()])
+inst = wasmtime.Instance(store, module, [wasmtime.Func(store, ty, lambda x: x + 1)])
+assert inst.exports(store)['run'](store, 1) == 2
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, '127.0.0.1')])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+    .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]), False)
+    .sign(key, hashes.SHA256()))
+d = tempfile.mkdtemp()
+open(os.path.join(d, 'c.pem'), 'wb').write(cert.public_bytes(serialization.Encoding.PEM))
+open(os.path.join(d, 'k.pem'), 'wb').write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+server.load_cert_chain(os.path.join(d, 'c.pem'), os.path.join(d, 'k.pem'))
+client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); client.load_verify_locations(os.path.join(d, 'c.pem'))
+lsock = socket.create_server(('127.0.0.1', 0))
+def serve():
+    conn, _ = lsock.accept()
+    with server.wrap_socket(conn, server_side=True) as s:
+        s.sendall(s.recv(5))
+t = threading.Thread(target=serve); t.start()
+with client.wrap_socket(socket.create_connection(lsock.getsockname()), server_hostname='127.0.0.1') as c:
+    c.sendall(b'hello'); assert c.recv(5) == b'hello'
+t.join(); lsock.close()
+for f in os.listdir(d): os.unlink(os.path.join(d, f))
+os.rmdir(d)
+"""
+
+
+def measure_floor(
+    *, samples: int, imports: tuple[str, ...] = FLOOR_IMPORTS, work: str = ""
+) -> tuple[list[float], list[float], dict[str, float]]:
+    """RSS and PSS (MiB) of a sleeping interpreter that imported only ``imports`` (the floor's modules by
+    default) and ran ``work`` (see _work_code), and its kinds() at the end."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _floor_code(FLOOR_IMPORTS)], stdout=subprocess.PIPE, env=_env()
+        [sys.executable, "-c", _floor_code(imports, work)], stdout=subprocess.PIPE, env=_env()
     )
     try:
         assert proc.stdout is not None
@@ -299,7 +416,7 @@ def measure_floor(*, samples: int) -> tuple[list[float], list[float]]:
             rss.append(r / MiB)
             pss.append(p / MiB)
             time.sleep(0.1)
-        return rss, pss
+        return rss, pss, kinds([proc.pid])
     finally:
         proc.kill()
         proc.wait()
@@ -413,6 +530,7 @@ def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
             _settle_agent(agent, controllers=None)  # killed while running, not while starting
             ready["kill"].append(agent.sigkill_restart())
         _settle_agent(agent, controllers=N_CONTROLLERS)
+        agent.wait_steady()
         mem["b"] = measure_window([agent.pid], window=window, samples=samples, parts=parts)
         _check_attested(agent)
         agent.stop()
@@ -421,19 +539,51 @@ def run(config: AgentConfig, *, repeat: int, window: float = WINDOW) -> Report:
         agent.start_timed(env={"EDGEAGENT_CONTROLLERS_DIR": str(empty)})
         _check_nothing_new(agent)
         _settle_agent(agent, controllers=0)
+        agent.wait_steady()
         mem["a"] = measure_window([agent.pid], window=window, samples=samples, parts=parts)
         _check_attested(agent)
         agent.stop()
 
         # (1a) and (1b): the same work as separate processes, as before the agent existed
         mem.update(_separate_processes(root, cfg, window=window, samples=samples, parts=parts))
-        floor_rss, floor_pss = measure_floor(samples=samples)
+        floor_rss, floor_pss, floor_kinds = measure_floor(samples=samples)
+        work = _work_code(serialized_work_module(root / "floor-work.cwasm"))
+        working_rss, working_pss, working_kinds = measure_floor(samples=samples, work=work)
+        _, _, imports_kinds = measure_floor(samples=1, imports=AGENT_IMPORTS)
+        report.meta["memory_kinds_mib"] = {
+            "floor": floor_kinds,
+            "working floor": working_kinds,
+            "imports only (the agent's modules, nothing run)": imports_kinds,
+            **{k: w.kinds for k, w in mem.items()},
+        }
         report.meta["imports"] = import_breakdown()
         report.meta["load_during"] = {k: w.load for k, w in mem.items()}
         report.meta["cpu_whole_window_pct"] = {k: round(w.cpu_total, 3) for k, w in mem.items()}
     report.meta["load_after"] = os.getloadavg()
     _cases(report, mem, floor_rss, floor_pss, ready)
+    _working_floor_cases(report, mem, working_rss, working_pss)
     return report
+
+
+def _working_floor_cases(
+    report: Report, mem: dict[str, Window], working_rss: list[float], working_pss: list[float]
+) -> None:
+    """What the agent adds over the working floor (the floor that also ran its libraries once): the part of
+    the memory the agent's own design decides. No target of the issue is attached to these."""
+    name = "working floor: the floor + one Wasm instance called + one TLS handshake"
+    report.add(Case(f"{name}, RSS", working_rss, unit="MiB"))
+    report.add(Case(f"{name}, PSS", working_pss, unit="MiB"))
+    for key, label in (("a", "(a) agent"), ("b", f"(b) agent + {N_CONTROLLERS} controllers")):
+        for kind, values, fl in (("RSS", mem[key].rss, working_rss), ("PSS", mem[key].pss, working_pss)):
+            m = statistics.median(fl)
+            report.add(
+                Case(
+                    f"{label} - working floor, {kind}",
+                    [v - m for v in values],
+                    unit="MiB",
+                    note=f"each sample minus the working floor's median {kind} ({m:.2f} MiB)",
+                )
+            )
 
 
 def _operator(api: Any, node: str, ek_cert: bytes, port: int) -> None:

@@ -3,10 +3,15 @@
 The token travels inside Keylime's U/V payload, so only a device the verifier has just attested can open it.
 It is a standard Kubernetes bootstrap token (Secret `bootstrap-token-ID` in kube-system, type
 bootstrap.kubernetes.io/token): the API server authenticates it as `system:bootstrap:ID` in groups
-system:bootstrappers and system:bootstrappers:edgeagent; kube-controller-manager's tokencleaner deletes it at
-its expiration. Its only power is creating and reading CSRs (ClusterRole system:node-bootstrapper, bound to
-the edgeagent group, not to every bootstrapper). The controller deletes it as soon as the CSR it was made for
-is approved.
+system:bootstrappers and system:bootstrappers:edgeagent; it stops authenticating at its expiration, when
+kube-controller-manager's tokencleaner deletes it. Its only power is creating and reading CSRs (ClusterRole
+system:node-bootstrapper, bound to the edgeagent group, not to every bootstrapper).
+
+Single use is enforced where it matters, at approval: once the CSR it asked for is issued, the controller
+drops it from the EdgeNode (status.bootstrapTokenID), so the approver denies any further CSR it sends. It is
+not deleted then: the device polls that CSR with this token, and it sees the certificate only after it was
+issued, so deleting the token at issuance took the certificate away from a device that had not read it yet
+(401; the API server's 10 s cache of successful token authentications hid that unless signing came late).
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ class BootstrapToken:
     def username(self) -> str:
         """The user name the API server gives requests made with this token."""
         return f"system:bootstrap:{self.token_id}"
+
+
+def token_id_of(username: str | None) -> str | None:
+    """The token ID of a request made with a bootstrap token (its user name ``system:bootstrap:ID``)."""
+    prefix = "system:bootstrap:"
+    if username and username.startswith(prefix) and len(username) > len(prefix):
+        return username[len(prefix):]
+    return None
 
 
 def _random(n: int) -> str:

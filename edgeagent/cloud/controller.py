@@ -963,16 +963,28 @@ class Controller:
             return None
         current = en.status.get("credentialExpiry")
         stamp = crd.now_rfc3339(expiry)
-        if current is None or stamp > current:
-            patch: dict[str, Any] = {"credentialExpiry": stamp}
+        newer = current is None or stamp > current
+        patch: dict[str, Any] = {}
+        if newer:
+            patch["credentialExpiry"] = stamp
             if en.phase in ("Attested", "Pending") and en.status.get("attested"):
                 patch["phase"] = "Enrolled"
+        # Single use: the bootstrap token that asked for this certificate gets no second one (the approver
+        # takes a bootstrap requester only while it is status.bootstrapTokenID). It is not deleted: the
+        # device reads this certificate with it, and it can only see the certificate after this point, so a
+        # deletion here raced that read. The API server's 10 s token cache usually hid it; a certificate
+        # signed later than that after the token's first use (kube-controller-manager catching up after an
+        # API server restart) left the device with 401 and no certificate. The token stops authenticating
+        # at its expiration (Settings.token_ttl), when the tokencleaner deletes it. Only that token is
+        # spent, not a newer one sealed since (a relist hands old CSRs here again).
+        spent = bootstrap.token_id_of(obj.spec.username if obj.spec else None)
+        if spent is not None and spent == en.status.get("bootstrapTokenID"):
+            patch["bootstrapTokenID"] = None  # merge patch: the field is removed
+        if patch:
             self.edgenodes.patch_status(en.name, patch)
+        if newer:
             self.access.event(en, reason="CredentialIssued", message=f"node certificate valid until {stamp}")
             self._record("issued", en.name)
-        token_id = en.status.get("bootstrapTokenID")
-        if token_id:  # single use: the device now authenticates with its certificate
-            bootstrap.delete(self.api, token_id)
         return None
 
 

@@ -13,10 +13,13 @@ directory, so a ConfigMap can only deliver, under a measured name, the module th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeagent.config import AgentConfig
-from edgeagent.controllers.host import DigestLookup
 from edgeagent.measure import cel, measurer
+
+if TYPE_CHECKING:  # the host (threads, watches, the kube client) is loaded only where controllers run
+    from edgeagent.controllers.host import DigestLookup
 
 
 def measured_digests(config: AgentConfig) -> DigestLookup | None:

@@ -27,6 +27,13 @@ class DriverSource:
     policy: Policy
 
 
+def is_usb(source: DriverSource) -> bool:
+    """A bundled driver says its bus; a module given by path is USB when its policy grants USB and no I2C."""
+    if source.info is not None:
+        return source.info.bus == "usb"
+    return bool(source.policy.usb) and not source.policy.i2c
+
+
 def cache_for(config: AgentConfig) -> ModuleCache:
     """The compiled-module cache under the state dir (``<state>/cache/wasm``); where that is not writable
     (a non-root user, the default state dir) the user's own cache, else none."""

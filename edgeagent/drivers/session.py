@@ -14,17 +14,16 @@ from typing import TYPE_CHECKING
 from edgeagent.config import AgentConfig
 from edgeagent.drivers import loader
 from edgeagent.drivers.runner import I2cDevice, I2cDriver, parse_device
-from edgeagent.drivers.usb_session import UsbSession, is_usb, open_usb_session
 from edgeagent.errors import DriverError, PolicyError
 from edgeagent.hw.i2c import I2cBus
 from edgeagent.hw.sim.clock import Clock, SimClock, new_part
 from edgeagent.hw.sim.i2c_bus import SimI2cBus
-from edgeagent.wasm.cache import ModuleCache
-from edgeagent.wasm.component import ComponentCache, is_component_file
+from edgeagent.wasm.cache import ModuleCache, is_component_file
 from edgeagent.wasm.engine import Limits, Runtime
 
 if TYPE_CHECKING:
     from edgeagent.drivers.components.i2c_driver import ComponentI2cDriver
+    from edgeagent.drivers.usb_session import UsbSession
 
 
 @dataclasses.dataclass
@@ -97,6 +96,8 @@ def open_session(
     # A WASI 0.2 component (edgeagent:driver/i2c-driver) or a core module (the C ABI): the same session.
     component = is_component_file(source.path)
     if component:
+        from edgeagent.wasm.component import ComponentCache  # wasmtime's component bindings: only for these
+
         loaded = ComponentCache(cache).load_file(runtime, source.path, name=f"driver {source.name}")
     else:
         module = loader.load_module(source, runtime, cache)
@@ -162,7 +163,9 @@ def open_driver(
     (USB drivers). ``size`` (USB only): bytes per ping or per block check.
     """
     source = loader.resolve(driver, config, policy_file)
-    if is_usb(source):
+    if loader.is_usb(source):
+        from edgeagent.drivers.usb_session import open_usb_session  # hw.usb, components: only for USB
+
         return open_usb_session(source, config, device=device, sim=sim, size=size)
     if size is not None:
         raise DriverError(f"driver {source.name}: --size applies to USB drivers only")

@@ -29,8 +29,8 @@ from edgeagent.drivers.components.usb_driver import ComponentUsbEcho
 from edgeagent.drivers.usb_driver import UsbEchoWasm, UsbStorageWasm, UsbWasmDriver, grants_from_policy
 from edgeagent.errors import AccessDenied, DriverError, HardwareError, PolicyError
 from edgeagent.hw import usb
-from edgeagent.wasm.cache import ModuleCache
-from edgeagent.wasm.component import ComponentCache, is_component_file
+from edgeagent.wasm.cache import ModuleCache, is_component_file
+from edgeagent.wasm.component import ComponentCache
 from edgeagent.wasm.engine import Limits, Runtime
 
 ECHO_SIZE = 64  # bytes per ping
@@ -377,8 +377,4 @@ def _start(
     )
 
 
-def is_usb(source: loader.DriverSource) -> bool:
-    """A bundled driver says its bus; a module given by path is USB when its policy grants USB and no I2C."""
-    if source.info is not None:
-        return source.info.bus == "usb"
-    return bool(source.policy.usb) and not source.policy.i2c
+is_usb = loader.is_usb  # where it was first defined; callers that only ask need not import this module

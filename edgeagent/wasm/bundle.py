@@ -46,7 +46,6 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import tomllib
 from collections.abc import Iterator
@@ -199,6 +198,8 @@ def opened(path: Path) -> Iterator[Path]:
         return
     if not path.is_file():
         raise BundleError(f"bundle {path} does not exist")
+    import tarfile  # only to unpack a bundle archive (the agent reads installed bundles)
+
     with tempfile.TemporaryDirectory(prefix="edgeagent-bundle-") as tmp:
         try:
             with tarfile.open(path, "r:gz") as tar:
@@ -377,6 +378,8 @@ def pack(source: Path, out: Path, *, private_key: Path | None = None) -> BundleM
         try:
             if out.name.endswith((".tar.gz", ".tgz")):
                 out.parent.mkdir(parents=True, exist_ok=True)
+                import tarfile
+
                 with tarfile.open(out, "w:gz") as tar:
                     tar.add(stage, arcname=meta.name)
             else:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"EAWC2\n"  # then sha256(rest), u32 length of the ModuleInfo JSON, the JSON, the serialized module
 WASM_MAGIC = b"\0asm"
 CORE_VERSION = b"\x01\x00\x00\x00"
+COMPONENT_LAYER = b"\x0d\x00\x01\x00"  # version 0xd, layer 1: a component (a core module is 01 00 00 00)
 
 
 @dataclasses.dataclass
@@ -45,6 +46,21 @@ def check_wasm(data: bytes, name: str) -> None:
             f"{name}: not a core WebAssembly module (a component or unknown version "
             f"{data[4:8].hex()}); drivers are wasm32-wasi core modules"
         )
+
+
+def is_component(data: bytes) -> bool:
+    """Whether ``data`` is a component (rather than a core module): the preamble's version/layer word.
+
+    Here rather than in component.py so that asking does not load wasmtime's component bindings."""
+    return data[:4] == WASM_MAGIC and data[4:8] == COMPONENT_LAYER
+
+
+def is_component_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return is_component(f.read(8))
+    except OSError:
+        return False
 
 
 def compile_module(runtime: Runtime, data: bytes, name: str) -> wasmtime.Module:

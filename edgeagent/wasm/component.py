@@ -58,17 +58,23 @@ from wasmtime.component import _enter
 from wasmtime.component._enter import maybe_raise_last_exn
 
 from edgeagent.errors import DriverError, WasmError
-from edgeagent.wasm.cache import ModuleCache
+from edgeagent.wasm.cache import ModuleCache, is_component, is_component_file
 from edgeagent.wasm.component_values import Codec, Err, codec
 
-__all__ = ["ComponentCache", "ComponentGuest", "ComponentHost", "Err", "componentfunc", "is_component"]
+__all__ = [
+    "ComponentCache",
+    "ComponentGuest",
+    "ComponentHost",
+    "Err",
+    "componentfunc",
+    "is_component",
+    "is_component_file",
+]
 from edgeagent.wasm.engine import Limits, Runtime
 from edgeagent.wasm.host import HostTrap
 
 log = logging.getLogger(__name__)
 
-WASM_MAGIC = b"\0asm"
-COMPONENT_LAYER = b"\x0d\x00\x01\x00"  # version 0xd, layer 1: a component (a core module is 01 00 00 00)
 CACHE_MAGIC = b"EACC1\n"  # then sha256(payload), then the serialized component
 CACHE_SUFFIX = ".ccwasm"
 
@@ -95,19 +101,6 @@ _TRAP_WORDS = {
     "indirect call type mismatch": "indirect call signature mismatch",
     "invalid conversion to integer": "invalid float-to-int conversion",
 }
-
-
-def is_component(data: bytes) -> bool:
-    """Whether ``data`` is a component (rather than a core module): the preamble's version/layer word."""
-    return data[:4] == WASM_MAGIC and data[4:8] == COMPONENT_LAYER
-
-
-def is_component_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return is_component(f.read(8))
-    except OSError:
-        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,10 +354,13 @@ class ComponentGuest:
                     for spec, fn in h.functions():
                         _add_func(inst, spec.name, self._wrap(h, spec, fn), own_ids)
         self._arm()
+        runtime.enter(self)  # a component's start runs Wasm code
         try:
             self.instance = linker.instantiate(self.store, component)
         except wasmtime.WasmtimeError as e:
             raise self._error(f"cannot be instantiated: {self._reason(e)}") from self._take_exc()
+        finally:
+            runtime.leave(self)
         self._export_instance: wc.ExportIndex | None = None
         if exports is not None:
             self._export_instance = self.instance.get_export_index(self.store, exports)
@@ -479,12 +475,19 @@ class ComponentGuest:
         if f is None:
             raise self._error(f"has no exported function {export!r}")
         self._arm()
+        # In flight for the epoch ticker (engine.py); a nested call leaves the outer one in flight.
+        runtime = self.runtime
+        nested = self in runtime.inflight
+        runtime.enter(self)
         try:
             return f.call(self.store, args)
         except wasmtime.WasmtimeError as e:
             self._armed_epoch = -1
             err = self._call_error(export, e)
             raise err from self._take_exc()
+        finally:
+            if not nested:
+                runtime.leave(self)
 
     def result_type(self, export: str) -> Any:
         """The WIT result type of an export (None: no result)."""

@@ -95,12 +95,15 @@ class Guest:
             linker.define_wasi()
         self._link(linker, imports, wasi)
         self._arm()
+        runtime.enter(self)  # a start function runs Wasm code
         try:
             self.instance = linker.instantiate(self.store, module)
         except wasmtime.Trap as e:
             raise self._error(f"trapped while starting: {self._reason(e.message, e.trap_code)}") from None
         except wasmtime.WasmtimeError as e:
             raise self._error(f"cannot be instantiated: {_first_line(e)}") from None
+        finally:
+            runtime.leave(self)
         self.exports = self.instance.exports(self.store)
         self.export_names = list(info.exports)
         names = set(self.export_names)
@@ -200,17 +203,28 @@ class Guest:
             self.armed_epoch = epoch
             self._armed_full = True
             set_epoch_deadline(self._ctx, self._compute_ticks)
+        # In flight for the epoch ticker (engine.py); a nested call (a host function calling back in) leaves
+        # the outer one in flight.
+        inflight = self.runtime.inflight
+        nested = self in inflight
+        inflight[self] = None
+        if self.runtime.paused:
+            self.runtime.enter(self)
         try:
             return f.call(*args)
         except RawCallError as e:
             capped, self._armed_full = not self._armed_full, False  # stopped: arm afresh next time
             raise self._call_error(export, e, capped) from self._take_exc()
+        finally:
+            if not nested:
+                del inflight[self]
 
     def bind(self, export: str) -> Callable[..., int | float | None]:
         """``call`` for one export, resolved once: for a driver's per-reading export (a frame and a lookup
         less per call). Raises like ``call``; calling it after ``close`` raises WasmError."""
         raw = self.func(export).call
         runtime, ctx, ticks = self.runtime, self._ctx, self._compute_ticks
+        inflight = runtime.inflight
 
         def call(*args: int | float) -> int | float | None:
             if self._closed:
@@ -220,11 +234,18 @@ class Guest:
                 self.armed_epoch = epoch
                 self._armed_full = True
                 set_epoch_deadline(ctx, ticks)
+            nested = self in inflight
+            inflight[self] = None
+            if runtime.paused:
+                runtime.enter(self)
             try:
                 return raw(*args)
             except RawCallError as e:
                 capped, self._armed_full = not self._armed_full, False
                 raise self._call_error(export, e, capped) from self._take_exc()
+            finally:
+                if not nested:
+                    del inflight[self]
 
         return call
 

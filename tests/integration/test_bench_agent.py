@@ -58,6 +58,11 @@ def test_bench_agent_reports_every_case(tmp_path: Path) -> None:
         "start -> READY=1 (python -m edgeagent.agent)": ("s", None, None),
         "SIGKILL -> new process -> READY=1": ("s", None, 1.0),
     }
+    working = "working floor: the floor + one Wasm instance called + one TLS handshake"
+    for kind in ("RSS", "PSS"):
+        expected[f"{working}, {kind}"] = ("MiB", None, None)
+        expected[f"(a) agent - working floor, {kind}"] = ("MiB", None, None)
+        expected[f"(b) agent + 20 controllers - working floor, {kind}"] = ("MiB", None, None)
     cases = {c.name: c for c in report.cases}
     assert sorted(cases) == sorted(expected)
     for name, (unit, baseline, target) in expected.items():
@@ -70,13 +75,19 @@ def test_bench_agent_reports_every_case(tmp_path: Path) -> None:
         if target is not None:
             assert report.target_met(c) in (True, False), name
     for name, c in cases.items():  # memory and times are positive, whatever their size
-        if c.unit in ("MiB", "s") and " - floor" not in name:
+        if c.unit in ("MiB", "s") and " - " not in name:
             assert min(c.samples) > 0, name
     meta = report.meta
     assert meta["quote_interval_s"] > 0 and meta["wasmtime"] and meta["python"]
     assert len(meta["load_before"]) == 3 and len(meta["load_after"]) == 3
     assert set(meta["load_during"]) == {"a", "b", "1a", "1b"}
     assert [s["import"] for s in meta["imports"]][:2] == ["python", "ssl"]
+    kinds = meta["memory_kinds_mib"]
+    assert {"floor", "working floor", "a", "b", "1a", "1b"} <= set(kinds)
+    for k in kinds.values():  # anonymous + file-backed = resident, for every process measured
+        assert k["rss"] > 0 and abs(k["anonymous"] + k["file"] - k["rss"]) < 0.05
+    # the working floor ran the libraries the plain floor only loaded: more of their code is resident
+    assert kinds["working floor"]["file"] > kinds["floor"]["file"]
     out = tmp_path / "agent.json"
     report.write_json(out)
     assert {c["name"] for c in json.loads(out.read_text())["cases"]} == set(expected)

@@ -412,3 +412,79 @@ def test_log_lines_beyond_the_rate_are_counted_and_reported_as_suppressed(runtim
     texts = [t for _, t in log.lines]
     assert texts[-2:] == ["7 log lines suppressed (rate limit 1/s)", "hello from misbehave"]
     assert any("7 log lines suppressed" in r.message for r in caplog.records)
+
+
+IDLE_WAT = """
+(module
+  (func (export "quick") (result i32) (i32.const 1))
+  (func (export "spin") (loop $l (br $l))))
+"""
+
+START_SPIN_WAT = """
+(module
+  (func $spin (loop $l (br $l)))
+  (start $spin))
+"""
+
+
+def _paused(rt) -> bool:
+    return rt.paused and not rt.inflight
+
+
+def test_the_epoch_ticker_sleeps_while_no_guest_runs_and_wakes_for_every_call():
+    """An idle agent must not wake 100 times a second, yet every call keeps its compute limit -- including
+    the first call after a pause, a loop in a start function, and calls racing the ticker's pause."""
+    import threading
+
+    import wasmtime
+
+    from edgeagent.testbed.procs import wait_for
+    from edgeagent.wasm import Runtime
+
+    rt = Runtime(tick=0.005)
+    try:
+        mod = wasmtime.Module(rt.engine, wasmtime.wat2wasm(IDLE_WAT))
+        g = Guest(rt, mod, name="idle", limits=Limits(compute_ms=20))
+        wait_for(lambda: _paused(rt), timeout=10, what="the ticker to pause with no call in flight")
+        epoch = rt.epoch
+        threading.Event().wait(0.1)  # twenty ticks' worth of idleness
+        assert rt.epoch == epoch and not rt.ticking
+        for _ in range(5):  # each loop starts from a paused ticker and is still stopped
+            wait_for(lambda: _paused(rt), timeout=10, what="the ticker to pause again")
+            with pytest.raises(DriverError, match="stopped in spin: ran past its 20 ms compute limit"):
+                g.call("spin")
+            assert g.call("quick") == 1
+        spin = g.bind("spin")
+        wait_for(lambda: _paused(rt), timeout=10, what="the ticker to pause")
+        with pytest.raises(DriverError, match="ran past its 20 ms compute limit"):
+            spin()
+        assert rt.epoch > epoch
+        wait_for(lambda: _paused(rt), timeout=10, what="the ticker to pause")
+        with pytest.raises(DriverError, match="trapped while starting"):
+            Guest(rt, wasmtime.Module(rt.engine, wasmtime.wat2wasm(START_SPIN_WAT)), name="start")
+        assert not rt.inflight
+
+        # Quick calls from several threads race the ticker pausing and waking; a loop after each burst must
+        # still be stopped (a lost wake-up would hang it here for ever).
+        others = [Guest(rt, mod, name=f"q{i}") for i in range(3)]
+        stop = threading.Event()
+
+        def hammer(guest: Guest) -> None:
+            while not stop.is_set():
+                guest.call("quick")
+                threading.Event().wait(0.0005)
+
+        threads = [threading.Thread(target=hammer, args=(o,)) for o in others]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(20):
+                with pytest.raises(DriverError, match="compute limit"):
+                    g.call("spin")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        wait_for(lambda: _paused(rt), timeout=10, what="the ticker to pause after the burst")
+    finally:
+        rt.close()
