@@ -382,6 +382,36 @@ def test_sigkill_while_the_csr_waits_for_its_signer_keeps_the_key_and_the_csr(
             kube_cluster.start_controller_manager()
 
 
+def test_sigkill_while_the_csr_waits_then_signed_while_down_the_restart_reads_it(
+    controller: Controller, kube_cluster: KubeCluster, make_device: Callable[..., Device],
+) -> None:
+    """Signed while no agent runs, and read back later than the API server's 10 s cache of token
+    authentications: the bootstrap token must still read the CSR (it was deleted at issuance once: 401 for
+    ever, the certificate out of reach)."""
+    admin = kube_cluster.client()
+    dev = make_device("csr-late")
+    dev.pin(admin)
+    kube_cluster.stop_controller_manager()
+    try:
+        with running(dev.agent().start(timeout=60)) as agent:
+            agent.wait_status(lambda s: s["attestation"]["steps"].get("certificate", {}).get("status")
+                              == "waiting", timeout=120, what="the CSR to be created")
+            procs.wait_for(lambda: any(_approved(c) for c in _csrs_of(admin, dev.name)), timeout=30,
+                           what="the controller to approve the CSR")
+            agent.stop(signal.SIGKILL)
+    finally:
+        kube_cluster.start_controller_manager()
+    key = (dev.state / "node" / "node.key").read_bytes()
+    wait_edgenode(admin, dev.name, lambda en: en.phase == "Enrolled", what="to be enrolled (CSR signed)")
+    time.sleep(12)  # the device stays down past the API server's token cache (10 s)
+    with running(dev.agent().start(timeout=60)) as agent:
+        s = _credential(agent, timeout=60)
+        assert s["attestation"]["steps"]["csr"]["status"] == "skipped"
+        assert (dev.state / "node" / "node.key").read_bytes() == key
+        assert _public_der((dev.state / "node" / "node.crt").read_bytes()) == _public_der(key)
+        assert len(_csrs_of(admin, dev.name)) == 1
+
+
 # ---------------------------------------------------------------- SIGKILL while registering
 def test_sigkill_before_the_registrar_has_the_agent_then_enrolls_with_the_same_ak(
     controller: Controller, keylime: Keylime, kube_cluster: KubeCluster,
