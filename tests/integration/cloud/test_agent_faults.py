@@ -9,7 +9,8 @@ for a while.
   from the log) and the device attests against a policy pinning that value.
 - waiting for the certificate: kube-controller-manager held stopped, so the controller approves the CSR but
   nothing signs it; killed there, the next start waits on the same CSR with the same node key (no second key,
-  no second CSR) and takes the certificate once the signer is back.
+  no second CSR) and takes the certificate once the signer is back; or the signer signs while the agent is
+  down, and the agent, back later than the API server's token cache, still reads its certificate.
 - registering: the registrar held stopped, so Keylime has nothing of the agent; killed there, the next start
   registers the same AK and enrolls.
 - the verifier stopped and started again on its port and database while the agent serves: the agent keeps
