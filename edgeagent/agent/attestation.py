@@ -114,6 +114,9 @@ class AttestationWorker(Part):
             # pull: quotes the verifier fetched; push: evidence the verifier accepted
             "quotes_served": (push.stats.attestations if push is not None
                               else getattr(api, "quotes_served", 0)),
+            # how long the verifier has been silent (pull: its last quote request; push: its last accepted
+            # evidence): grows while the verifier is down, the credential being kept meanwhile
+            "seconds_since_last_quote": _seconds_since_last_quote(api, push),
             "push_last_error": push.stats.last_error if push is not None else None,
             "revoked": bool(run is not None and run.revoked.is_set()),
             "renewals": getattr(run, "renewals", 0),
@@ -128,3 +131,12 @@ class AttestationWorker(Part):
             "last_error": self.last_error,
             "steps": dict(self._steps),
         }
+
+
+def _seconds_since_last_quote(api: Any, push: Any) -> float | None:
+    """None until the first quote (or accepted push) of this run."""
+    if push is not None:
+        at = push.stats.last_push_at
+        return None if at is None else round(time.time() - at, 1)
+    at = getattr(api, "last_quote_at", None)
+    return None if at is None else round(time.monotonic() - at, 1)

@@ -110,6 +110,8 @@ class AgentApi:
         push mode's requests; TLS framing is not counted in either)."""
         self.first_quote_at: float | None = None
         """time.monotonic() of the first integrity quote served (for enrollment timing)."""
+        self.last_quote_at: float | None = None
+        """time.monotonic() of the latest integrity quote served: how long the verifier has been silent."""
 
     # ------------------------------------------------------------ quotes
     def quote(self, nonce: str, pcrs: tuple[int, ...]) -> Quote:
@@ -150,8 +152,9 @@ class AgentApi:
                 raise TpmError(
                     f"cannot read the firmware event log {self.firmware_log}: {e.strerror}") from None
         self.quotes_served += 1
+        self.last_quote_at = time.monotonic()
         if self.first_quote_at is None:
-            self.first_quote_at = time.monotonic()
+            self.first_quote_at = self.last_quote_at
         return results
 
     # ------------------------------------------------------------ keys
