@@ -28,6 +28,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,40 @@ class CelLog:
             chunks.append(chunk)
             pos += len(chunk)
         return parse(b"".join(chunks), name=str(self.path))
+
+    def cut_torn_tail(self) -> Path | None:
+        """A writer's repair of a crash inside ``append``: a last line without its newline is moved out of the
+        log (to ``<log>.torn-<unix time>`` beside it, so nothing is lost) and the log cut back to its last
+        complete record. Returns where the tail went, or None when there was none.
+
+        Why this is safe: ``append`` fsyncs before any of its records is extended, so a torn line's records
+        never reached the TPM; cutting them leaves the log at a state the PCR can be at (the complete lines
+        written in the same call are rolled forward like any record logged and not yet extended). A
+        corrupt *complete* line is not touched here: that is not a crash, and stays an error for a person.
+        Only a writer (``LOCK_EX``) calls this; readers keep reporting the torn line and leave it."""
+        size = os.fstat(self._fd).st_size
+        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
+            return None
+        start = max(0, size - (1 << 20))  # a record is a few hundred bytes: the last MiB holds its start
+        data = os.pread(self._fd, size - start, start)
+        nl = data.rfind(b"\n")
+        keep = start + nl + 1 if nl >= 0 else 0
+        if nl < 0 and start > 0:
+            raise EventLogError(f"{self.path}: no complete record in its last MiB; the log is left as is")
+        side = self.path.with_name(f"{self.path.name}.torn-{int(time.time())}")
+        try:
+            fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, data[keep - start :])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.ftruncate(self._fd, keep)
+            os.fsync(self._fd)
+            _fsync_dir(self.path.parent)
+        except OSError as e:
+            raise EventLogError(f"cannot cut the torn last record of {self.path}: {e.strerror}") from None
+        return side
 
     def append(self, records: Sequence[Record]) -> None:
         """Appends ``records`` in one write and fsyncs: when this returns they survive a crash.

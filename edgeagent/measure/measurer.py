@@ -28,8 +28,9 @@ Crash consistency: log first, then extend
     after some prefix of the segment's records, never ahead of the log. The next run finds that prefix
     (hash chains make it unique) and extends the remaining records ("roll forward"), so the PCR catches up
     with what the log already promised; a pending reset record is rolled forward by resetting. A torn last
-    line (a crash inside the write) is detected by the log reader and stops the agent with the line number;
-    its records were never extended, and the file is never repaired automatically.
+    line (a crash inside the write) is reported by readers (``measure verify``) and left alone; the next
+    writer (``measure``, the agent at start) moves it to a file beside the log and goes on, since its records
+    were never extended (see ``CelLog.cut_torn_tail``). A corrupt complete line still stops everything.
 
 Repeated runs within a segment measure only files whose (name, SHA-256) is not already the latest record
 for that name, the way IMA measures a file once until it changes, so restarting the agent does not grow the
@@ -162,7 +163,8 @@ def measure(
     """Measures every target (or ``only``) into ``config.measure.pcr`` and logs it; see the module docstring.
 
     Raises ConfigError for a reserved PCR, MeasureError for an unreadable target, EventLogError for a
-    corrupt or torn log, MeasurementMismatch when the PCR holds a value the log cannot explain.
+    corrupt log (a torn last line is cut off and kept beside it), MeasurementMismatch when the PCR holds a
+    value the log cannot explain.
     """
     pcr = check_pcr(config.measure.pcr)
     todo = list(targets.collect(config) if only is None else only)
@@ -170,6 +172,12 @@ def measure(
     banks = active_banks(tpm)
     path = log_path(config)
     with cel.CelLog.open(path, write=True) as celog:
+        side = celog.cut_torn_tail()
+        if side is not None:
+            log.warning(
+                "event log %s ended in a torn record (a crash while it was written; never extended): cut "
+                "back to its last complete record, the torn bytes kept in %s", path, side,
+            )
         records = celog.read()
         segment = cel.segment(records, pcr)
         values = read_pcr(tpm, pcr, banks)

@@ -81,6 +81,36 @@ def test_torn_last_record_is_detected_and_left_alone(tmp_path: Path) -> None:
         assert cel.parse(before[: len(good)]) == _records(3)  # nothing earlier lost
 
 
+def test_a_writer_cuts_a_torn_tail_and_keeps_it_beside_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "m.cel.jsonl"
+    _write(path, _records(3))
+    good = path.read_bytes()
+    torn = cel.make_record(4, 23, _file(4), BANKS).to_json().encode()[:40]
+    path.write_bytes(good + torn)
+    with cel.CelLog.open(path, write=False) as reader, pytest.raises(EventLogError, match="torn record"):
+        reader.read()  # readers report it and leave it
+    with cel.CelLog.open(path, write=True) as writer:
+        side = writer.cut_torn_tail()
+        assert side is not None and side.parent == tmp_path and side.name.startswith("m.cel.jsonl.torn-")
+        assert writer.read() == _records(3)
+        assert writer.cut_torn_tail() is None  # nothing more to cut
+    assert path.read_bytes() == good and side.read_bytes() == torn  # nothing lost
+    assert side.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_torn_only_line_is_cut_to_an_empty_log_and_a_complete_log_is_not_touched(tmp_path: Path) -> None:
+    path = tmp_path / "m.cel.jsonl"
+    path.write_bytes(b'{"recnum": 0, "pc')
+    with cel.CelLog.open(path, write=True) as writer:
+        assert writer.cut_torn_tail() is not None
+        assert writer.read() == []
+    _write(path, _records(2))
+    before = path.read_bytes()
+    with cel.CelLog.open(path, write=True) as writer:
+        assert writer.cut_torn_tail() is None
+    assert path.read_bytes() == before
+
+
 def test_garbage_last_line_with_newline(tmp_path: Path) -> None:
     path = tmp_path / "m.cel.jsonl"
     _write(path, _records(1))
