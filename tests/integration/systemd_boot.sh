@@ -3,6 +3,10 @@
 # makes: builds a private root and execs the machine's systemd in it, as a container manager would.
 #   $1  a staged tree (`make install-files DESTDIR=...` plus the test's files), copied over the root
 #   $2  an empty directory to mount this namespace's scratch tmpfs on
+#   $3  the checkout, bound read-only at /opt/edgeagent-test/src
+#   $4  its venv's site-packages, bound read-only at /opt/edgeagent-test/site
+#       (the staged venv's .pth names these two: the host paths may be under /tmp or /root, which the
+#       units' PrivateTmp= and ProtectHome= hide from the service)
 # The root is an overlay: the host's / read-only below, a tmpfs above, so nothing systemd, sysusers, tmpfiles
 # or the agent write reaches the host. Everything systemd could otherwise change on the host is cut off first
 # (found the hard way: a first boot with /sys and /proc/sys writable and the host's network namespace let
@@ -14,7 +18,7 @@
 #   - /dev is a tmpfs with only null, zero, full, random, urandom, tty (bind mounts) and a private devpts;
 #   - the module, clock, raw-I/O, syslog and reboot capabilities are dropped from the bounding set.
 set -euo pipefail
-STAGE=$1 T=$2
+STAGE=$1 T=$2 SRC=$3 SITE=$4
 mount --make-rprivate /
 mount -t tmpfs -o mode=0700 edgeagent-test-root "$T"
 mkdir -p "$T/upper" "$T/work" "$T/root"
@@ -40,6 +44,11 @@ ln -s pts/ptmx "$R/dev/ptmx"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+for pair in "$SRC:/opt/edgeagent-test/src" "$SITE:/opt/edgeagent-test/site"; do
+    mkdir -p "$R${pair#*:}"
+    mount --bind "${pair%%:*}" "$R${pair#*:}"
+    mount -o remount,bind,ro "$R${pair#*:}"
+done
 # The host's enabled units (its containerd, etcd, timers...) must not start here: only the test's target.
 rm -rf "$R"/etc/systemd/system/*.wants
 cd "$R"

@@ -210,9 +210,9 @@ def stage_root(stage: Path, tpm: SoftwareTpm) -> None:
     venv = stage / "usr/lib/edgeagent/venv"
     base_python = Path(sys._base_executable).resolve()  # type: ignore[attr-defined]
     subprocess.run([str(base_python), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    purelib = sysconfig.get_paths()["purelib"]
     site = venv / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
-    (site / "edgeagent-test.pth").write_text(f"{ROOT}\n{purelib}\n")
+    # the checkout and this venv's packages, bound there by the boot script (see systemd_boot.sh)
+    (site / "edgeagent-test.pth").write_text("/opt/edgeagent-test/src\n/opt/edgeagent-test/site\n")
     (stage / "etc/edgeagent/agent.toml").write_text(CONFIG)
     units = stage / "etc/systemd/system"
     for name, text in TEST_UNITS.items():
@@ -263,7 +263,8 @@ def booted(tmp_path: Path, swtpm_template: SoftwareTpm, wasm_build) -> Iterator[
         proc = subprocess.Popen(
             ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
              "unshare", "--cgroup", "--pid", "--fork", "--kill-child=SIGKILL", "--mount", "--uts", "--ipc",
-             "--net", "--propagation", "private", str(BOOT), str(stage), str(scratch)],
+             "--net", "--propagation", "private", str(BOOT), str(stage), str(scratch),
+             str(ROOT), sysconfig.get_paths()["purelib"]],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     booted: Booted | None = None
