@@ -127,6 +127,9 @@ class EnrollState:
     registration: dict[str, Any] | None = None
     """{"ak_name", "ip", "port", "tls_sha256", "registrar"} of the last registration + activation."""
     csr_name: str | None = None
+    csr_creating: str | None = None
+    """A CSR name saved just before its create request. A restart in between (SIGKILL, power cut) creates
+    that name again, and an existing CSR of that name is ours (AlreadyExists): never a second CSR."""
     api_server: str | None = None
     """The API server of the join material (renewals go there after the payload's tmpfs is gone)."""
     steps: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -469,6 +472,7 @@ class Enrollment:
             log.warning("re-enrollment with the new payload failed: %s", e)
             with self._credential_lock:
                 self.state.steps.pop("csr", None)  # a new payload brings a new token: make a new CSR
+                self.state.csr_creating = None
 
     def _stored_payload(self) -> tuple[bytes | None, int]:
         """The stored payload and the revocations counted when it was read (atomically: a revocation
@@ -500,7 +504,7 @@ class Enrollment:
             self._delivered.clear()
             for step in ("attest", "csr", "certificate", "kubeconfig"):
                 self.state.steps.pop(step, None)
-            self.state.csr_name = None
+            self.state.csr_name = self.state.csr_creating = None
             self._save()
         log.warning("verifier revoked this agent (%s): dropped the node credential %s", what,
                     ", ".join(dropped) or "(none stored)")
@@ -868,12 +872,15 @@ class Enrollment:
                     key = nodekey.load_or_create(self.node_dir)
                     binding = nodekey.tpm_binding(self.tpm, ident, agent_uuid=self.state.uuid,
                                                   public_key=key.public_key())
-                    name = nodekey.csr_name(node)
+                    name = self.state.csr_creating or nodekey.csr_name(node)
                     body = nodebinding.csr_body(name=name, csr_pem=nodekey.build_csr(key, node),
                                             binding=binding,
                                             expiration_seconds=self.enroll.certificate_seconds)
+                    self.state.csr_creating = name
+                    self._save()  # before the request: see EnrollState.csr_creating
                     self.state.csr_name = self._retrying("csr", "CSR creation",
                                                          lambda: kubecsr.submit(cluster, body))
+                    self.state.csr_creating = None
                     t.detail = f"CSR {name} for system:node:{node}"
             name = self.state.csr_name
             assert name is not None
@@ -886,7 +893,7 @@ class Enrollment:
             except CsrRefused:
                 # Never to be signed: the next attempt makes a new CSR (with a fresh TPM binding) rather
                 # than waiting on this one forever (a CSR judged a moment before a restore was denied).
-                self.state.csr_name = None
+                self.state.csr_name = self.state.csr_creating = None
                 self.state.steps.pop("csr", None)
                 self._save()
                 raise
@@ -896,7 +903,8 @@ class Enrollment:
         # they are written, or they are never written.
         with self._credential_lock:
             if self._revocations != revocations:
-                self.state.csr_name = None  # its bootstrap token is spent: the next payload makes a new CSR
+                # its bootstrap token is spent: the next payload makes a new CSR
+                self.state.csr_name = self.state.csr_creating = None
                 self.state.steps.pop("csr", None)
                 self._save()
                 raise CredentialRevoked("revoked while the node credential was being obtained; nothing "

@@ -326,3 +326,34 @@ def test_a_denied_csr_is_forgotten_so_the_next_attempt_makes_a_new_one(
     run.enroll_steps()
     assert cluster.submitted == [*first, f"edgeagent-{NODE}-second"]  # a new CSR, not the denied one
     assert run.config.enroll.kubeconfig.exists()
+
+
+# ---------------------------------------------------------------- killed while the CSR is being created
+def test_a_kill_during_the_csr_create_request_retries_the_same_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster) -> None:
+    """The create reached the API server but the process died before its answer (SIGKILL, power cut): the
+    next start must create the same name again (AlreadyExists is taken as ours), not a second CSR."""
+
+    class Killed(BaseException):
+        pass
+
+    def submit_then_die(c: kubecsr.Cluster, body: dict[str, Any]) -> str:
+        cluster.submitted.append(body["metadata"]["name"])  # the server has it ...
+        raise Killed  # ... and the process is gone before the answer
+
+    monkeypatch.setattr(kubecsr, "submit", submit_then_die)
+    run = _enrollment(tmp_path, monkeypatch)
+    with pytest.raises(Killed):
+        run.enroll_steps()
+    first = list(cluster.submitted)
+    assert len(first) == 1
+    assert enroll.EnrollState.load(run.state_path).csr_creating == first[0]
+
+    monkeypatch.setattr(kubecsr, "submit", cluster.submit)
+    monkeypatch.setattr(nodekey, "csr_name", lambda node: f"edgeagent-{node}-later")  # the clock moved on
+    again = _enrollment(tmp_path, monkeypatch)  # the next start: same state directory, same payload
+    again.enroll_steps()
+    assert cluster.submitted == [first[0], first[0]]  # the same CSR, created again (409 = ours)
+    saved = enroll.EnrollState.load(again.state_path)
+    assert saved.csr_name == first[0] and saved.csr_creating is None
+    assert run.config.enroll.kubeconfig.exists()
