@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import socket
 import subprocess
@@ -90,8 +91,16 @@ class Nat:
     """The namespaces, veths and rules above; `up()` makes them (removing leftovers of a crashed run with
     the same prefix first), `down()` removes all of them."""
 
-    def __init__(self, prefix: str = "push") -> None:
+    def __init__(self, prefix: str = "push", *, outer: str = "10.213.97.0/30",
+                 inner: str = DEVICE_SUBNET) -> None:
+        """``outer``: the host-router link's /30 (host .1, router .2); ``inner``: the device subnet (router
+        .1, device .2). The defaults are the module's constants; two Nats up at once (e.g. two test runs on
+        one machine) need other prefixes and networks, since the host's address and route are per network."""
         self.prefix = prefix
+        outer_net, inner_net = ipaddress.ip_network(outer), ipaddress.ip_network(inner)
+        self.host_ip, self.router_outer_ip = str(outer_net[1]), str(outer_net[2])
+        self.router_inner_ip, self.device_ip = str(inner_net[1]), str(inner_net[2])
+        self.device_subnet, self.inner_len = str(inner_net), inner_net.prefixlen
         self.device_ns = f"{prefix}-dev"
         self.router_ns = f"{prefix}-gw"
         self.host_if, self.router_outer_if = f"{prefix}h0", f"{prefix}g0"
@@ -107,14 +116,15 @@ class Nat:
             _run(*ip, "netns", "add", self.device_ns)
             _run(*ip, "link", "add", self.host_if, "type", "veth", "peer", "name", self.router_outer_if)
             _run(*ip, "link", "set", self.router_outer_if, "netns", self.router_ns)
-            _run(*ip, "addr", "add", f"{HOST_IP}/30", "dev", self.host_if)
+            _run(*ip, "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
             _run(*ip, "link", "set", self.host_if, "up")
-            _run(*ip, "route", "add", DEVICE_SUBNET, "via", ROUTER_OUTER_IP, "dev", self.host_if)
+            _run(*ip, "route", "add", self.device_subnet, "via", self.router_outer_ip, "dev", self.host_if)
             _run(*gw, "ip", "link", "add", self.router_inner_if, "type", "veth", "peer", "name",
                  self.device_if)
             _run(*gw, "ip", "link", "set", self.device_if, "netns", self.device_ns)
-            _run(*gw, "ip", "addr", "add", f"{ROUTER_OUTER_IP}/30", "dev", self.router_outer_if)
-            _run(*gw, "ip", "addr", "add", f"{ROUTER_INNER_IP}/24", "dev", self.router_inner_if)
+            _run(*gw, "ip", "addr", "add", f"{self.router_outer_ip}/30", "dev", self.router_outer_if)
+            _run(*gw, "ip", "addr", "add", f"{self.router_inner_ip}/{self.inner_len}", "dev",
+                 self.router_inner_if)
             for link in ("lo", self.router_outer_if, self.router_inner_if):
                 _run(*gw, "ip", "link", "set", link, "up")
             _run(*gw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -124,17 +134,17 @@ class Nat:
                  "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
             _run(*gw, "iptables", "-A", "FORWARD", "-i", self.router_outer_if, "-o", self.router_inner_if,
                  "-j", "DROP")
-            _run(*dev, "ip", "addr", "add", f"{DEVICE_IP}/24", "dev", self.device_if)
+            _run(*dev, "ip", "addr", "add", f"{self.device_ip}/{self.inner_len}", "dev", self.device_if)
             for link in ("lo", self.device_if):
                 _run(*dev, "ip", "link", "set", link, "up")
-            _run(*dev, "ip", "route", "add", "default", "via", ROUTER_INNER_IP)
+            _run(*dev, "ip", "route", "add", "default", "via", self.router_inner_ip)
         except BaseException:
             self.down()
             raise
         return self
 
     def down(self) -> None:
-        _run("ip", "route", "del", DEVICE_SUBNET, "dev", self.host_if, check=False)
+        _run("ip", "route", "del", self.device_subnet, "dev", self.host_if, check=False)
         _run("ip", "link", "del", self.host_if, check=False)
         for ns in (self.device_ns, self.router_ns):
             _run("ip", "netns", "del", ns, check=False)
@@ -146,8 +156,8 @@ class Nat:
     def relay(self, port: int) -> tuple[Relay, Relay]:
         """Makes the host's 127.0.0.1:``port`` reachable from the device at its own 127.0.0.1:``port``,
         through the NAT. Returns (host side, device side); stop both."""
-        host = Relay((HOST_IP, port), ("127.0.0.1", port)).start()
-        device = in_netns(self.device_ns, lambda: Relay(("127.0.0.1", port), (HOST_IP, port)).start())
+        host = Relay((self.host_ip, port), ("127.0.0.1", port)).start()
+        device = in_netns(self.device_ns, lambda: Relay(("127.0.0.1", port), (self.host_ip, port)).start())
         return host, device
 
     def __enter__(self) -> Nat:
