@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import stat
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -106,11 +107,15 @@ def stored(directory: Path) -> bytes | None:
 
 
 def payload_dir(configured: Path, state_dir: Path) -> Path:
-    """``configured`` (a tmpfs such as /run/edgeagent) when it can be used, else ``state_dir/payload``."""
+    """``configured`` (a tmpfs such as /run/edgeagent) when it can be used, else ``state_dir/payload``.
+
+    A new directory is 0700. An existing one loses group write and all access for others, but keeps group
+    read/search: by default it is the unit's RuntimeDirectory (0750), which also holds agent.sock for the
+    edgeagent group; the payload file itself is 0600."""
     for candidate in (configured, state_dir / "payload"):
         try:
             candidate.mkdir(parents=True, exist_ok=True, mode=0o700)
-            candidate.chmod(0o700)
+            candidate.chmod(stat.S_IMODE(candidate.stat().st_mode) & 0o750 | 0o700)
         except OSError:
             continue
         return candidate

@@ -119,6 +119,23 @@ def test_payload_dir_falls_back_to_the_state_dir(tmp_path: Path) -> None:
     assert payload.stored(got) == b"data" and _mode(path) == 0o600
 
 
+
+def test_payload_dir_keeps_the_group_s_way_to_the_agent_socket(tmp_path: Path) -> None:
+    """The shipped defaults share /run/edgeagent (RuntimeDirectoryMode=0750) between the payload and
+    agent.sock (0660, the edgeagent group's): chmod 0700 there locked `edgeagent status` out once enrolled
+    (seen under the real systemd, tests/integration/cloud/test_systemd_enroll.py). The payload file itself
+    stays 0600; a new directory is still 0700, and others lose any access an existing one gave them."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o750)
+    run.chmod(0o750)
+    assert payload.payload_dir(run, tmp_path / "state") == run and _mode(run) == 0o750
+    assert _mode(payload.store(run, b"data")) == 0o600
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    assert payload.payload_dir(loose, tmp_path / "state") == loose and _mode(loose) == 0o750
+    assert _mode(payload.payload_dir(tmp_path / "new", tmp_path / "state")) == 0o700
+
 def _ca_pem() -> str:
     from cryptography.hazmat.primitives import serialization
 
