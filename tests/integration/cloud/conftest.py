@@ -24,6 +24,7 @@ from kubernetes import utils as k8s_utils
 
 from edgeagent.cloud import crd
 from edgeagent.cloud.controller import Controller, Settings
+from edgeagent.testbed.keylime import make_settings
 from edgeagent.tpm.swtpm import SoftwareTpm
 from tests.fixtures import procs
 from tests.fixtures.keylime import Keylime
@@ -219,3 +220,42 @@ def wait_edgenode(
 def events_for(api: k8s.ApiClient, name: str) -> list[k8s.CoreV1Event]:
     items = k8s.CoreV1Api(api).list_namespaced_event("default").items
     return [e for e in items if e.involved_object.kind == crd.KIND and e.involved_object.name == name]
+
+
+# ------------------------------------------------------ push mode (test_push_mode, test_systemd_enroll)
+PUSH_VERIFIER = {
+    "mode": "push",
+    # a device that failed and was put right attests again without re-adding it
+    "auto_recover_attestation_failures": "True",
+    # evidence must follow its challenge within 5 s (a quote takes milliseconds; test_push_bad_input)
+    "challenge_lifetime": "5",
+}
+
+
+@pytest.fixture(scope="module")
+def push_keylime(swtpm_template: SoftwareTpm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keylime]:
+    root = tmp_path_factory.mktemp("push-keylime")
+    deployment = Keylime(root, make_settings(root, [swtpm_template.ca_cert],
+                                             extra={"verifier": dict(PUSH_VERIFIER)}))
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@pytest.fixture
+def push_controller(kube_cluster: KubeCluster, push_keylime: Keylime) -> Iterator[Controller]:
+    """One per test (a test may stop it to restart the controller); its own Lease, so it leads at once."""
+    api = least_privilege_client(kube_cluster)
+    settings = controller_settings(
+        kube_cluster, push_keylime, install_crd=False, lease_namespace="edgeagent-system",
+        lease_name=f"edgeagent-push-{uuid.uuid4().hex[:6]}",
+        webhook_port=None, join_host="127.0.0.1", join_port=procs.free_port(), poll_interval=0.5,
+    )
+    c = Controller(api, settings).start()
+    try:
+        procs.wait_for(c.elector.is_leader, timeout=15, what="the controller to lead")
+        yield c
+    finally:
+        c.stop()

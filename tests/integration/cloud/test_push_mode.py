@@ -50,60 +50,22 @@ from edgeagent.protocol import keylime as keylime_protocol
 from edgeagent.protocol import push
 from edgeagent.testbed import keylime_config
 from edgeagent.testbed.cluster_side import pin_device
-from edgeagent.testbed.keylime import Keylime, make_settings
+from edgeagent.testbed.keylime import Keylime
 from edgeagent.testbed.nat import DEVICE_IP, ROUTER_OUTER_IP, Nat, Relay, in_netns
 from edgeagent.tpm import Tpm
 from edgeagent.tpm import identity as tpm_identity
 from edgeagent.tpm.swtpm import SoftwareTpm
 from tests.fixtures import procs
 from tests.fixtures.kube import KubeCluster
-from tests.integration.cloud.conftest import controller_settings, least_privilege_client, wait_edgenode
+from tests.integration.cloud.conftest import least_privilege_client, wait_edgenode
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
-PUSH_VERIFIER = {
-    "mode": "push",
-    # a device that failed and was put right attests again without re-adding it
-    "auto_recover_attestation_failures": "True",
-    # evidence must follow its challenge within 5 s (a quote takes milliseconds; test_push_bad_input)
-    "challenge_lifetime": "5",
-}
-
-
 @pytest.fixture(scope="module")
 def nat() -> Iterator[Nat]:
     with Nat("push") as n:
         yield n
-
-
-@pytest.fixture(scope="module")
-def push_keylime(swtpm_template: SoftwareTpm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keylime]:
-    root = tmp_path_factory.mktemp("push-keylime")
-    deployment = Keylime(root, make_settings(root, [swtpm_template.ca_cert],
-                                             extra={"verifier": dict(PUSH_VERIFIER)}))
-    try:
-        deployment.start()
-        yield deployment
-    finally:
-        deployment.stop()
-
-
-@pytest.fixture
-def push_controller(kube_cluster: KubeCluster, push_keylime: Keylime) -> Iterator[Controller]:
-    """One per test (a test may stop it to restart the controller); its own Lease, so it leads at once."""
-    api = least_privilege_client(kube_cluster)
-    settings = controller_settings(
-        kube_cluster, push_keylime, install_crd=False, lease_namespace="edgeagent-system",
-        lease_name=f"edgeagent-push-{uuid.uuid4().hex[:6]}",
-        webhook_port=None, join_host="127.0.0.1", join_port=procs.free_port(), poll_interval=0.5,
-    )
-    c = Controller(api, settings).start()
-    try:
-        procs.wait_for(c.elector.is_leader, timeout=15, what="the controller to lead")
-        yield c
-    finally:
-        c.stop()
 
 
 @dataclass

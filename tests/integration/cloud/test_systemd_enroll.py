@@ -39,7 +39,6 @@ from edgeagent.tpm import identity as tpm_identity
 from edgeagent.tpm.swtpm import SoftwareTpm
 from tests.fixtures.kube import KubeCluster
 from tests.integration.cloud.conftest import wait_edgenode
-from tests.integration.cloud.test_push_mode import push_controller, push_keylime  # noqa: F401 (fixtures)
 from tests.integration.systemd_ns import (
     SWTPM_DIR,
     Booted,
@@ -128,8 +127,8 @@ def why(e: AssertionError, b: Booted) -> AssertionError:
 
 
 def test_the_agent_service_enrolls_in_push_mode_under_systemd_and_is_revoked(
-    nat: Nat, push_keylime: Keylime, kube_cluster: KubeCluster,  # noqa: F811 (fixtures)
-    push_controller: Controller, swtpm_template: SoftwareTpm, wasm_build: Path,  # noqa: F811
+    nat: Nat, push_keylime: Keylime, kube_cluster: KubeCluster,
+    push_controller: Controller, swtpm_template: SoftwareTpm, wasm_build: Path,
     tmp_path: Path,
 ) -> None:
     api = kube_cluster.client()
