@@ -18,6 +18,8 @@ PKGS=(
   golang-go etcd-server rsync jq dpkg-dev golang-github-modern-go-reflect2-dev
   # A real worker node in the tests: containerd + runc + CNI plugins; busybox-static for the test image
   containerd runc containernetworking-plugins busybox-static iptables
+  # The units under a real systemd booted in namespaces (systemd-analyze too), the NAT testbed's netns
+  systemd libcap2-bin iproute2 util-linux
 )
 
 missing=()
