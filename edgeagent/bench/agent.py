@@ -575,15 +575,14 @@ def _working_floor_cases(
     report.add(Case(f"{name}, PSS", working_pss, unit="MiB"))
     for key, label in (("a", "(a) agent"), ("b", f"(b) agent + {N_CONTROLLERS} controllers")):
         for kind, values, fl in (("RSS", mem[key].rss, working_rss), ("PSS", mem[key].pss, working_pss)):
-            m = statistics.median(fl)
-            report.add(
-                Case(
-                    f"{label} - working floor, {kind}",
-                    [v - m for v in values],
-                    unit="MiB",
-                    note=f"each sample minus the working floor's median {kind} ({m:.2f} MiB)",
-                )
-            )
+            report.add(_minus(f"{label} - working floor, {kind}", values, fl, f"the working floor's {kind}"))
+
+
+def _minus(name: str, values: list[float], base: list[float], what: str, target: float | None = None) -> Case:
+    """Each sample of ``values`` minus the median of ``base`` (MiB)."""
+    m = statistics.median(base)
+    return Case(name, [v - m for v in values], unit="MiB", target=target,
+                note=f"each sample minus {what} median ({m:.2f} MiB)")
 
 
 def _operator(api: Any, node: str, ek_cert: bytes, port: int) -> None:
@@ -723,16 +722,8 @@ def _cases(
                     note=f"target: floor + {targets[key]:g} MiB (the '- floor' case)",
                 )
             )
-            floor_median = statistics.median(fl)
-            report.add(
-                Case(
-                    f"{label[key]} - floor, {kind}",
-                    [v - floor_median for v in values],
-                    unit="MiB",
-                    target=targets[key],
-                    note=f"each sample minus the floor's median {kind} ({floor_median:.2f} MiB)",
-                )
-            )
+            minus = _minus(f"{label[key]} - floor, {kind}", values, fl, f"the floor's {kind}", targets[key])
+            report.add(minus)
     for key in ("1a", "1b"):
         w = mem[key]
         note = "RSS summed: pages the processes share are counted once per process"

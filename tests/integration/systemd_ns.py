@@ -18,12 +18,13 @@ import sys
 import sysconfig
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
+from edgeagent.testbed import device
 from edgeagent.tpm.swtpm import SoftwareTpm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,9 +162,45 @@ class Booted:
         self.cgroup.rmdir()
 
 
-def stage_root(stage: Path, tpm: SoftwareTpm, config: str) -> None:
+def config_sections(
+    *, enroll: Mapping[str, Any] | None = None, extra_paths: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """The test's /etc/edgeagent/agent.toml (as testbed.device.agent_config sections): the installed paths,
+    the swtpm unit's socket for the TPM, one simulated sensor (CLIMATE), no controllers; ``enroll``: the
+    [enroll] section (enrollment is off without one)."""
+    measure: dict[str, Any] = {"firmware_log": "/sys/kernel/security/tpm0/binary_bios_measurements"}
+    if extra_paths:
+        measure["extra_paths"] = list(extra_paths)
+    sections: dict[str, dict[str, Any]] = {
+        "": {
+            "state_dir": "/var/lib/edgeagent",
+            "tpm_tcti": f"swtpm:path={SWTPM_DIR}/tpm.sock",
+            "policies_dir": "/etc/edgeagent/policies",
+        },
+        "measure": measure,
+        "drivers": {"modules_dir": "/usr/lib/edgeagent/drivers"},
+        "controllers": {"dir": "/var/lib/edgeagent-test-no-controllers"},
+    }
+    if enroll is not None:
+        sections["enroll"] = dict(enroll)
+    sections["agent"] = {
+        "enroll": enroll is not None,
+        "socket": "/run/edgeagent/agent.sock",
+        "socket_group": "edgeagent",
+        "metrics_port": 0,
+        "restart_backoff": 0.2,
+        "restart_backoff_max": 1.0,
+    }
+    return sections
+
+
+CLIMATE = {"name": "climate", "driver": "bme280", "interval": 0.5, "sim": "true"}
+
+
+def stage_root(stage: Path, tpm: SoftwareTpm, config: Mapping[str, Mapping[str, Any]]) -> None:
     """`make install-files` into ``stage``, then the test's additions (test_systemd_real.py's docstring):
-    the venv, ``config`` as /etc/edgeagent/agent.toml, TEST_UNITS, and ``tpm``'s state for the swtpm unit."""
+    the venv, ``config`` (config_sections) as /etc/edgeagent/agent.toml with the CLIMATE sensor, TEST_UNITS,
+    and ``tpm``'s state for the swtpm unit."""
     make = subprocess.run(
         ["make", "-s", "-C", str(ROOT), "install-files", f"DESTDIR={stage}", "PREFIX=/usr"],
         capture_output=True, text=True, timeout=600,
@@ -175,7 +212,7 @@ def stage_root(stage: Path, tpm: SoftwareTpm, config: str) -> None:
     site = venv / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
     # the checkout and this venv's packages, bound there by the boot script (see systemd_boot.sh)
     (site / "edgeagent-test.pth").write_text("/opt/edgeagent-test/src\n/opt/edgeagent-test/site\n")
-    (stage / "etc/edgeagent/agent.toml").write_text(config)
+    device.agent_config(stage / "etc/edgeagent/agent.toml", config, [CLIMATE])
     units = stage / "etc/systemd/system"
     for name, text in TEST_UNITS.items():
         (units / name).parent.mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,10 @@ import pytest
 
 from edgeagent.tpm.swtpm import SoftwareTpm
 from tests.integration.systemd_ns import (
-    SWTPM_DIR,
     Booted,
     agent_status,
     boot,
+    config_sections,
     proc_status,
     stage_root,
     start_and_wait,
@@ -41,29 +41,8 @@ from tests.integration.systemd_ns import (
 
 pytestmark = pytest.mark.integration
 
-CONFIG = f"""
-state_dir = "/var/lib/edgeagent"
-tpm_tcti = "swtpm:path={SWTPM_DIR}/tpm.sock"
-policies_dir = "/etc/edgeagent/policies"
-[measure]
-firmware_log = "/sys/kernel/security/tpm0/binary_bios_measurements"
-[drivers]
-modules_dir = "/usr/lib/edgeagent/drivers"
-[[drivers.instances]]
-name = "climate"
-driver = "bme280"
-interval = 0.5
-sim = "true"
-[controllers]
-dir = "/var/lib/edgeagent-test-no-controllers"
-[agent]
-enroll = false
-socket = "/run/edgeagent/agent.sock"
-socket_group = "edgeagent"
-metrics_port = 0
-restart_backoff = 0.2
-restart_backoff_max = 1.0
-"""
+CONFIG = config_sections()  # enrollment off: the device side alone
+
 
 @pytest.fixture
 def booted(tmp_path: Path, swtpm_template: SoftwareTpm, wasm_build) -> Iterator[Booted]:

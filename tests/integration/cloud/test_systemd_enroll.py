@@ -44,6 +44,7 @@ from tests.integration.systemd_ns import (
     Booted,
     agent_status,
     boot,
+    config_sections,
     stage_root,
     start_and_wait,
     wait_until,
@@ -62,44 +63,24 @@ def nat() -> Iterator[Nat]:
         yield n
 
 
-def config(name: str, ports: dict[str, int]) -> str:
-    return f"""
-state_dir = "/var/lib/edgeagent"
-tpm_tcti = "swtpm:path={SWTPM_DIR}/tpm.sock"
-policies_dir = "/etc/edgeagent/policies"
-[measure]
-firmware_log = "/sys/kernel/security/tpm0/binary_bios_measurements"
-extra_paths = ["{MEASURED}"]
-[drivers]
-modules_dir = "/usr/lib/edgeagent/drivers"
-[[drivers.instances]]
-name = "climate"
-driver = "bme280"
-interval = 0.5
-sim = "true"
-[controllers]
-dir = "/var/lib/edgeagent-test-no-controllers"
-[enroll]
-mode = "push"
-registrar_url = "http://127.0.0.1:{ports['registrar']}"
-verifier_url = "https://127.0.0.1:{ports['verifier']}"
-join_url = "https://127.0.0.1:{ports['join']}"
-node_name = "{name}"
-uuid = "{name}-agent"
-keylime_ca = "/etc/edgeagent/keylime-ca.crt"
-payload_dir = "/run/edgeagent"
-kubeconfig = "{KUBECONFIG}"
-retry_timeout = 60
-certificate_timeout = 60
-push_backoff_max = 4
-[agent]
-enroll = true
-socket = "/run/edgeagent/agent.sock"
-socket_group = "edgeagent"
-metrics_port = 0
-restart_backoff = 0.2
-restart_backoff_max = 1.0
-"""
+def config(name: str, ports: dict[str, int]) -> dict[str, dict[str, Any]]:
+    return config_sections(
+        extra_paths=[MEASURED],
+        enroll={
+            "mode": "push",
+            "registrar_url": f"http://127.0.0.1:{ports['registrar']}",
+            "verifier_url": f"https://127.0.0.1:{ports['verifier']}",
+            "join_url": f"https://127.0.0.1:{ports['join']}",
+            "node_name": name,
+            "uuid": f"{name}-agent",
+            "keylime_ca": "/etc/edgeagent/keylime-ca.crt",
+            "payload_dir": "/run/edgeagent",
+            "kubeconfig": KUBECONFIG,
+            "retry_timeout": 60,
+            "certificate_timeout": 60,
+            "push_backoff_max": 4,
+        },
+    )
 
 
 def kubeconfig_cert(b: Booted) -> x509.Certificate:
