@@ -281,6 +281,17 @@ def _public_der(key_or_cert_pem: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------- SIGKILL mid-measure
+def _sigkill_at(dev: Device, cc: int, nth: int, what: str) -> None:
+    """Starts the agent through a TpmGate withholding the ``nth`` command ``cc`` and SIGKILLs it there."""
+    gate = TpmGate(dev.tpm.port or 0, cc=cc, nth=nth)
+    try:
+        with running(dev.agent(gate.tcti).start(wait_ready=False)) as agent:
+            assert gate.held.wait(60), f"no {what}:\n{agent.output()[-3000:]}"
+            agent.stop(signal.SIGKILL)
+    finally:
+        gate.stop()
+
+
 def test_sigkill_between_logging_and_extending_rolls_forward_and_attests(
     controller: Controller, kube_cluster: KubeCluster, make_device: Callable[..., Device],
 ) -> None:
@@ -288,13 +299,7 @@ def test_sigkill_between_logging_and_extending_rolls_forward_and_attests(
     dev = make_device("measure")
     expected = dev.expected_pcr()
     dev.pin(admin, tpm_policy={str(PCR): [expected]})  # the verifier accepts exactly this PCR 23
-    gate = TpmGate(dev.tpm.port or 0, cc=CC_PCR_EXTEND, nth=2)
-    try:
-        with running(dev.agent(gate.tcti).start(wait_ready=False)) as agent:
-            assert gate.held.wait(60), f"no second PCR {PCR} extend:\n{agent.output()[-3000:]}"
-            agent.stop(signal.SIGKILL)
-    finally:
-        gate.stop()
+    _sigkill_at(dev, CC_PCR_EXTEND, 2, f"second PCR {PCR} extend")
     # the log holds every file (it is written and synced before any extend), the TPM only the first one
     segment = dev.log_segment()
     files = [r for r in segment if r.kind == cel.FILE]
@@ -320,13 +325,7 @@ def test_sigkill_between_logging_a_reset_and_resetting_the_pcr(
     dev = make_device("reset", enroll=False)
     with Tpm.open(dev.tpm.tcti) as t:  # something extended PCR 23 before the agent's first start
         t.pcr_extend(PCR, {"sha256": hashlib.sha256(b"before the agent").digest()})
-    gate = TpmGate(dev.tpm.port or 0, cc=CC_PCR_RESET, nth=1)
-    try:
-        with running(dev.agent(gate.tcti).start(wait_ready=False)) as agent:
-            assert gate.held.wait(60), f"no PCR {PCR} reset:\n{agent.output()[-3000:]}"
-            agent.stop(signal.SIGKILL)
-    finally:
-        gate.stop()
+    _sigkill_at(dev, CC_PCR_RESET, 1, f"PCR {PCR} reset")
     segment = dev.log_segment()
     assert [r.is_reset for r in segment] == [True]  # the reset is logged, not done
 
